@@ -1,0 +1,29 @@
+# The two commands of a fresh set-up; each installs what it needs into .venv.
+#   make serve   start the gRPC service on the bundled model (port 50051, metrics on 8000)
+#   make test    run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: serve test proto
+
+$(VENV)/.serve: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $@ $(VENV)/.serve
+
+serve: $(VENV)/.serve
+	$(PY) -m service
+
+test: $(VENV)/.dev
+	$(PY) -m pytest
+
+proto: $(VENV)/.dev
+	PATH=$(VENV)/bin:$$PATH scripts/gen_proto.sh

@@ -1,0 +1,45 @@
+"""python -m export --ckpt PATH --out DIR [--lm-dir DIR] [--tolerance 1e-3]
+
+Writes the model directory `python -m service --model DIR` serves (model.onnx,
+model.json, tokens.txt, optionally lm.bin + unigrams.txt, README.md) and checks
+that ONNX Runtime computes what PyTorch computes, whole-utterance and chunk by
+chunk with carried state. Exits 1 when a difference exceeds the tolerance.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from export.onnx_export import check_parity, write_model_dir
+from models.model import load_checkpoint
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by python -m models.train")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--lm-dir", type=Path, help="directory with lm.bin and unigrams.txt (python -m models.lm)")
+    p.add_argument("--name", default="ctc-gru", help="model name reported by GetModelInfo and metrics")
+    p.add_argument("--version", help="model version (default: the checkpoint's training step)")
+    p.add_argument("--chunk-frames", type=int, default=16, help="feature frames (10 ms) per streaming model step")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |log-prob| difference")
+    a = p.parse_args()
+    if not a.ckpt.is_file():
+        p.error(f"--ckpt {a.ckpt}: no such file")
+    if a.lm_dir and not (a.lm_dir / "lm.bin").is_file():
+        p.error(f"--lm-dir {a.lm_dir}: no lm.bin")
+    model, ckpt = load_checkpoint(a.ckpt)
+    version = a.version or f"step{ckpt.get('step', 0)}"
+    write_model_dir(model, ckpt, a.out, name=a.name, version=version, chunk_frames=a.chunk_frames, lm_dir=a.lm_dir)
+    print(f"wrote {a.out}")
+    report = check_parity(model, a.out / "model.onnx", a.chunk_frames)
+    for check, diff in report.items():
+        print(f"parity {check}: max |diff| = {diff:.2e} ({'ok' if diff <= a.tolerance else 'FAIL'})")
+    if max(report.values()) > a.tolerance:
+        print(f"parity check failed: tolerance {a.tolerance:g}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""ONNX graph, model directory and parity checks.
+
+Names follow the NeMo CTC export convention (`audio_signal` (B, n_mels, T),
+`length`, `logprobs` (B, T', V)) plus explicit streaming state in and out.
+"""
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from models.model import CONV_CONTEXT, SUBSAMPLING, StreamingCTC, num_parameters
+
+STATE_INPUTS = ["cache_conv1", "cache_conv2", "cache_gru"]
+STATE_OUTPUTS = ["next_cache_conv1", "next_cache_conv2", "next_cache_gru"]
+STATE_BATCH_AXIS = [0, 0, 1]
+OPSET = 17
+
+
+def export_onnx(model: StreamingCTC, path: Path) -> None:
+    model.eval()
+    state = model.initial_state(1)
+    x = torch.zeros(1, model.cfg.n_mels, 16)
+    dynamic = {"audio_signal": {0: "batch", 2: "time"}, "length": {0: "batch"},
+               "logprobs": {0: "batch", 1: "frames"}, "encoded_lengths": {0: "batch"}}
+    for name, axis in zip(STATE_INPUTS + STATE_OUTPUTS, STATE_BATCH_AXIS * 2):
+        dynamic[name] = {axis: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(model, (x, torch.tensor([16]), *state), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["audio_signal", "length", *STATE_INPUTS],
+                          output_names=["logprobs", "encoded_lengths", *STATE_OUTPUTS], dynamic_axes=dynamic)
+
+
+def write_model_dir(model: StreamingCTC, ckpt: dict, out: Path, *, name: str, version: str, chunk_frames: int,
+                    lm_dir: Path | None) -> None:
+    if chunk_frames <= 0 or chunk_frames % SUBSAMPLING:
+        raise ValueError(f"chunk frames must be a positive multiple of {SUBSAMPLING}")
+    out.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, out / "model.onnx")
+    tokens = ckpt["tokens"]
+    (out / "tokens.txt").write_text("".join(f"{t} {i}\n" for i, t in enumerate(tokens)))
+    states = [{"input": i, "output": o, "shape": list(s.shape), "batch_axis": a}
+              for i, o, s, a in zip(STATE_INPUTS, STATE_OUTPUTS, model.initial_state(1), STATE_BATCH_AXIS)]
+    meta = {
+        "name": name, "version": version, "language_code": "en",
+        "architecture": f"causal conv x2 (stride 2) + GRU {model.cfg.layers}x{model.cfg.hidden}, char CTC",
+        "features": ckpt["feature_config"], "subsampling_factor": SUBSAMPLING,
+        "chunk_frames": chunk_frames, "lookahead_frames": 0, "states": states,
+        "parameters": num_parameters(model),
+        "decoder": {"beam_width": 25, "lm_weight": 0.5, "word_bonus": 1.0},
+    }
+    if lm_dir:
+        for f in ("lm.bin", "unigrams.txt"):
+            shutil.copyfile(lm_dir / f, out / f)
+        meta["decoder"].update(lm="lm.bin", unigrams="unigrams.txt")
+        tuned = lm_dir / "decoder.json"  # written by LM tuning, if it ran
+        if tuned.is_file():
+            meta["decoder"].update(json.loads(tuned.read_text()))
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    onnx_model = onnx.load(str(out / "model.onnx"))
+    props = {"model_type": "streaming_ctc", "vocab_size": str(len(tokens)), "subsampling_factor": str(SUBSAMPLING),
+             "normalize_type": "", "chunk_frames": str(chunk_frames), "conv_context": str(CONV_CONTEXT),
+             "name": name, "version": version, "sample_rate": str(ckpt["feature_config"]["sample_rate"])}
+    onnx.helper.set_model_props(onnx_model, props)
+    onnx.save(onnx_model, str(out / "model.onnx"))
+    if not (out / "README.md").exists():
+        (out / "README.md").write_text(
+            f"# {name} {version}\n\n{meta['architecture']}; {meta['parameters']:,} parameters; "
+            f"trained on {ckpt.get('train_hours', 0):.1f} h of synthesized speech.\n")
+
+
+def _test_features(model: StreamingCTC, frames: int, seed: int) -> np.ndarray:
+    """Feature-like input: the model's own feature statistics, shaped (1, n_mels, T)."""
+    rng = np.random.default_rng(seed)
+    mean, std = model.feat_mean.numpy()[:, None], model.feat_std.numpy()[:, None]
+    return (mean + std * rng.standard_normal((model.cfg.n_mels, frames))).astype(np.float32)[None]
+
+
+def check_parity(model: StreamingCTC, onnx_path: Path, chunk_frames: int, frames: int = 400) -> dict[str, float]:
+    """Max |log-prob| differences: ONNX vs PyTorch (whole utterance), ONNX chunked
+    with carried state vs ONNX whole, and a batch of two vs each alone."""
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    state = [s.numpy() for s in model.initial_state(1)]
+
+    def run(x: np.ndarray, st: list[np.ndarray]):
+        feeds = {"audio_signal": x, "length": np.full(len(x), x.shape[2], np.int64), **dict(zip(STATE_INPUTS, st))}
+        out = sess.run(["logprobs", *STATE_OUTPUTS], feeds)
+        return out[0], out[1:]
+
+    x = _test_features(model, frames, 0)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x), torch.tensor([frames]), *model.initial_state(1))[0].numpy()
+    whole, _ = run(x, state)
+    chunks, st = [], state
+    for i in range(0, frames, chunk_frames):
+        out, st = run(x[:, :, i:i + chunk_frames], st)
+        chunks.append(out)
+    y = _test_features(model, frames, 1)
+    pair, _ = run(np.concatenate([x, y]), [np.concatenate([s, s], axis=a) for s, a in zip(state, STATE_BATCH_AXIS)])
+    alone_y, _ = run(y, state)
+    return {
+        "onnx_vs_pytorch": float(np.abs(whole - ref).max()),
+        "chunked_vs_whole": float(np.abs(np.concatenate(chunks, axis=1) - whole).max()),
+        "batched_vs_single": float(max(np.abs(pair[0] - whole[0]).max(), np.abs(pair[1] - alone_y[0]).max())),
+    }

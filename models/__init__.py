@@ -1,0 +1,1 @@
+"""Streaming CTC acoustic models: data, architecture, training, language model."""

@@ -1,0 +1,91 @@
+"""Accuracy of a served model directory on held-out manifests, greedy and beam + LM.
+
+    python -m models.evaluate --model models/pretrained/default \\
+        --set seen_voices=data/corpus/valid_seen.jsonl --set unseen_voice=data/corpus/valid_unseen_voice.jsonl
+
+Runs the same ONNX Runtime session, front-end and decoder the service runs,
+and prints a Markdown table (WER/CER with jiwer, text normalized alike).
+
+With --tune FILE it instead searches LM weight and word bonus on the first set
+and writes the best pair to FILE (put it beside lm.bin as decoder.json and
+export picks it up).
+"""
+
+import argparse
+import json
+
+import jiwer
+import soundfile as sf
+import soxr
+from tqdm import tqdm
+
+from service.decoder import CtcDecoder, DecodeOptions
+from service.model_session import ModelSession, ModelSpec
+from service.recognizer import Recognizer
+from service.text import normalize
+
+
+def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, DecodeOptions], desc: str):
+    hyps = {m: [] for m in modes}
+    rate = recognizer.spec.features.sample_rate
+    for row in tqdm(rows, desc=desc):
+        audio, sr = sf.read(row["audio"], dtype="float32", always_2d=True)
+        audio = audio.mean(axis=1)
+        if sr != rate:
+            audio = soxr.resample(audio, sr, rate)
+        stream = recognizer.new_stream()
+        recognizer.accept(stream, audio)
+        recognizer.finish(stream)
+        for mode, opts in modes.items():
+            hyps[mode].append(recognizer.decode(stream, opts)[0].text)
+    return hyps
+
+
+def tune(recognizer: Recognizer, manifest: str, out: str) -> None:
+    rows = [json.loads(line) for line in open(manifest) if line.strip()]
+    refs = [normalize(r["text"]) for r in rows]
+    grid = {(w, b): DecodeOptions(beam_width=recognizer.spec.beam_width, lm_weight=w, word_bonus=b)
+            for w in (0.3, 0.5, 0.8, 1.2) for b in (0.0, 1.0, 2.0)}
+    wers = {k: jiwer.wer(refs, h) for k, h in transcribe_all(recognizer, rows, grid, "tune").items()}
+    for (w, b), wer in sorted(wers.items()):
+        print(f"lm_weight {w:.1f} word_bonus {b:.1f}: WER {100 * wer:.1f}%")
+    w, b = min(wers, key=wers.get)
+    with open(out, "w") as f:
+        json.dump({"lm_weight": w, "word_bonus": b}, f)
+    print(f"best: lm_weight {w} word_bonus {b} (WER {100 * wers[w, b]:.1f}%) -> {out}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--set", action="append", required=True, metavar="NAME=MANIFEST")
+    p.add_argument("--json", help="also write the table as JSON here")
+    p.add_argument("--tune", help="grid-search LM weight and word bonus on the first set; write them here")
+    a = p.parse_args()
+    spec = ModelSpec.load(a.model)
+    recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
+    modes = {"greedy": DecodeOptions(beam_width=1, lm_weight=0, word_bonus=0, use_lm=False)}
+    if recognizer.decoder.has_lm:
+        modes["beam+LM"] = DecodeOptions(beam_width=spec.beam_width, lm_weight=spec.lm_weight,
+                                         word_bonus=spec.word_bonus)
+    if a.tune:
+        tune(recognizer, a.set[0].split("=", 1)[1], a.tune)
+        return
+    table = []
+    for item in a.set:
+        name, path = item.split("=", 1)
+        rows = [json.loads(line) for line in open(path) if line.strip()]
+        refs = [normalize(r["text"]) for r in rows]
+        for mode, hyps in transcribe_all(recognizer, rows, modes, name).items():
+            table.append({"set": name, "decoding": mode, "utterances": len(rows),
+                          "wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps)})
+    print("| set | decoding | utterances | WER | CER |\n| --- | --- | --- | --- | --- |")
+    for r in table:
+        print(f"| {r['set']} | {r['decoding']} | {r['utterances']} | {100 * r['wer']:.1f}% | {100 * r['cer']:.1f}% |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(table, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Build the KenLM n-gram language model and its unigram list from training text.
+
+    python -m models.lm --manifest data/corpus/train.jsonl --grammar-sentences 50000 --out DIR
+
+Text: the manifests' transcripts plus sentences drawn from the training side of
+the domain grammar (never a held-out sentence).
+
+Writes DIR/lm.bin (KenLM binary) and DIR/unigrams.txt (one word a line, for
+pyctcdecode). `lmplz` and `build_binary` are compiled once from the `kenlm`
+source package on PyPI into third_party/kenlm (needs cmake, a C++ compiler,
+Boost and zlib headers; see README).
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from models import sentences
+
+KENLM_VERSION = "0.3.0"
+TOOLS_DIR = Path(__file__).resolve().parent.parent / "third_party" / "kenlm"
+
+
+def kenlm_tools() -> Path:
+    """The directory holding lmplz and build_binary, compiling them if needed."""
+    bin_dir = TOOLS_DIR / "build" / "bin"
+    if (bin_dir / "lmplz").exists() and (bin_dir / "build_binary").exists():
+        return bin_dir
+    TOOLS_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"fetching the kenlm {KENLM_VERSION} source package", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "kenlm",
+                        "-d", tmp, f"kenlm=={KENLM_VERSION}"], check=True)
+        with tarfile.open(next(Path(tmp).glob("kenlm-*.tar.gz"))) as tar:
+            tar.extractall(tmp, filter="data")
+        src = next(p for p in Path(tmp).iterdir() if p.is_dir() and p.name.startswith("kenlm-"))
+        if not TOOLS_DIR.exists():
+            shutil.move(src, TOOLS_DIR)
+    build = TOOLS_DIR / "build"
+    build.mkdir(exist_ok=True)
+    print("compiling lmplz and build_binary (about a minute)", file=sys.stderr)
+    subprocess.run(["cmake", "..", "-DCMAKE_BUILD_TYPE=Release"], cwd=build, check=True)
+    subprocess.run(["make", "-j2", "lmplz", "build_binary"], cwd=build, check=True)
+    return bin_dir
+
+
+def build_lm(texts: list[str], out: Path, order: int) -> None:
+    tools = kenlm_tools()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        arpa = Path(tmp) / "lm.arpa"
+        with open(arpa, "w") as f:
+            # --discount_fallback: a small domain corpus lacks the counts-of-counts
+            # that modified Kneser-Ney discounting expects.
+            subprocess.run([str(tools / "lmplz"), "-o", str(order), "--discount_fallback", "-S", "20%"],
+                           input="\n".join(texts) + "\n", text=True, stdout=f, check=True)
+        subprocess.run([str(tools / "build_binary"), str(arpa), str(out / "lm.bin")], check=True)
+    words = Counter(w for t in texts for w in t.split())
+    (out / "unigrams.txt").write_text("\n".join(sorted(words)) + "\n")
+    print(f"{out / 'lm.bin'}: order {order}, {len(texts)} sentences, {len(words)} words")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", nargs="+", required=True, help="JSONL manifests whose text trains the LM")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--grammar-sentences", type=int, default=0, help="add this many training-side grammar sentences")
+    p.add_argument("--order", type=int, default=4)
+    p.add_argument("--seed", type=int, default=1)
+    a = p.parse_args()
+    texts = [json.loads(line)["text"] for m in a.manifest for line in open(m) if line.strip()]
+    texts += sentences.generate(a.grammar_sentences, a.seed, held_out=False)
+    build_lm(texts, a.out, a.order)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""A streaming CTC acoustic model: causal conv subsampling + unidirectional GRU.
+
+Everything is causal, so running a chunk at a time with the carried state
+(two conv caches and the GRU hidden state) computes exactly what one pass
+over the whole utterance computes. Chunks must be a multiple of
+`SUBSAMPLING` frames; the front-end pads the last one with silence frames.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+BLANK = "<blk>"
+SPACE = "▁"  # written for " " in tokens.txt, as sentencepiece does
+TOKENS = [BLANK, SPACE, *"abcdefghijklmnopqrstuvwxyz", "'"]
+SUBSAMPLING = 4
+CONV_CONTEXT = 2  # kernel 3 - 1 frames of left context per conv
+
+
+def encode_text(text: str) -> list[int]:
+    index = {t: i for i, t in enumerate(TOKENS)}
+    return [index[SPACE if c == " " else c] for c in text]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_mels: int = 80
+    conv_channels: int = 256
+    hidden: int = 320
+    layers: int = 3
+    dropout: float = 0.1
+    vocab_size: int = len(TOKENS)
+
+
+class StreamingCTC(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("feat_mean", torch.zeros(cfg.n_mels))
+        self.register_buffer("feat_std", torch.ones(cfg.n_mels))
+        self.conv1 = nn.Conv1d(cfg.n_mels, cfg.conv_channels, 3, stride=2)
+        self.conv2 = nn.Conv1d(cfg.conv_channels, cfg.conv_channels, 3, stride=2)
+        self.gru = nn.GRU(cfg.conv_channels, cfg.hidden, cfg.layers, batch_first=True,
+                          dropout=cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.cfg
+        return (torch.zeros(batch, c.n_mels, CONV_CONTEXT),
+                torch.zeros(batch, c.conv_channels, CONV_CONTEXT),
+                torch.zeros(c.layers, batch, c.hidden))
+
+    def forward(self, audio_signal, length, cache_conv1, cache_conv2, cache_gru):
+        """audio_signal (B, n_mels, T), T a multiple of SUBSAMPLING; returns
+        logprobs (B, T/4, V), their lengths, and the next state."""
+        x = (audio_signal - self.feat_mean[:, None]) / self.feat_std[:, None]
+        x = torch.cat([cache_conv1, x], dim=2)
+        next_conv1 = x[:, :, -CONV_CONTEXT:]
+        y = torch.relu(self.conv1(x))
+        y = torch.cat([cache_conv2, y], dim=2)
+        next_conv2 = y[:, :, -CONV_CONTEXT:]
+        z = torch.relu(self.conv2(y))
+        h, next_gru = self.gru(z.transpose(1, 2), cache_gru)
+        logprobs = torch.log_softmax(self.out(self.dropout(h)), dim=-1)
+        return logprobs, length // SUBSAMPLING, next_conv1, next_conv2, next_gru
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(path, model: StreamingCTC, feature_config: dict, extra: dict) -> None:
+    torch.save({"model_config": asdict(model.cfg), "feature_config": feature_config,
+                "tokens": TOKENS, "state_dict": model.state_dict(), **extra}, path)
+
+
+def load_checkpoint(path) -> tuple[StreamingCTC, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = StreamingCTC(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,126 @@
+"""Sentences of the voice-interface domain: digits, numbers, times, dates,
+amounts, commands, questions, plus plain English sentences.
+
+Every sentence is normalized text over the model vocabulary. Whether a
+sentence is held out is a pure function of its text, so held-out sentences
+never reach training whichever run or seed generated them.
+"""
+
+import random
+import zlib
+
+from num2words import num2words
+
+from service.text import normalize
+
+DIGITS = "zero one two three four five six seven eight nine".split()
+MONTHS = ("january february march april may june july august september october "
+          "november december").split()
+DAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
+ROOMS = ["kitchen", "living room", "bedroom", "bathroom", "office", "garage", "hallway", "garden"]
+DEVICES = ["lights", "heating", "fan", "radio", "television", "music", "air conditioning", "alarm"]
+PEOPLE = ["mom", "dad", "anna", "john", "the office", "doctor smith", "my sister", "peter", "maria"]
+PLACES = ["the airport", "the station", "home", "work", "the nearest pharmacy", "london", "paris",
+          "new york", "the city centre", "the hospital", "the supermarket"]
+THINGS = ["milk", "bread", "eggs", "coffee", "apples", "rice", "batteries", "tickets", "flowers"]
+CURRENCIES = ["dollars", "euros", "pounds"]
+SUBJECTS = ["the weather", "the meeting", "the train", "my order", "the game", "the report",
+            "the concert", "dinner", "the flight", "the package"]
+ADJECTIVES = ["late", "early", "ready", "cancelled", "delayed", "finished", "open", "closed",
+              "quiet", "busy", "cold", "warm"]
+NOUNS = ["dog", "teacher", "river", "house", "car", "child", "window", "book", "garden", "city",
+         "friend", "doctor", "market", "story", "road", "letter", "song", "boat", "mountain"]
+VERBS_PAST = ["saw", "found", "liked", "painted", "visited", "opened", "closed", "followed",
+              "helped", "watched", "carried", "remembered", "cleaned", "built"]
+ADVERBS = ["slowly", "quickly", "quietly", "carefully", "again", "yesterday", "today",
+           "last night", "this morning", "twice"]
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(DIGITS) for _ in range(n))
+
+
+def _number(rng: random.Random) -> str:
+    return num2words(rng.choice([rng.randint(0, 20), rng.randint(20, 100), rng.randint(100, 1000),
+                                 rng.randint(1000, 100000)]))
+
+
+def _time(rng: random.Random) -> str:
+    hour, minute = rng.randint(1, 12), rng.choice([0, 5, 10, 15, 20, 30, 45, rng.randint(1, 59)])
+    spoken = num2words(hour)
+    if minute == 0:
+        spoken += rng.choice([" o'clock", ""])
+    elif minute < 10:
+        spoken += " oh " + num2words(minute)
+    else:
+        spoken += " " + num2words(minute)
+    return spoken + rng.choice(["", " a m", " p m", " in the morning", " in the evening"])
+
+
+def _date(rng: random.Random) -> str:
+    day = num2words(rng.randint(1, 31), to="ordinal")
+    month = rng.choice(MONTHS)
+    year = rng.choice(["", " " + num2words(rng.randint(1990, 2035), to="year")])
+    return rng.choice([f"the {day} of {month}{year}", f"{month} {day}{year}"])
+
+
+def _amount(rng: random.Random) -> str:
+    return f"{num2words(rng.randint(1, 999))} {rng.choice(CURRENCIES)}" + rng.choice(
+        ["", f" and {num2words(rng.randint(1, 99))} cents"])
+
+
+TEMPLATES = [
+    lambda r: f"call {_digits(r, r.choice([7, 10]))}",
+    lambda r: f"dial {_digits(r, r.randint(3, 11))}",
+    lambda r: f"my phone number is {_digits(r, 10)}",
+    lambda r: f"the code is {_digits(r, r.randint(4, 6))}",
+    lambda r: f"enter pin {_digits(r, 4)}",
+    lambda r: _digits(r, r.randint(1, 8)),
+    lambda r: f"set an alarm for {_time(r)}",
+    lambda r: f"wake me up at {_time(r)}",
+    lambda r: f"remind me to call {r.choice(PEOPLE)} at {_time(r)}",
+    lambda r: f"set a timer for {_number(r)} minutes",
+    lambda r: f"what time is it in {r.choice(PLACES)}",
+    lambda r: f"book a table for {num2words(r.randint(1, 12))} on {r.choice(DAYS)} at {_time(r)}",
+    lambda r: f"schedule a meeting on {_date(r)}",
+    lambda r: f"my birthday is on {_date(r)}",
+    lambda r: f"send {_amount(r)} to {r.choice(PEOPLE)}",
+    lambda r: f"the total is {_amount(r)}",
+    lambda r: f"pay {_amount(r)}",
+    lambda r: f"turn {r.choice(['on', 'off'])} the {r.choice(DEVICES)} in the {r.choice(ROOMS)}",
+    lambda r: f"set the temperature to {num2words(r.randint(15, 30))} degrees",
+    lambda r: f"play some {r.choice(['jazz', 'rock', 'classical music', 'news', 'radio'])}",
+    lambda r: f"turn the volume {r.choice(['up', 'down'])}",
+    lambda r: f"{r.choice(['stop', 'pause', 'resume', 'cancel', 'next', 'go back', 'yes', 'no'])}",
+    lambda r: f"navigate to {r.choice(PLACES)}",
+    lambda r: f"how long does it take to get to {r.choice(PLACES)}",
+    lambda r: f"add {num2words(r.randint(1, 12))} {r.choice(THINGS)} to my shopping list",
+    lambda r: f"what is {num2words(r.randint(1, 100))} times {num2words(r.randint(1, 100))}",
+    lambda r: f"is {r.choice(SUBJECTS)} {r.choice(ADJECTIVES)}",
+    lambda r: f"when does {r.choice(SUBJECTS)} start",
+    lambda r: f"what's {r.choice(SUBJECTS)} like on {r.choice(DAYS)}",
+    lambda r: f"text {r.choice(PEOPLE)} that i will be {r.choice(ADJECTIVES)}",
+    lambda r: f"the {r.choice(NOUNS)} {r.choice(VERBS_PAST)} the {r.choice(NOUNS)} {r.choice(ADVERBS)}",
+    lambda r: f"my {r.choice(NOUNS)} was {r.choice(ADJECTIVES)} {r.choice(ADVERBS)}",
+    lambda r: f"we {r.choice(VERBS_PAST)} a {r.choice(NOUNS)} near the {r.choice(NOUNS)}",
+    lambda r: f"there are {_number(r)} {r.choice(NOUNS)}s in {r.choice(PLACES)}",
+    lambda r: f"flight {_digits(r, 3)} leaves from gate {num2words(r.randint(1, 60))} at {_time(r)}",
+    lambda r: f"order number {_digits(r, r.randint(5, 8))}",
+]
+
+
+def is_held_out(sentence: str, percent: int = 10) -> bool:
+    return zlib.crc32(sentence.encode()) % 100 < percent
+
+
+def generate(n: int, seed: int, held_out: bool) -> list[str]:
+    """n distinct-ish sentences from the grammar, from the held-out or the training side."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    tries = 0
+    while len(out) < n and tries < 200 * n:
+        tries += 1
+        sentence = normalize(rng.choice(TEMPLATES)(rng))
+        if sentence and is_held_out(sentence) == held_out:
+            out.append(sentence)
+    return out

@@ -1,0 +1,230 @@
+"""Train a streaming CTC model with CTC loss, watching held-out CER/WER.
+
+    python -m models.train --config models/configs/skeleton.toml --out runs/skeleton [--resume]
+
+Writes `last.pt` (resumable), `best.pt` (best greedy WER on the `best_on`
+validation set) and `metrics.jsonl` (one line per validation) to --out.
+"""
+
+import argparse
+import json
+import math
+import random
+import time
+import tomllib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from models.model import SUBSAMPLING, TOKENS, ModelConfig, StreamingCTC, encode_text, num_parameters, save_checkpoint
+from service.features import FeatureConfig, LogMel, logmel_utterance
+
+FEATURES = FeatureConfig()
+_LOGMEL = LogMel(FEATURES)
+
+
+@dataclass(frozen=True)
+class Augment:
+    noise_probability: float = 0.5
+    snr_db: tuple[float, float] = (10.0, 40.0)
+    gain_db: tuple[float, float] = (-12.0, 6.0)
+    freq_masks: int = 2
+    freq_mask_width: int = 12
+    time_masks: int = 2
+    time_mask_fraction: float = 0.05
+
+
+def read_manifest(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _features(args: tuple[dict, Augment | None, int]) -> np.ndarray:
+    row, aug, seed = args
+    audio, rate = sf.read(row["audio"], dtype="float32", always_2d=True)
+    if rate != FEATURES.sample_rate:
+        raise ValueError(f"{row['audio']}: {rate} Hz, expected {FEATURES.sample_rate}")
+    audio = audio.mean(axis=1)
+    if aug is not None:
+        rng = np.random.default_rng(seed)
+        audio = audio * 10 ** (rng.uniform(*aug.gain_db) / 20)
+        if rng.random() < aug.noise_probability:
+            power = float(np.mean(audio**2)) + 1e-10
+            snr = rng.uniform(*aug.snr_db)
+            audio = audio + rng.normal(0, math.sqrt(power / 10 ** (snr / 10)), len(audio))
+    return pad_frames(logmel_utterance(_LOGMEL, audio.astype(np.float32)))
+
+
+def pad_frames(feats: np.ndarray) -> np.ndarray:
+    """Pads (T, n_mels) with silence frames to a multiple of the subsampling, as serving does."""
+    short = -len(feats) % SUBSAMPLING
+    return np.concatenate([feats, np.tile(_LOGMEL.silence_frame, (short, 1))]) if short else feats
+
+
+def load_set(path: str, aug: Augment | None, seed: int, pool) -> list[tuple[np.ndarray, str]]:
+    rows = read_manifest(path)
+    jobs = [(r, aug, seed * 1_000_003 + i) for i, r in enumerate(rows)]
+    feats = list(tqdm(pool.map(_features, jobs, chunksize=32), total=len(rows), desc=f"features {path}"))
+    return [(f, r["text"]) for f, r in zip(feats, rows)]
+
+
+def batches(data, batch_frames: int, rng: random.Random) -> list[list[int]]:
+    order = sorted(range(len(data)), key=lambda i: len(data[i][0]))
+    out, cur, longest = [], [], 0
+    for i in order:
+        longest = max(longest, len(data[i][0]))
+        if cur and longest * (len(cur) + 1) > batch_frames:
+            out.append(cur)
+            cur, longest = [], len(data[i][0])
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    rng.shuffle(out)
+    return out
+
+
+def collate(data, idx: list[int]):
+    feats = [data[i][0] for i in idx]
+    longest = max(len(f) for f in feats)
+    x = np.tile(_LOGMEL.silence_frame, (len(idx), longest, 1))
+    for b, f in enumerate(feats):
+        x[b, : len(f)] = f
+    targets = [torch.tensor(encode_text(data[i][1])) for i in idx]
+    return (torch.from_numpy(x).transpose(1, 2).contiguous(), torch.tensor([len(f) for f in feats]),
+            torch.cat(targets), torch.tensor([len(t) for t in targets]))
+
+
+def spec_augment(x: torch.Tensor, lengths: torch.Tensor, aug: Augment, gen: torch.Generator):
+    x = x.clone()
+    fill = float(_LOGMEL.silence_frame[0])
+    for b in range(x.shape[0]):
+        for _ in range(aug.freq_masks):
+            w = int(torch.randint(0, aug.freq_mask_width + 1, (1,), generator=gen))
+            f0 = int(torch.randint(0, x.shape[1] - w + 1, (1,), generator=gen))
+            x[b, f0 : f0 + w, :] = fill
+        t_max = max(1, int(aug.time_mask_fraction * int(lengths[b])))
+        for _ in range(aug.time_masks):
+            w = int(torch.randint(0, t_max + 1, (1,), generator=gen))
+            t0 = int(torch.randint(0, max(1, int(lengths[b]) - w), (1,), generator=gen))
+            x[b, :, t0 : t0 + w] = fill
+    return x
+
+
+def greedy_text(logprobs: np.ndarray) -> str:
+    ids = logprobs.argmax(-1)
+    keep = [int(i) for j, i in enumerate(ids) if i != 0 and (j == 0 or i != ids[j - 1])]
+    return "".join(" " if TOKENS[i] == "▁" else TOKENS[i] for i in keep).strip()
+
+
+@torch.no_grad()
+def evaluate(model: StreamingCTC, data, batch_frames: int) -> dict:
+    model.eval()
+    refs, hyps = [], []
+    for idx in batches(data, batch_frames, random.Random(0)):
+        x, lengths, _, _ = collate(data, idx)
+        logprobs, out_lengths, *_ = model(x, lengths, *model.initial_state(len(idx)))
+        for b, i in enumerate(idx):
+            hyps.append(greedy_text(logprobs[b, : out_lengths[b]].numpy()))
+            refs.append(data[i][1])
+    model.train()
+    return {"wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps), "n": len(refs),
+            "example": {"ref": refs[0], "hyp": hyps[0]}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    a = p.parse_args()
+    cfg = tomllib.loads(a.config.read_text())
+    aug = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("augment", {}).items()})
+    model_cfg = ModelConfig(**cfg.get("model", {}))
+    a.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.get("threads", 2))
+    seed = cfg.get("seed", 0)
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+    with ProcessPoolExecutor(cfg.get("threads", 2)) as pool:
+        train = [item for path in cfg["train"] for item in load_set(path, aug, seed, pool)]
+        valid = {name: load_set(path, None, seed, pool) for name, path in cfg["valid"].items()}
+    hours = sum(len(f) for f, _ in train) * FEATURES.hop_length / FEATURES.sample_rate / 3600
+    print(f"train: {len(train)} utterances, {hours:.2f} h")
+
+    model = StreamingCTC(model_cfg)
+    stacked = np.concatenate([f for f, _ in train[:2000]])
+    model.feat_mean.copy_(torch.from_numpy(stacked.mean(0)))
+    model.feat_std.copy_(torch.from_numpy(stacked.std(0) + 1e-5))
+    print(f"model: {num_parameters(model) / 1e6:.2f} M parameters")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    total = cfg["max_steps"]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, pct_start=0.1)
+    ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
+    step, best, elapsed = 0, math.inf, 0.0
+    if a.resume and (a.out / "last.pt").exists():
+        state = torch.load(a.out / "last.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, best, elapsed = state["step"], state["best"], state["elapsed"]
+        print(f"resumed at step {step}")
+    gen = torch.Generator().manual_seed(seed + step)
+    rng = random.Random(seed + step)
+    feature_config = asdict(FEATURES)
+
+    def checkpoint(name: str, resumable: bool) -> None:
+        """best.pt is weights and settings only (what export needs); last.pt can resume."""
+        info = {"step": step, "best": best, "elapsed": elapsed, "train_hours": hours, "config": cfg}
+        if resumable:
+            info.update(optimizer=opt.state_dict(), scheduler=sched.state_dict())
+        save_checkpoint(a.out / name, model, feature_config, info)
+
+    started = time.monotonic() - elapsed
+    bar = tqdm(total=total, initial=step, desc="train")
+    model.train()
+    done = step >= total
+    while not done:
+        for idx in batches(train, cfg["batch_frames"], rng):
+            x, lengths, targets, target_lengths = collate(train, idx)
+            x = spec_augment(x, lengths, aug, gen)
+            logprobs, out_lengths, *_ = model(x, lengths, *model.initial_state(len(idx)))
+            loss = ctc(logprobs.transpose(0, 1), targets, out_lengths, target_lengths)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            elapsed = time.monotonic() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            out_of_time = elapsed > 60 * cfg["max_minutes"]
+            done = step >= total or out_of_time
+            if step % cfg["valid_every"] == 0 or done:
+                scores = {name: evaluate(model, data, cfg["batch_frames"]) for name, data in valid.items()}
+                row = {"step": step, "minutes": round(elapsed / 60, 2), "loss": loss.item(),
+                       **{f"{n}/{k}": v for n, s in scores.items() for k, v in s.items() if k != "example"}}
+                with open(a.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+                for n, s in scores.items():
+                    bar.write(f"  {n}: ref={s['example']['ref']!r} hyp={s['example']['hyp']!r}")
+                if scores[cfg["best_on"]]["wer"] < best:
+                    best = scores[cfg["best_on"]]["wer"]
+                    checkpoint("best.pt", resumable=False)
+                checkpoint("last.pt", resumable=True)
+            if done:
+                break
+    bar.close()
+    print(f"done: step {step}, {elapsed / 60:.1f} min, best {cfg['best_on']} WER {best:.4f}")
+
+
+if __name__ == "__main__":
+    main()

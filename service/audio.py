@@ -1,0 +1,118 @@
+"""Audio bytes -> validated float32 mono samples at the model's rate.
+
+Raw LINEAR16/FLOAT32 may arrive in any byte chunking (`PcmStream` keeps the
+partial sample between chunks); WAV and FLAC containers are decoded whole.
+Every malformed input raises `AudioError`, which the servicer maps to
+INVALID_ARGUMENT.
+"""
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from ctc_asr.v1 import asr_pb2
+
+Encoding = asr_pb2.RecognitionConfig.AudioEncoding
+MIN_RATE, MAX_RATE = 8000, 48000
+RAW_WIDTH = {Encoding.LINEAR16: 2, Encoding.FLOAT32: 4}
+RAW_DTYPE = {Encoding.LINEAR16: "<i2", Encoding.FLOAT32: "<f4"}
+
+
+class AudioError(ValueError):
+    """The audio or its description is malformed."""
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    encoding: int  # Encoding.LINEAR16 or Encoding.FLOAT32 once decoded
+    sample_rate: int
+    channels: int
+
+
+def check_rate(rate: int, what: str) -> None:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"{what} must be between {MIN_RATE} and {MAX_RATE} Hz, got {rate}")
+
+
+def raw_format(encoding: int, sample_rate: int, channels: int) -> AudioFormat:
+    """Validates the config of headerless audio."""
+    check_rate(sample_rate, "config.sample_rate_hertz")
+    if not 1 <= channels <= 8:
+        raise AudioError(f"config.audio_channel_count must be between 1 and 8, got {channels}")
+    return AudioFormat(encoding, sample_rate, channels)
+
+
+def _to_mono(samples: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(samples)):
+        raise AudioError("audio contains NaN or infinite samples")
+    return samples.mean(axis=1) if samples.ndim == 2 else samples
+
+
+def decode_container(data: bytes, encoding: int, sample_rate: int, channels: int) -> tuple[np.ndarray, int]:
+    """WAV/FLAC bytes -> (mono float32 samples, sample rate). A rate or channel
+    count set in the config must match the header."""
+    if encoding == Encoding.ENCODING_UNSPECIFIED and not data.startswith((b"RIFF", b"RIFX", b"fLaC")):
+        raise AudioError("audio is not a WAV or FLAC file; for raw audio set config.encoding "
+                         "to LINEAR16 or FLOAT32 and config.sample_rate_hertz")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(f"could not decode the audio container: {e}") from None
+    check_rate(rate, "the audio's sample rate")
+    if sample_rate and sample_rate != rate:
+        raise AudioError(f"config.sample_rate_hertz is {sample_rate} but the audio header says {rate}")
+    if channels and channels != samples.shape[1]:
+        raise AudioError(f"config.audio_channel_count is {channels} but the audio has {samples.shape[1]}")
+    return _to_mono(samples), rate
+
+
+class PcmStream:
+    """Raw PCM bytes in any chunking -> mono float32 samples at the target rate."""
+
+    def __init__(self, fmt: AudioFormat, target_rate: int) -> None:
+        self.fmt = fmt
+        self._frame_bytes = RAW_WIDTH[fmt.encoding] * fmt.channels
+        self._partial = b""
+        self._resampler = (soxr.ResampleStream(fmt.sample_rate, target_rate, 1, dtype="float32", quality="HQ")
+                           if fmt.sample_rate != target_rate else None)
+        self.samples_in = 0  # at the input rate, per channel
+
+    def accept(self, data: bytes) -> np.ndarray:
+        buf = self._partial + data
+        usable = len(buf) - len(buf) % self._frame_bytes
+        self._partial = buf[usable:]
+        return self._convert(buf[:usable], last=False)
+
+    def finish(self) -> np.ndarray:
+        if self._partial:
+            raise AudioError(f"audio length is not a whole number of {self._frame_bytes}-byte samples "
+                             f"({len(self._partial)} bytes left over)")
+        return self._convert(b"", last=True)
+
+    def _convert(self, data: bytes, last: bool) -> np.ndarray:
+        samples = np.frombuffer(data, RAW_DTYPE[self.fmt.encoding]).reshape(-1, self.fmt.channels)
+        self.samples_in += len(samples)
+        if self.fmt.encoding == Encoding.LINEAR16:
+            samples = samples.astype(np.float32) / 32768.0
+        mono = _to_mono(samples).astype(np.float32, copy=False)
+        if self._resampler is None:
+            return mono
+        return self._resampler.resample_chunk(mono, last=last)
+
+
+def decode_unary(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int) -> tuple[np.ndarray, float]:
+    """Whole request audio -> (samples at target_rate, seconds of input audio)."""
+    if not data:
+        raise AudioError("audio_content is empty")
+    if encoding in RAW_WIDTH:
+        stream = PcmStream(raw_format(encoding, sample_rate, channels or 1), target_rate)
+        samples = np.concatenate([stream.accept(data), stream.finish()])
+        return samples, stream.samples_in / sample_rate
+    samples, rate = decode_container(data, encoding, sample_rate, channels)
+    seconds = len(samples) / rate
+    if rate != target_rate:
+        samples = soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32)
+    return samples, seconds

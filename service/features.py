@@ -1,0 +1,104 @@
+"""Log-mel front-end, streaming.
+
+Frame i covers samples [i*hop, i*hop + win). `StreamingFeatures` keeps the
+samples that do not yet complete a frame, so feeding audio in any chunking
+and then calling `flush` gives exactly the frames of the whole signal. The
+same code computes training features, so training and serving cannot drift.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms
+    n_mels: int = 80
+    fmin: float = 20.0
+    fmax: float = 7600.0
+    log_floor: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not 0 < self.hop_length <= self.win_length <= self.n_fft:
+            raise ValueError("need 0 < hop_length <= win_length <= n_fft")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError("need 0 <= fmin < fmax <= sample_rate/2")
+
+
+def _hz_to_mel(hz):
+    return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
+
+
+def _mel_to_hz(mel):
+    return 700.0 * (10.0 ** (np.asarray(mel) / 2595.0) - 1.0)
+
+
+def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
+    """(n_fft//2+1, n_mels) triangular HTK-scale filters."""
+    bins = np.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins[None, :] - lower) / (centre - lower)
+    falling = (upper - bins[None, :]) / (upper - centre)
+    return np.maximum(0.0, np.minimum(rising, falling)).T.astype(np.float32)
+
+
+class LogMel:
+    """Stateless: whole frames of samples in, log-mel frames (n, n_mels) out."""
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        self.cfg = cfg
+        self._window = np.hanning(cfg.win_length + 2)[1:-1].astype(np.float32)
+        self._fbank = mel_filterbank(cfg)
+
+    def num_frames(self, num_samples: int) -> int:
+        if num_samples < self.cfg.win_length:
+            return 0
+        return 1 + (num_samples - self.cfg.win_length) // self.cfg.hop_length
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        n = self.num_frames(len(samples))
+        if n == 0:
+            return np.zeros((0, self.cfg.n_mels), np.float32)
+        idx = np.arange(self.cfg.win_length)[None, :] + self.cfg.hop_length * np.arange(n)[:, None]
+        frames = samples[idx] * self._window
+        power = np.abs(np.fft.rfft(frames, n=self.cfg.n_fft, axis=1)) ** 2
+        return np.log(power.astype(np.float32) @ self._fbank + self.cfg.log_floor)
+
+    @property
+    def silence_frame(self) -> np.ndarray:
+        """The frame of digital silence, used to pad the model's last chunk."""
+        return np.full(self.cfg.n_mels, np.log(self.cfg.log_floor), np.float32)
+
+
+class StreamingFeatures:
+    """Per-stream front-end state: the samples not yet covered by a whole frame."""
+
+    def __init__(self, logmel: LogMel) -> None:
+        self._logmel = logmel
+        self._pending = np.zeros(0, np.float32)
+
+    def accept(self, samples: np.ndarray) -> np.ndarray:
+        buf = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
+        feats = self._logmel(buf)
+        self._pending = buf[len(feats) * self._logmel.cfg.hop_length :]
+        return feats
+
+    def flush(self) -> np.ndarray:
+        """Zero-pads the tail into one last frame so no sample is dropped."""
+        if len(self._pending) == 0:
+            return np.zeros((0, self._logmel.cfg.n_mels), np.float32)
+        tail = np.zeros(self._logmel.cfg.win_length, np.float32)
+        tail[: len(self._pending)] = self._pending[: self._logmel.cfg.win_length]
+        self._pending = np.zeros(0, np.float32)
+        return self._logmel(tail)
+
+
+def logmel_utterance(logmel: LogMel, samples: np.ndarray) -> np.ndarray:
+    """Whole-signal features, identical to streaming them and flushing."""
+    stream = StreamingFeatures(logmel)
+    return np.concatenate([stream.accept(samples), stream.flush()])

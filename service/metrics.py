@@ -1,0 +1,35 @@
+"""Prometheus metrics (names fixed by DESIGN.md), on a registry of their own
+so that several servers can live in one process (tests)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Speech latencies run from a few milliseconds (one chunk) to seconds (a long file).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("asr_requests_total", "RPCs by final status code", ["method", "code"], registry=r)
+        self.request_duration = Histogram("asr_request_duration_seconds", "Whole unary call",
+                                          ["method", "traffic"], buckets=LATENCY_BUCKETS, registry=r)
+        self.final_latency = Histogram("asr_final_latency_seconds",
+                                       "Stream: end of speech or client half-close -> final result sent",
+                                       ["traffic"], buckets=LATENCY_BUCKETS, registry=r)
+        self.partial_latency = Histogram("asr_partial_latency_seconds",
+                                         "Stream: audio completing a model chunk -> interim result covering it",
+                                         ["traffic"], buckets=LATENCY_BUCKETS, registry=r)
+        self.first_result_latency = Histogram("asr_first_result_latency_seconds",
+                                              "Stream: first audio byte -> first result sent",
+                                              ["traffic"], buckets=LATENCY_BUCKETS, registry=r)
+        self.audio_seconds = Counter("asr_audio_seconds_total", "Audio received, seconds", registry=r)
+        self.real_time_factor = Histogram("asr_real_time_factor", "Processing time / audio time per request",
+                                          ["traffic"], buckets=RTF_BUCKETS, registry=r)
+        self.active_streams = Gauge("asr_active_streams", "Open StreamingRecognize calls", registry=r)
+        self.inference = Histogram("asr_inference_seconds", "One ONNX Runtime model call", ["provider"],
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.decode = Histogram("asr_decode_seconds", "One decoder call", buckets=LATENCY_BUCKETS, registry=r)
+        self.model_info = Gauge("asr_model_info", "The model being served (value 1)",
+                                ["model", "version", "provider"], registry=r)

@@ -1,0 +1,125 @@
+"""The model directory and the ONNX Runtime session that runs it.
+
+`ModelSpec` is everything export wrote to `model.json` and `tokens.txt`;
+`ModelSession.step` runs one chunk for a batch of streams, state in and out.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.features import FeatureConfig
+
+log = logging.getLogger(__name__)
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    input: str
+    output: str
+    shape: tuple[int, ...]  # with 1 at batch_axis
+    batch_axis: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    directory: Path
+    name: str
+    version: str
+    language_code: str
+    features: FeatureConfig
+    tokens: tuple[str, ...]
+    subsampling_factor: int
+    chunk_frames: int
+    lookahead_frames: int
+    states: tuple[StateSpec, ...]
+    parameters: int
+    lm: Path | None
+    unigrams: Path | None
+    lm_weight: float
+    word_bonus: float
+    beam_width: int
+
+    @classmethod
+    def load(cls, directory: Path) -> "ModelSpec":
+        directory = Path(directory)
+        for required in ("model.onnx", "model.json", "tokens.txt"):
+            if not (directory / required).is_file():
+                raise FileNotFoundError(f"{directory}: no {required}; is this a model directory written by "
+                                        "`python -m export`?")
+        meta = json.loads((directory / "model.json").read_text())
+        tokens = read_tokens(directory / "tokens.txt")
+        decoder = meta.get("decoder", {})
+        lm = directory / decoder["lm"] if decoder.get("lm") else None
+        unigrams = directory / decoder["unigrams"] if decoder.get("unigrams") else None
+        return cls(
+            directory=directory, name=meta["name"], version=meta["version"],
+            language_code=meta.get("language_code", "en"),
+            features=FeatureConfig(**meta["features"]), tokens=tokens,
+            subsampling_factor=meta["subsampling_factor"], chunk_frames=meta["chunk_frames"],
+            lookahead_frames=meta.get("lookahead_frames", 0),
+            states=tuple(StateSpec(s["input"], s["output"], tuple(s["shape"]), s["batch_axis"])
+                         for s in meta["states"]),
+            parameters=meta.get("parameters", 0), lm=lm, unigrams=unigrams,
+            lm_weight=decoder.get("lm_weight", 0.5), word_bonus=decoder.get("word_bonus", 1.0),
+            beam_width=decoder.get("beam_width", 25),
+        )
+
+    @property
+    def frame_seconds(self) -> float:
+        """Duration of one output frame (after subsampling)."""
+        return self.features.hop_length * self.subsampling_factor / self.features.sample_rate
+
+
+def read_tokens(path: Path) -> tuple[str, ...]:
+    """tokens.txt lines are `symbol id`, ids 0..V-1."""
+    pairs = [line.rsplit(" ", 1) for line in path.read_text().splitlines() if line.strip()]
+    by_id = {int(i): sym for sym, i in pairs}
+    if sorted(by_id) != list(range(len(by_id))):
+        raise ValueError(f"{path}: token ids are not 0..{len(by_id) - 1}")
+    return tuple(by_id[i] for i in range(len(by_id)))
+
+
+def create_session(path: Path, provider: str, threads: int) -> tuple[ort.InferenceSession, str]:
+    """provider: auto|cuda|cpu. Returns the session and the provider actually in use."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Spinning threads steal the cores the Python decoder needs (FIELD-NOTES).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if provider in ("auto", "cuda") and CUDA in ort.get_available_providers():
+        opts.log_severity_level = 3  # a failed CUDA load on a CPU machine is expected in auto mode
+        session = ort.InferenceSession(str(path), opts, providers=[CUDA, CPU])
+        if session.get_providers()[0] == CUDA:
+            return session, CUDA
+    if provider == "cuda":
+        raise RuntimeError("--provider cuda: the CUDA execution provider could not be loaded")
+    if provider == "auto":
+        log.warning("CUDA execution provider unavailable; running on CPU")
+    return ort.InferenceSession(str(path), opts, providers=[CPU]), CPU
+
+
+class ModelSession:
+    """One shared session; `step` is thread-safe (InferenceSession.run is)."""
+
+    def __init__(self, spec: ModelSpec, provider: str = "auto", threads: int = 1) -> None:
+        self.spec = spec
+        self.session, self.provider = create_session(spec.directory / "model.onnx", provider, threads)
+        self._outputs = ["logprobs", "encoded_lengths", *(s.output for s in spec.states)]
+
+    def initial_state(self) -> list[np.ndarray]:
+        return [np.zeros(s.shape, np.float32) for s in self.spec.states]
+
+    def step(self, features: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """features (T, n_mels) for one stream, T a multiple of the subsampling
+        factor -> (logprobs (T/sub, V), next state)."""
+        feeds = {"audio_signal": features.T[None].astype(np.float32, copy=False),
+                 "length": np.array([len(features)], np.int64)}
+        feeds.update({s.input: x for s, x in zip(self.spec.states, state)})
+        logprobs, _, *next_state = self.session.run(self._outputs, feeds)
+        return logprobs[0], next_state

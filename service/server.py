@@ -1,0 +1,80 @@
+"""Assembles and runs the server: model, servicer, health, reflection, /metrics."""
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service.config import ServerConfig
+from service.decoder import CtcDecoder
+from service.metrics import Metrics
+from service.model_session import ModelSession, ModelSpec
+from service.recognizer import Recognizer
+from service.servicer import SpeechServicer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    servicer: SpeechServicer
+    health: health.aio.HealthServicer
+    port: int
+    metrics_port: int
+    _metrics_http: object
+
+    async def stop(self, grace: float) -> None:
+        """Health goes NOT_SERVING, then in-flight calls get `grace` seconds to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.servicer.close()
+        self._metrics_http.shutdown()
+
+
+async def start(cfg: ServerConfig) -> RunningServer:
+    spec = ModelSpec.load(cfg.model)
+    metrics = Metrics()
+    session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
+    inference = metrics.inference.labels(session.provider)
+    recognizer = Recognizer(session, CtcDecoder(spec), on_inference=inference.observe)
+    metrics.model_info.labels(spec.name, spec.version, session.provider).set(1)
+    log.info("model %s %s on %s (%d parameters, LM: %s)", spec.name, spec.version, session.provider,
+             spec.parameters, "yes" if recognizer.decoder.has_lm else "no")
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
+                                      ("grpc.max_send_message_length", cfg.max_message_bytes)])
+    servicer = SpeechServicer(recognizer, metrics, cfg)
+    asr_pb2_grpc.add_SpeechServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}")
+    metrics_http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=metrics.registry)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving on %s:%d, metrics on %s:%d/metrics", cfg.host, port, cfg.metrics_host,
+             metrics_http.server_port)
+    return RunningServer(server, servicer, health_servicer, port, metrics_http.server_port, metrics_http)
+
+
+async def serve(cfg: ServerConfig) -> None:
+    running = await start(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.0f s)", cfg.grace_seconds)
+    await running.stop(cfg.grace_seconds)

@@ -1,0 +1,198 @@
+"""The gRPC Speech service: request validation, the stream loop, errors and metrics.
+
+CPU work (model steps, decoding) runs on a bounded thread pool so the event
+loop keeps serving other calls.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+from google.protobuf.duration_pb2 import Duration
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service import canary
+from service.audio import RAW_WIDTH, AudioError, PcmStream, decode_unary, raw_format
+from service.config import ServerConfig
+from service.decoder import DecodeOptions, Hypothesis
+from service.metrics import Metrics
+from service.options import RequestOptions, recognition_options
+from service.recognizer import Recognizer, StreamState
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(round(seconds * 1e9)))
+    return d
+
+
+def _alternatives(hyps: list[Hypothesis], word_offsets: bool) -> list[asr_pb2.SpeechRecognitionAlternative]:
+    out = []
+    for h in hyps:
+        alt = asr_pb2.SpeechRecognitionAlternative(transcript=h.text, confidence=h.confidence)
+        if word_offsets:
+            alt.words.extend(asr_pb2.WordInfo(word=w.word, start_time=_duration(w.start),
+                                              end_time=_duration(w.end), confidence=w.confidence)
+                             for w in h.words)
+        out.append(alt)
+    return out
+
+
+class SpeechServicer(asr_pb2_grpc.SpeechServicer):
+    def __init__(self, recognizer: Recognizer, metrics: Metrics, cfg: ServerConfig) -> None:
+        self.recognizer = recognizer
+        self.spec = recognizer.spec
+        self.metrics = metrics
+        self.cfg = cfg
+        self._pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @contextlib.asynccontextmanager
+    async def _call(self, method: str, context: grpc.aio.ServicerContext):
+        """Maps exceptions to status codes (never leaking internals) and counts the outcome."""
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except RequestError as e:
+            code = e.code
+            await context.abort(code, str(e))
+        except AudioError as e:
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(e))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as e:
+            if isinstance(e, grpc.aio.AbortError):
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method)
+            await context.abort(code, "internal error")
+        finally:
+            self.metrics.requests.labels(method, code.name).inc()
+
+    def _decode(self, stream: StreamState, opts: DecodeOptions) -> list[Hypothesis]:
+        started = time.perf_counter()
+        hyps = self.recognizer.decode(stream, opts)
+        self.metrics.decode.observe(time.perf_counter() - started)
+        return hyps
+
+    def _recognize(self, samples: np.ndarray, opts: RequestOptions) -> list[Hypothesis]:
+        stream = self.recognizer.new_stream()
+        self.recognizer.accept(stream, samples)
+        self.recognizer.finish(stream)
+        return self._decode(stream, opts.decode)
+
+    async def Recognize(self, request, context):
+        started = time.perf_counter()
+        async with self._call("Recognize", context):
+            opts = recognition_options(request.config, self.spec)
+            c = request.config
+            samples, seconds = await self._run(decode_unary, request.audio_content, c.encoding,
+                                               c.sample_rate_hertz, c.audio_channel_count,
+                                               self.spec.features.sample_rate)
+            if seconds > self.cfg.max_unary_audio_seconds:
+                raise RequestError(grpc.StatusCode.OUT_OF_RANGE,
+                                   f"audio is {seconds:.1f} s; Recognize accepts at most "
+                                   f"{self.cfg.max_unary_audio_seconds:g} s (use StreamingRecognize)")
+            self.metrics.audio_seconds.inc(seconds)
+            hyps = await self._run(self._recognize, samples, opts)
+            response = asr_pb2.RecognizeResponse(total_billed_time=_duration(seconds))
+            response.results.add(alternatives=_alternatives(hyps, opts.word_offsets),
+                                 result_end_time=_duration(seconds))
+            if opts.canary_reference:
+                response.canary_score.CopyFrom(canary.score(opts.canary_reference, hyps[0].text, opts.canary_set))
+            elapsed = time.perf_counter() - started
+            self.metrics.request_duration.labels("Recognize", opts.traffic).observe(elapsed)
+            self.metrics.real_time_factor.labels(opts.traffic).observe(elapsed / max(seconds, 1e-3))
+            return response
+
+    async def StreamingRecognize(self, request_iterator, context):
+        self.metrics.active_streams.inc()
+        try:
+            async with self._call("StreamingRecognize", context):
+                async for response in self._stream(request_iterator):
+                    yield response
+        finally:
+            self.metrics.active_streams.dec()
+
+    async def _stream(self, requests):
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("streaming_request") != "streaming_config":
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "the first message must carry streaming_config (and no audio)")
+        sc = first.streaming_config
+        opts = recognition_options(sc.config, self.spec)
+        if sc.single_utterance:
+            raise AudioError("streaming_config.single_utterance is not supported yet")
+        if sc.config.encoding not in RAW_WIDTH:
+            raise AudioError("config.encoding must be LINEAR16 or FLOAT32 for streaming "
+                             "(send WAV/FLAC files with Recognize)")
+        pcm = PcmStream(raw_format(sc.config.encoding, sc.config.sample_rate_hertz,
+                                   sc.config.audio_channel_count or 1), self.spec.features.sample_rate)
+        stream = self.recognizer.new_stream(pcm)
+        first_audio_at = None
+        greedy = DecodeOptions(beam_width=1, lm_weight=0.0, word_bonus=0.0, use_lm=False)
+        async for request in requests:
+            if request.WhichOneof("streaming_request") != "audio_content":
+                raise AudioError("streaming_config may only be sent once, in the first message")
+            first_audio_at = first_audio_at or time.perf_counter()
+            arrived = time.perf_counter()
+            samples = pcm.accept(request.audio_content)
+            if pcm.samples_in / pcm.fmt.sample_rate > self.cfg.max_stream_audio_seconds:
+                raise RequestError(grpc.StatusCode.OUT_OF_RANGE, "stream audio exceeds "
+                                   f"{self.cfg.max_stream_audio_seconds:g} s")
+            new_frames = await self._run(self.recognizer.accept, stream, samples)
+            if sc.interim_results and new_frames:
+                hyps = await self._run(self._decode, stream, greedy)
+                yield asr_pb2.StreamingRecognizeResponse(results=[asr_pb2.StreamingRecognitionResult(
+                    alternatives=_alternatives(hyps, False), is_final=False,
+                    result_end_time=_duration(stream.samples / self.spec.features.sample_rate))])
+                self.metrics.partial_latency.labels(opts.traffic).observe(time.perf_counter() - arrived)
+        half_closed = time.perf_counter()
+        samples = pcm.finish()
+        seconds = pcm.samples_in / pcm.fmt.sample_rate
+        self.metrics.audio_seconds.inc(seconds)
+        if first_audio_at is None:
+            return
+        await self._run(self.recognizer.accept, stream, samples)
+        await self._run(self.recognizer.finish, stream)
+        hyps = await self._run(self._decode, stream, opts.decode)
+        response = asr_pb2.StreamingRecognizeResponse(
+            results=[asr_pb2.StreamingRecognitionResult(
+                alternatives=_alternatives(hyps, opts.word_offsets), is_final=True,
+                result_end_time=_duration(seconds))],
+            total_billed_time=_duration(seconds), endpoint_reason="half_close")
+        if opts.canary_reference:
+            response.canary_score.CopyFrom(canary.score(opts.canary_reference, hyps[0].text, opts.canary_set))
+        yield response
+        self.metrics.final_latency.labels(opts.traffic).observe(time.perf_counter() - half_closed)
+
+    async def GetModelInfo(self, request, context):
+        async with self._call("GetModelInfo", context):
+            s = self.spec
+            step = s.features.hop_length / s.features.sample_rate
+            return asr_pb2.ModelInfo(
+                name=s.name, version=s.version, sample_rate_hertz=s.features.sample_rate, tokens=s.tokens,
+                subsampling_factor=s.subsampling_factor, chunk_duration=_duration(s.chunk_frames * step),
+                lookahead=_duration(s.lookahead_frames * step), provider=self.recognizer.session.provider,
+                has_language_model=self.recognizer.decoder.has_lm, parameters=s.parameters,
+                language_code=s.language_code)

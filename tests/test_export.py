@@ -1,0 +1,77 @@
+"""python -m export: the model directory it writes serves, and parity is checked."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import BUNDLED, ROOT, SAMPLES
+from service.decoder import CtcDecoder, DecodeOptions
+from service.model_session import ModelSession, ModelSpec
+from service.recognizer import Recognizer
+
+CKPT = BUNDLED / "checkpoint.pt"
+
+
+def export(out, *extra):
+    return subprocess.run([sys.executable, "-m", "export", "--ckpt", str(CKPT), "--out", str(out), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    result = export(out, "--lm-dir", str(BUNDLED))
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_parity_is_printed_and_within_tolerance(exported):
+    _, stdout = exported
+    for check in ("onnx_vs_pytorch", "chunked_vs_whole", "batched_vs_single"):
+        line = next(l for l in stdout.splitlines() if l.startswith(f"parity {check}"))
+        assert line.endswith("(ok)")
+        assert float(line.split("= ")[1].split()[0]) <= 1e-3
+
+
+def test_exported_directory_transcribes_like_the_bundled_one(exported):
+    out, _ = exported
+    audio, _ = sf.read(SAMPLES / "what_time.wav", dtype="float32")
+    opts = DecodeOptions(beam_width=25, lm_weight=0.5, word_bonus=1.0)
+    texts = []
+    for directory in (out, BUNDLED):
+        spec = ModelSpec.load(directory)
+        recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
+        stream = recognizer.new_stream()
+        recognizer.accept(stream, audio)
+        recognizer.finish(stream)
+        texts.append(recognizer.decode(stream, opts)[0].text)
+    assert texts[0] == texts[1] == "what time is it in paris"
+
+
+def test_chunked_with_state_equals_whole_utterance(exported):
+    out, _ = exported
+    spec = ModelSpec.load(out)
+    session = ModelSession(spec, "cpu")
+    rng = np.random.default_rng(0)
+    feats = rng.normal(-4, 3, (spec.chunk_frames * 10, spec.features.n_mels)).astype(np.float32)
+    whole, _ = session.step(feats, session.initial_state())
+    state, chunks = session.initial_state(), []
+    for i in range(0, len(feats), spec.chunk_frames):
+        out_chunk, state = session.step(feats[i:i + spec.chunk_frames], state)
+        chunks.append(out_chunk)
+    np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-4)
+
+
+def test_parity_failure_exits_nonzero(tmp_path):
+    result = export(tmp_path, "--tolerance", "0")
+    assert result.returncode == 1
+    assert "parity check failed" in result.stderr
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "export", "--ckpt", str(tmp_path / "nope.pt"),
+                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "no such file" in result.stderr

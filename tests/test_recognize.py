@@ -1,0 +1,129 @@
+"""Audio in, transcript out, over a real channel to a real server."""
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ctc_asr.v1 import asr_pb2
+from conftest import SAMPLES
+
+Encoding = asr_pb2.RecognitionConfig.AudioEncoding
+CLIPS = {"what_time.wav": "what time is it in paris",
+         "phone.flac": "my phone number is three two zero zero five nine one four five seven"}
+
+
+def recognize(stub, audio: bytes, **config) -> asr_pb2.RecognizeResponse:
+    return stub.Recognize(asr_pb2.RecognizeRequest(config=asr_pb2.RecognitionConfig(**config),
+                                                   audio_content=audio), timeout=30)
+
+
+def stream(stub, pcm: bytes, chunk: int, interim: bool = False, **config) -> list:
+    def requests():
+        yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+            config=asr_pb2.RecognitionConfig(**config), interim_results=interim))
+        for i in range(0, len(pcm), chunk):
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm[i:i + chunk])
+    return list(stub.StreamingRecognize(requests(), timeout=30))
+
+
+def pcm16(name: str) -> tuple[bytes, int]:
+    audio, rate = sf.read(SAMPLES / name, dtype="int16")
+    return audio.tobytes(), rate
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_file_is_transcribed_to_its_words(stub, name):
+    response = recognize(stub, (SAMPLES / name).read_bytes())
+    alt = response.results[0].alternatives[0]
+    assert alt.transcript == CLIPS[name]
+    assert 0 < alt.confidence <= 1
+    assert response.total_billed_time.ToTimedelta().total_seconds() == pytest.approx(
+        sf.info(SAMPLES / name).duration, abs=0.01)
+
+
+def test_streamed_final_equals_unary_transcript(stub):
+    pcm, rate = pcm16("what_time.wav")
+    responses = stream(stub, pcm, chunk=3201, encoding=Encoding.LINEAR16, sample_rate_hertz=rate)  # odd splits
+    finals = [r for resp in responses for r in resp.results if r.is_final]
+    assert [f.alternatives[0].transcript for f in finals] == [CLIPS["what_time.wav"]]
+    assert responses[-1].endpoint_reason == "half_close"
+
+
+def test_interim_results_arrive_before_the_final(stub):
+    pcm, rate = pcm16("phone.flac")
+    responses = stream(stub, pcm, chunk=rate // 5 * 2, interim=True, encoding=Encoding.LINEAR16,
+                       sample_rate_hertz=rate)
+    results = [r for resp in responses for r in resp.results]
+    assert len([r for r in results if not r.is_final]) >= 5
+    assert results[-1].is_final and results[-1].alternatives[0].transcript == CLIPS["phone.flac"]
+    ends = [r.result_end_time.ToTimedelta().total_seconds() for r in results]
+    assert ends == sorted(ends)
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000])
+def test_raw_audio_at_any_rate_is_resampled(stub, rate):
+    audio, native = sf.read(SAMPLES / "what_time.wav", dtype="float32")
+    resampled = soxr.resample(audio, native, rate)
+    as_int16 = (np.clip(resampled, -1, 1) * 32767).astype("<i2").tobytes()
+    response = recognize(stub, as_int16, encoding=Encoding.LINEAR16, sample_rate_hertz=rate)
+    assert response.results[0].alternatives[0].transcript == CLIPS["what_time.wav"]
+
+
+def test_float32_stereo_is_mixed_down(stub):
+    audio, rate = sf.read(SAMPLES / "what_time.wav", dtype="float32")
+    stereo = np.stack([audio, audio], axis=1).astype("<f4").tobytes()
+    response = recognize(stub, stereo, encoding=Encoding.FLOAT32, sample_rate_hertz=rate, audio_channel_count=2)
+    assert response.results[0].alternatives[0].transcript == CLIPS["what_time.wav"]
+
+
+def test_wav_container_from_flac(stub):
+    audio, rate = sf.read(SAMPLES / "phone.flac", dtype="int16")
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="WAV")
+    response = recognize(stub, buf.getvalue(), encoding=Encoding.WAV)
+    assert response.results[0].alternatives[0].transcript == CLIPS["phone.flac"]
+
+
+def test_word_offsets_cover_the_words_in_order(stub):
+    response = recognize(stub, (SAMPLES / "what_time.wav").read_bytes(), enable_word_time_offsets=True)
+    words = response.results[0].alternatives[0].words
+    assert [w.word for w in words] == CLIPS["what_time.wav"].split()
+    times = [(w.start_time.ToTimedelta().total_seconds(), w.end_time.ToTimedelta().total_seconds()) for w in words]
+    assert all(s < e for s, e in times)
+    assert all(e1 <= s2 for (_, e1), (s2, _) in zip(times, times[1:]))
+    assert times[-1][1] <= sf.info(SAMPLES / "what_time.wav").duration + 0.1
+
+
+def test_alternatives_and_greedy_without_lm(stub):
+    audio = (SAMPLES / "phone.flac").read_bytes()
+    alts = recognize(stub, audio, max_alternatives=3).results[0].alternatives
+    assert len(alts) == 3 and len({a.transcript for a in alts}) == 3
+    greedy = recognize(stub, audio, decoder=asr_pb2.DecoderOptions(disable_lm=True)).results[0].alternatives
+    assert len(greedy) == 1 and greedy[0].transcript  # the acoustic model alone still produces text
+
+
+def test_canary_request_is_scored(stub):
+    audio = (SAMPLES / "what_time.wav").read_bytes()
+    wrong = "what time is it in london"
+    score = recognize(stub, audio, canary=asr_pb2.CanaryLabel(reference=wrong, set="smoke")).canary_score
+    assert (score.set, score.word_errors, score.reference_words) == ("smoke", 1, 6)
+    assert score.wer == pytest.approx(1 / 6)
+
+
+def test_model_info_health_and_reflection(stub, channel):
+    info = stub.GetModelInfo(asr_pb2.GetModelInfoRequest(), timeout=5)
+    assert info.sample_rate_hertz == 16000 and info.tokens[0] == "<blk>" and info.has_language_model
+    assert info.provider == "CPUExecutionProvider" and info.parameters > 0
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "ctc_asr.v1.Speech"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    listing = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+    assert "ctc_asr.v1.Speech" in {s.name for s in listing.list_services_response.service}
