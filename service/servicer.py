@@ -149,7 +149,7 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
         pcm = PcmStream(raw_format(sc.config.encoding, sc.config.sample_rate_hertz,
                                    sc.config.audio_channel_count or 1), self.spec.features.sample_rate)
         stream = self.recognizer.new_stream(pcm)
-        first_audio_at = None
+        first_audio_at, sent_result = None, False
         greedy = DecodeOptions(beam_width=1, lm_weight=0.0, word_bonus=0.0, use_lm=False)
         async for request in requests:
             if request.WhichOneof("streaming_request") != "audio_content":
@@ -167,6 +167,9 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                     alternatives=_alternatives(hyps, False), is_final=False,
                     result_end_time=_duration(stream.samples / self.spec.features.sample_rate))])
                 self.metrics.partial_latency.labels(opts.traffic).observe(time.perf_counter() - arrived)
+                if not sent_result:
+                    self.metrics.first_result_latency.labels(opts.traffic).observe(time.perf_counter() - first_audio_at)
+                    sent_result = True
         half_closed = time.perf_counter()
         samples = pcm.finish()
         seconds = pcm.samples_in / pcm.fmt.sample_rate
@@ -185,6 +188,8 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
             response.canary_score.CopyFrom(canary.score(opts.canary_reference, hyps[0].text, opts.canary_set))
         yield response
         self.metrics.final_latency.labels(opts.traffic).observe(time.perf_counter() - half_closed)
+        if not sent_result:
+            self.metrics.first_result_latency.labels(opts.traffic).observe(time.perf_counter() - first_audio_at)
 
     async def GetModelInfo(self, request, context):
         async with self._call("GetModelInfo", context):

@@ -100,12 +100,22 @@ def test_word_offsets_cover_the_words_in_order(stub):
     assert times[-1][1] <= sf.info(SAMPLES / "what_time.wav").duration + 0.1
 
 
-def test_alternatives_and_greedy_without_lm(stub):
-    audio = (SAMPLES / "phone.flac").read_bytes()
-    alts = recognize(stub, audio, max_alternatives=3).results[0].alternatives
+def test_alternatives_on_ambiguous_audio(stub):
+    audio, rate = sf.read(SAMPLES / "phone.flac", dtype="float32")
+    noise = np.random.default_rng(0).normal(0, np.sqrt(np.mean(audio**2)), len(audio))  # 0 dB SNR
+    noisy = (audio + noise).astype("<f4").tobytes()
+    config = dict(encoding=Encoding.FLOAT32, sample_rate_hertz=rate)
+    alts = recognize(stub, noisy, max_alternatives=3, **config).results[0].alternatives
     assert len(alts) == 3 and len({a.transcript for a in alts}) == 3
-    greedy = recognize(stub, audio, decoder=asr_pb2.DecoderOptions(disable_lm=True)).results[0].alternatives
-    assert len(greedy) == 1 and greedy[0].transcript  # the acoustic model alone still produces text
+    assert alts[0].transcript == recognize(stub, noisy, **config).results[0].alternatives[0].transcript
+
+
+def test_greedy_without_lm_differs_from_lm_decoding(stub):
+    audio = (SAMPLES / "phone.flac").read_bytes()
+    greedy = recognize(stub, audio, max_alternatives=3, decoder=asr_pb2.DecoderOptions(disable_lm=True))
+    assert len(greedy.results[0].alternatives) == 1
+    with_lm = recognize(stub, audio).results[0].alternatives[0].transcript
+    assert greedy.results[0].alternatives[0].transcript != with_lm == CLIPS["phone.flac"]
 
 
 def test_canary_request_is_scored(stub):
