@@ -1,20 +1,32 @@
-"""Synthesize a speech corpus with espeak-ng and flite into a JSONL manifest.
+"""Build the training corpus: synthesized speech from many voices, plus FSDD read in place.
 
-    python -m models.corpus --out data/corpus --train-utterances 3000
+    python -m models.corpus --out data/corpus [--train-utterances 16000] [--fsdd ../shared/data/fsdd]
 
-Each manifest line: {"audio": path, "text": ..., "duration": s, "source": engine,
-"voice": name}. Training uses espeak-ng variants and flite kal16/awb/rms on
-training sentences; `valid_seen` holds held-out sentences in training voices,
-`valid_unseen_voice` held-out sentences in a voice never trained on (flite slt).
+Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
+"source", "voice"} (`audio` relative to the manifest's folder, or absolute):
+
+- train.jsonl: training-side sentences in espeak-ng voices (hundreds of random
+  variants: formants, pitch, breathiness, roughness, flutter, tone, both
+  synthesizers, eight English accents, speed and word gaps) and flite voices
+  kal, kal16, awb, rms;
+- valid_seen.jsonl: held-out sentences in those voice families;
+- valid_unseen_family.jsonl: held-out sentences in festival (ked diphone,
+  slt HTS), an engine never trained on;
+- train_fsdd.jsonl / valid_fsdd.jsonl: FSDD recordings, referenced in place
+  (never copied); takes 0-4 of each digit and speaker are held out.
+
+Augmentation (noise, reverberation, telephone band, speed, VTLP, SpecAugment)
+happens when training computes features, so it applies to any manifest.
 """
 
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,34 +37,86 @@ from tqdm import tqdm
 from models import sentences
 
 SAMPLE_RATE = 16000
-ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan"]
-ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
-                   "klatt", "klatt2", "klatt3", "klatt4", "adam", "alex", "andy", "annie",
-                   "benjamin", "david", "ed", "edward", "john", "linda", "max", "michael",
-                   "paul", "quincy", "robert", "steph", "travis", "victor", "zac"]
-FLITE_TRAIN_VOICES = ["kal16", "awb", "rms"]
-FLITE_UNSEEN_VOICES = ["slt"]
+ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
+                  "en-gb-x-gbcwmd", "en-us-nyc"]
+ESPEAK_STOCK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt",
+                         "klatt2", "klatt3", "klatt4", "adam", "andy", "annie", "benjamin", "david", "ed",
+                         "edward", "john", "linda", "max", "michael", "paul", "quincy", "robert", "steph",
+                         "travis", "victor", "zac"]
+FLITE_TRAIN_VOICES = ["kal", "kal16", "awb", "rms"]
+FESTIVAL_UNSEEN_VOICES = ["ked_diphone", "cmu_us_slt_arctic_hts"]
+DIGITS = sentences.DIGITS
 
 
 @dataclass(frozen=True)
 class Job:
     path: str
     text: str
-    source: str
+    source: str  # espeak-ng | flite | festival
     voice: str
-    speed: int = 0
-    pitch: int = 0
+    espeak_path: str = ""
+    speed: int = 175
+    pitch: int = 50
+    word_gap: int = 0
+
+    @property
+    def voice_label(self) -> str:
+        if self.source != "espeak-ng":
+            return self.voice
+        return f"{self.voice}/s{self.speed}/p{self.pitch}/g{self.word_gap}"
+
+
+def random_espeak_variant(rng: random.Random, name: str) -> str:
+    """An espeak-ng voice variant file: a random vocal tract, voice source and prosody."""
+    low = rng.uniform(60, 210)
+    tract = rng.uniform(0.85, 1.2)  # formant frequency scale: a shorter or longer vocal tract
+    lines = ["language variant", f"name {name}", f"pitch {low:.0f} {low + rng.uniform(15, 110):.0f}"]
+    for k in range(9):
+        freq = tract * 100 * rng.uniform(0.95, 1.05)
+        lines.append(f"formant {k} {freq:.0f} {rng.uniform(70, 130):.0f} {rng.uniform(70, 160):.0f}")
+    if rng.random() < 0.4:
+        lines.append("breath " + " ".join(str(rng.randint(0, 40)) for _ in range(8)))
+        lines.append(f"breathw {rng.randint(30, 150)} {rng.randint(30, 150)} {rng.randint(30, 150)}")
+    if rng.random() < 0.5:
+        lines.append(f"flutter {rng.randint(0, 40)}")
+    if rng.random() < 0.3:
+        lines.append(f"roughness {rng.randint(0, 4)}")
+    if rng.random() < 0.5:
+        lines.append(f"tone {rng.randint(300, 700)} {rng.randint(100, 250)} {rng.randint(900, 1500)} "
+                     f"{rng.randint(80, 200)} {rng.randint(1800, 2600)} {rng.randint(60, 160)}")
+    if rng.random() < 0.4:
+        lines.append(f"klatt {rng.randint(1, 6)}")
+    if rng.random() < 0.3:
+        lines.append(f"echo {rng.randint(10, 80)} {rng.randint(5, 30)}")
+    return "\n".join(lines) + "\n"
+
+
+def install_espeak_variants(out: Path, n: int, rng: random.Random) -> tuple[Path, list[str]]:
+    """A private copy of espeak-ng's data with n random variants added; returns (--path, variant names)."""
+    root = out / "espeak"
+    data = root / "espeak-ng-data"
+    if not data.exists():
+        version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
+        shutil.copytree(version.split("Data at:")[1].strip(), data)  # "... Data at: /usr/lib/.../espeak-ng-data"
+    names = [f"rnd{i:04d}" for i in range(n)]
+    for name in names:
+        (data / "voices" / "!v" / name).write_text(random_espeak_variant(rng, name))
+    return root, names + ESPEAK_STOCK_VARIANTS
 
 
 def synthesize(job: Job) -> np.ndarray:
     """Float32 mono samples at 16 kHz."""
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         if job.source == "espeak-ng":
-            cmd = ["espeak-ng", "-v", job.voice, "-s", str(job.speed), "-p", str(job.pitch),
-                   "-w", tmp.name, job.text]
+            cmd = ["espeak-ng", f"--path={job.espeak_path}", "-v", job.voice, "-s", str(job.speed),
+                   "-p", str(job.pitch), "-g", str(job.word_gap), "-w", tmp.name, job.text]
+            subprocess.run(cmd, check=True, capture_output=True)
+        elif job.source == "flite":
+            subprocess.run(["flite", "-voice", job.voice, "-t", job.text, "-o", tmp.name], check=True,
+                           capture_output=True)
         else:
-            cmd = ["flite", "-voice", job.voice, "-t", job.text, "-o", tmp.name]
-        subprocess.run(cmd, check=True, capture_output=True)
+            subprocess.run(["text2wave", "-eval", f"(voice_{job.voice})", "-o", tmp.name], input=job.text,
+                           text=True, check=True, capture_output=True)
         audio, rate = sf.read(tmp.name, dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
     if rate != SAMPLE_RATE:
@@ -64,55 +128,94 @@ def _render(job: Job) -> dict:
     audio = synthesize(job)
     sf.write(job.path, audio, SAMPLE_RATE, format="FLAC")
     return {"audio": job.path, "text": job.text, "duration": round(len(audio) / SAMPLE_RATE, 3),
-            "source": job.source, "voice": job.voice if not job.speed else
-            f"{job.voice}/s{job.speed}/p{job.pitch}"}
+            "source": job.source, "voice": job.voice_label}
 
 
-def _jobs(out: Path, name: str, texts: list[str], voices: list[tuple[str, str]],
+def _jobs(out: Path, name: str, texts: list[str], voices: list[tuple[str, str]], espeak_path: Path,
           rng: random.Random) -> list[Job]:
     audio_dir = out / "audio" / name
     audio_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
     for i, text in enumerate(texts):
         source, voice = rng.choice(voices)
-        speed, pitch = (rng.randint(130, 210), rng.randint(20, 80)) if source == "espeak-ng" else (0, 0)
-        jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, source, voice, speed, pitch))
+        extra = {}
+        if source == "espeak-ng":
+            extra = dict(espeak_path=str(espeak_path), speed=rng.randint(120, 220), pitch=rng.randint(20, 80),
+                         word_gap=rng.choice([0, 0, 0, 1, 2, 4, 8]))
+        jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, source, voice, **extra))
     return jobs
 
 
-def build(out: Path, train_utterances: int, valid_utterances: int, seed: int, workers: int) -> None:
+def fsdd_rows(fsdd: Path, held_out_takes: int) -> tuple[list[dict], list[dict]]:
+    """(train, valid) manifest rows for FSDD's {digit}_{speaker}_{take}.wav, in place."""
+    train, valid = [], []
+    for path in sorted((fsdd / "recordings").glob("*.wav")):
+        digit, speaker, take = path.stem.split("_")
+        row = {"audio": str(path.resolve()), "text": DIGITS[int(digit)], "duration": round(sf.info(path).duration, 3),
+               "source": "fsdd", "voice": speaker}
+        (valid if int(take) < held_out_takes else train).append(row)
+    return train, valid
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Manifest rows with `audio` resolved: relative paths are relative to the manifest's folder."""
+    path = Path(path)
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [{**r, "audio": str(path.parent / r["audio"])} for r in rows]
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    hours = sum(r["duration"] for r in rows) / 3600
+    print(f"{path}: {len(rows)} utterances, {hours:.2f} h")
+
+
+def build(out: Path, train_utterances: int, valid_utterances: int, espeak_variants: int, english_share: float,
+          fsdd: Path | None, seed: int, workers: int) -> None:
     rng = random.Random(seed)
-    espeak = [("espeak-ng", f"{a}+{v}") for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS]
-    flite_train = [("flite", v) for v in FLITE_TRAIN_VOICES]
-    # Weight flite up: three voices against hundreds of espeak-ng variants.
-    train_voices = espeak + flite_train * (len(espeak) // 6)
+    out.mkdir(parents=True, exist_ok=True)
+    espeak_path, variants = install_espeak_variants(out, espeak_variants, rng)
+    english = sentences.english_sentences()
+    espeak = [("espeak-ng", f"{a}+{v}") for a in ESPEAK_ACCENTS for v in variants]
+    flite = [("flite", v) for v in FLITE_TRAIN_VOICES]
+    train_voices = espeak + flite * (len(espeak) // (3 * len(flite)))  # flite: about a quarter
     splits = {
-        "train": _jobs(out, "train", sentences.generate(train_utterances, seed, held_out=False),
-                       train_voices, rng),
-        "valid_seen": _jobs(out, "valid_seen", sentences.generate(valid_utterances, seed + 1, True),
-                            train_voices, rng),
-        "valid_unseen_voice": _jobs(out, "valid_unseen_voice",
-                                    sentences.generate(valid_utterances, seed + 2, True),
-                                    [("flite", v) for v in FLITE_UNSEEN_VOICES], rng),
+        "train": _jobs(out, "train", sentences.mixed(train_utterances, seed, False, english, english_share),
+                       train_voices, espeak_path, rng),
+        "valid_seen": _jobs(out, "valid_seen", sentences.mixed(valid_utterances, seed + 1, True, english,
+                                                               english_share), train_voices, espeak_path, rng),
+        "valid_unseen_family": _jobs(out, "valid_unseen_family",
+                                     sentences.mixed(valid_utterances, seed + 2, True, english, english_share),
+                                     [("festival", v) for v in FESTIVAL_UNSEEN_VOICES], espeak_path, rng),
     }
     with ProcessPoolExecutor(workers) as pool:
         for name, jobs in splits.items():
             rows = list(tqdm(pool.map(_render, jobs, chunksize=16), total=len(jobs), desc=name))
-            with open(out / f"{name}.jsonl", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-            hours = sum(r["duration"] for r in rows) / 3600
-            print(f"{name}: {len(rows)} utterances, {hours:.2f} h -> {out / name}.jsonl")
+            write_manifest(out / f"{name}.jsonl", [{**r, "audio": str(Path(r["audio"]).relative_to(out))}
+                                                   for r in rows])
+    if fsdd:
+        train, valid = fsdd_rows(fsdd, held_out_takes=5)
+        write_manifest(out / "train_fsdd.jsonl", train)
+        write_manifest(out / "valid_fsdd.jsonl", valid)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("data/corpus"))
-    p.add_argument("--train-utterances", type=int, default=3000)
+    p.add_argument("--train-utterances", type=int, default=16000)
     p.add_argument("--valid-utterances", type=int, default=200)
+    p.add_argument("--espeak-variants", type=int, default=300, help="random espeak-ng voices to invent")
+    p.add_argument("--english-share", type=float, default=0.4, help="share of general English sentences")
+    p.add_argument("--fsdd", type=Path, help="FSDD folder (with recordings/), e.g. ../shared/data/fsdd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args()
-    build(a.out, a.train_utterances, a.valid_utterances, a.seed, a.workers)
+    if a.fsdd and not (a.fsdd / "recordings").is_dir():
+        p.error(f"--fsdd {a.fsdd}: no recordings/ folder")
+    build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.fsdd, a.seed,
+          a.workers)
 
 
 if __name__ == "__main__":

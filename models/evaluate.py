@@ -4,7 +4,8 @@
         --set seen_voices=data/corpus/valid_seen.jsonl --set unseen_voice=data/corpus/valid_unseen_voice.jsonl
 
 Runs the same ONNX Runtime session, front-end and decoder the service runs,
-and prints a Markdown table (WER/CER with jiwer, text normalized alike).
+and prints a Markdown table (WER/CER with jiwer, text normalized alike; exact
+match = share of utterances transcribed without error, e.g. digit accuracy on FSDD).
 
 With --tune FILE it instead searches LM weight and word bonus on the first set
 and writes the best pair to FILE (put it beside lm.bin as decoder.json and
@@ -19,6 +20,7 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from models.corpus import read_manifest
 from service.decoder import CtcDecoder, DecodeOptions
 from service.model_session import ModelSession, ModelSpec
 from service.recognizer import Recognizer
@@ -33,16 +35,14 @@ def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, De
         audio = audio.mean(axis=1)
         if sr != rate:
             audio = soxr.resample(audio, sr, rate)
-        stream = recognizer.new_stream()
-        recognizer.accept(stream, audio)
-        recognizer.finish(stream)
+        logprobs = recognizer.utterance_logprobs(audio)
         for mode, opts in modes.items():
-            hyps[mode].append(recognizer.decode(stream, opts)[0].text)
+            hyps[mode].append(recognizer.decoder.decode(logprobs, opts)[0].text)
     return hyps
 
 
 def tune(recognizer: Recognizer, manifest: str, out: str) -> None:
-    rows = [json.loads(line) for line in open(manifest) if line.strip()]
+    rows = read_manifest(manifest)
     refs = [normalize(r["text"]) for r in rows]
     grid = {(w, b): DecodeOptions(beam_width=recognizer.spec.beam_width, lm_weight=w, word_bonus=b)
             for w in (0.3, 0.5, 0.8, 1.2) for b in (0.0, 1.0, 2.0)}
@@ -74,14 +74,16 @@ def main() -> None:
     table = []
     for item in a.set:
         name, path = item.split("=", 1)
-        rows = [json.loads(line) for line in open(path) if line.strip()]
+        rows = read_manifest(path)
         refs = [normalize(r["text"]) for r in rows]
         for mode, hyps in transcribe_all(recognizer, rows, modes, name).items():
             table.append({"set": name, "decoding": mode, "utterances": len(rows),
-                          "wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps)})
-    print("| set | decoding | utterances | WER | CER |\n| --- | --- | --- | --- | --- |")
+                          "wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps),
+                          "exact": sum(r == h for r, h in zip(refs, hyps)) / len(refs)})
+    print("| set | decoding | utterances | WER | CER | exact match |\n| --- | --- | --- | --- | --- | --- |")
     for r in table:
-        print(f"| {r['set']} | {r['decoding']} | {r['utterances']} | {100 * r['wer']:.1f}% | {100 * r['cer']:.1f}% |")
+        print(f"| {r['set']} | {r['decoding']} | {r['utterances']} | {100 * r['wer']:.1f}% | {100 * r['cer']:.1f}% "
+              f"| {100 * r['exact']:.1f}% |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(table, f, indent=2)

@@ -1,5 +1,6 @@
 """Sentences of the voice-interface domain: digits, numbers, times, dates,
-amounts, commands, questions, plus plain English sentences.
+amounts, commands, questions, plus plain English sentences (the fortune
+files Debian ships, read offline).
 
 Every sentence is normalized text over the model vocabulary. Whether a
 sentence is held out is a pure function of its text, so held-out sentences
@@ -7,7 +8,9 @@ never reach training whichever run or seed generated them.
 """
 
 import random
+import re
 import zlib
+from pathlib import Path
 
 from num2words import num2words
 
@@ -124,3 +127,34 @@ def generate(n: int, seed: int, held_out: bool) -> list[str]:
         if sentence and is_held_out(sentence) == held_out:
             out.append(sentence)
     return out
+
+
+FORTUNE_DIR = "/usr/share/games/fortunes"  # Debian packages fortunes-min and fortunes
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def english_sentences(directory: str = FORTUNE_DIR, min_words: int = 3, max_words: int = 16) -> list[str]:
+    """Plain English sentences from the fortune files, normalized, numbers dropped
+    (a digit would be read out but vanish from the normalized text), sorted and unique."""
+    out: set[str] = set()
+    for path in sorted(Path(directory).glob("*")):
+        if path.suffix or not path.is_file():
+            continue
+        for fortune in path.read_text(errors="ignore").split("\n%\n"):
+            body = re.split(r"\n\s*--", fortune)[0]  # drop attributions
+            for raw in _SENTENCE_END.split(" ".join(body.split())):
+                if re.search(r"[0-9@#$%&*_<>{}\[\]|\\/=+~^]", raw) or ":" in raw:
+                    continue
+                text = normalize(raw)
+                if min_words <= len(text.split()) <= max_words:
+                    out.add(text)
+    return sorted(out)
+
+
+def mixed(n: int, seed: int, held_out: bool, english: list[str], english_share: float) -> list[str]:
+    """n sentences: about english_share of them from `english`, the rest from the grammar,
+    all on the requested side of the held-out split."""
+    rng = random.Random(seed)
+    pool = [s for s in english if is_held_out(s) == held_out]
+    n_english = min(len(pool), round(n * english_share))
+    return rng.sample(pool, n_english) + generate(n - n_english, seed, held_out)

@@ -7,6 +7,7 @@ validation set) and `metrics.jsonl` (one line per validation) to --out.
 """
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -19,46 +20,89 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 from tqdm import tqdm
 
+from models.corpus import read_manifest
 from models.model import SUBSAMPLING, TOKENS, ModelConfig, StreamingCTC, encode_text, num_parameters, save_checkpoint
 from service.features import FeatureConfig, LogMel, logmel_utterance
 
 FEATURES = FeatureConfig()
+SR = FEATURES.sample_rate
 _LOGMEL = LogMel(FEATURES)
 
 
 @dataclass(frozen=True)
 class Augment:
+    """Waveform and feature perturbations, drawn once per utterance copy."""
+    gain_db: tuple[float, float] = (-12.0, 6.0)
     noise_probability: float = 0.5
     snr_db: tuple[float, float] = (10.0, 40.0)
-    gain_db: tuple[float, float] = (-12.0, 6.0)
+    reverb_probability: float = 0.0
+    rt60_s: tuple[float, float] = (0.15, 0.7)
+    telephone_probability: float = 0.0
+    speed_probability: float = 0.0
+    speed: tuple[float, float] = (0.9, 1.1)
+    vtlp_probability: float = 0.0
+    vtlp_warp: tuple[float, float] = (0.9, 1.1)
     freq_masks: int = 2
     freq_mask_width: int = 12
     time_masks: int = 2
     time_mask_fraction: float = 0.05
 
 
-def read_manifest(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _colored_noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    """White, pink or brown noise of unit power."""
+    exponent = rng.choice([0.0, 0.5, 1.0])
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    spectrum /= np.maximum(np.arange(len(spectrum)), 1) ** exponent
+    noise = np.fft.irfft(spectrum, n)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def _reverberate(audio: np.ndarray, rng: np.random.Generator, rt60: float) -> np.ndarray:
+    """Convolution with a synthetic room response: direct path plus exponentially decaying noise."""
+    t = np.arange(int(rt60 * SR)) / SR
+    rir = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60) * 0.3
+    rir[0] = 1.0
+    n = len(audio) + len(rir) - 1
+    wet = np.fft.irfft(np.fft.rfft(audio, n) * np.fft.rfft(rir, n), n)[: len(audio)]
+    return wet * np.sqrt(np.mean(audio**2) / (np.mean(wet**2) + 1e-12))
+
+
+def augment_audio(audio: np.ndarray, aug: Augment, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Perturbed waveform and the VTLP warp to compute its features with."""
+    if rng.random() < aug.speed_probability:
+        audio = soxr.resample(audio, SR, SR / rng.uniform(*aug.speed))
+    if rng.random() < aug.reverb_probability:
+        audio = _reverberate(audio, rng, rng.uniform(*aug.rt60_s))
+    if rng.random() < aug.telephone_probability:
+        audio = soxr.resample(soxr.resample(audio, SR, 8000), 8000, SR)[: len(audio)]
+    audio = audio * 10 ** (rng.uniform(*aug.gain_db) / 20)
+    if rng.random() < aug.noise_probability:
+        power = float(np.mean(audio**2)) + 1e-10
+        snr = rng.uniform(*aug.snr_db)
+        audio = audio + _colored_noise(rng, len(audio)) * math.sqrt(power / 10 ** (snr / 10))
+    warp = round(rng.uniform(*aug.vtlp_warp), 2) if rng.random() < aug.vtlp_probability else 1.0
+    return audio, warp
+
+
+@functools.lru_cache(maxsize=64)
+def _logmel(warp: float) -> LogMel:
+    return LogMel(FEATURES, warp)
 
 
 def _features(args: tuple[dict, Augment | None, int]) -> np.ndarray:
     row, aug, seed = args
     audio, rate = sf.read(row["audio"], dtype="float32", always_2d=True)
-    if rate != FEATURES.sample_rate:
-        raise ValueError(f"{row['audio']}: {rate} Hz, expected {FEATURES.sample_rate}")
     audio = audio.mean(axis=1)
+    if rate != SR:
+        audio = soxr.resample(audio, rate, SR)
+    warp = 1.0
     if aug is not None:
-        rng = np.random.default_rng(seed)
-        audio = audio * 10 ** (rng.uniform(*aug.gain_db) / 20)
-        if rng.random() < aug.noise_probability:
-            power = float(np.mean(audio**2)) + 1e-10
-            snr = rng.uniform(*aug.snr_db)
-            audio = audio + rng.normal(0, math.sqrt(power / 10 ** (snr / 10)), len(audio))
-    return pad_frames(logmel_utterance(_LOGMEL, audio.astype(np.float32)))
+        audio, warp = augment_audio(audio, aug, np.random.default_rng(seed))
+    return pad_frames(logmel_utterance(_logmel(warp), audio.astype(np.float32)))
 
 
 def pad_frames(feats: np.ndarray) -> np.ndarray:
@@ -67,8 +111,9 @@ def pad_frames(feats: np.ndarray) -> np.ndarray:
     return np.concatenate([feats, np.tile(_LOGMEL.silence_frame, (short, 1))]) if short else feats
 
 
-def load_set(path: str, aug: Augment | None, seed: int, pool) -> list[tuple[np.ndarray, str]]:
-    rows = read_manifest(path)
+def load_set(path: str, aug: Augment | None, seed: int, pool, copies: int = 1) -> list[tuple[np.ndarray, str]]:
+    """Features of a manifest; with augmentation, `copies` differently perturbed copies of each row."""
+    rows = read_manifest(path) * copies
     jobs = [(r, aug, seed * 1_000_003 + i) for i, r in enumerate(rows)]
     feats = list(tqdm(pool.map(_features, jobs, chunksize=32), total=len(rows), desc=f"features {path}"))
     return [(f, r["text"]) for f, r in zip(feats, rows)]
@@ -153,7 +198,10 @@ def main() -> None:
     torch.manual_seed(seed)
 
     with ProcessPoolExecutor(cfg.get("threads", 2)) as pool:
-        train = [item for path in cfg["train"] for item in load_set(path, aug, seed, pool)]
+        # A train entry is a manifest path or {path = ..., copies = N} to weight a source up.
+        sources = [t if isinstance(t, dict) else {"path": t} for t in cfg["train"]]
+        train = [item for i, src in enumerate(sources)
+                 for item in load_set(src["path"], aug, seed + 7919 * i, pool, src.get("copies", 1))]
         valid = {name: load_set(path, None, seed, pool) for name, path in cfg["valid"].items()}
     hours = sum(len(f) for f, _ in train) * FEATURES.hop_length / FEATURES.sample_rate / 3600
     print(f"train: {len(train)} utterances, {hours:.2f} h")

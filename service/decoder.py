@@ -1,23 +1,32 @@
-"""CTC decoding: greedy, or pyctcdecode beam search with the KenLM model.
+"""Incremental CTC decoding: greedy, or beam search with KenLM and hotwords.
 
-Decoders are cached per (LM weight, word bonus) so that requests overriding
-them never mutate a decoder another request is using.
+pyctcdecode 0.5.0 restarts its beams on every call, so the frame loop that
+carries beams from chunk to chunk is ours (`_advance_beams`, the char-alphabet
+branch of its `_decode_logits`), built on its language model, hotword scorer
+and beam helpers. Everything one utterance needs, beams and LM score caches
+included, lives in a `DecodeState` that is dropped at the final, so memory
+stays flat on long streams.
 """
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import kenlm
 import numpy as np
 from pyctcdecode.alphabet import Alphabet
-from pyctcdecode.decoder import BeamSearchDecoderCTC
-from pyctcdecode.language_model import LanguageModel
+from pyctcdecode.constants import MIN_TOKEN_CLIP_P
+from pyctcdecode.decoder import (EMPTY_START_BEAM, NULL_FRAMES, BeamSearchDecoderCTC, _merge_beams, _merge_tokens,
+                                 _normalize_whitespace, _sort_and_trim_beams)
+from pyctcdecode.language_model import HotwordScorer, LanguageModel
 
 from service.model_session import ModelSpec
 
 log = logging.getLogger(__name__)
 BLANK, SPACE = "<blk>", "▁"
+TOKEN_MIN_LOGP = -5.0  # tokens less likely than this are not expanded, unless a frame's best
+BEAM_PRUNE_LOGP = -10.0  # beams this much worse than the best are dropped
+_LOG_CLIP = float(np.log(MIN_TOKEN_CLIP_P))
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,10 @@ class DecodeOptions:
     hotwords: tuple[str, ...] = ()
     hotword_weight: float = 10.0
     alternatives: int = 1
+
+    @property
+    def greedy(self) -> bool:
+        return self.beam_width <= 1 or (not self.use_lm and not self.hotwords)
 
 
 @dataclass(frozen=True)
@@ -46,12 +59,28 @@ class Hypothesis:
     words: tuple[Word, ...]
 
 
+@dataclass
+class DecodeState:
+    """One utterance's decoding state."""
+    opts: DecodeOptions
+    search: BeamSearchDecoderCTC | None  # None: greedy
+    hotwords: HotwordScorer
+    beams: list = field(default_factory=lambda: [EMPTY_START_BEAM])
+    lm_cache: dict = field(default_factory=dict)  # (text, is_eos) -> (score, raw score, kenlm state)
+    partial_cache: dict = field(default_factory=dict)  # partial word -> score
+    best_ids: list[np.ndarray] = field(default_factory=list)  # greedy path, per chunk
+    best_probs: list[np.ndarray] = field(default_factory=list)  # max probability per frame, per chunk
+    frames: int = 0
+
+
 class CtcDecoder:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self._labels = ["" if t == BLANK else " " if t == SPACE else t for t in spec.tokens]
         self._blank = spec.tokens.index(BLANK)
         self._alphabet = Alphabet.build_alphabet(self._labels)
+        if self._alphabet.is_bpe:
+            raise ValueError("only character vocabularies are supported")
         self._kenlm = kenlm.Model(str(spec.lm)) if spec.lm else None
         self._unigrams = spec.unigrams.read_text().split() if spec.unigrams else []
         self._plain = BeamSearchDecoderCTC(self._alphabet, None)
@@ -62,46 +91,107 @@ class CtcDecoder:
 
     @functools.lru_cache(maxsize=16)
     def _with_lm(self, lm_weight: float, word_bonus: float) -> BeamSearchDecoderCTC:
+        """One decoder per (weight, bonus): per-request overrides never mutate a shared one."""
         lm = LanguageModel(self._kenlm, self._unigrams, alpha=lm_weight, beta=word_bonus)
         return BeamSearchDecoderCTC(self._alphabet, lm)
 
-    def decode(self, logprobs: np.ndarray, opts: DecodeOptions) -> list[Hypothesis]:
-        """logprobs (T, V) -> up to opts.alternatives hypotheses, best first."""
-        if len(logprobs) == 0:
-            return [Hypothesis("", 0.0, ())]
-        if opts.beam_width <= 1 or (not opts.use_lm and not opts.hotwords):
-            return [self._hypothesis(logprobs, self._greedy_words(logprobs))]
-        decoder = self._with_lm(opts.lm_weight, opts.word_bonus) if opts.use_lm and self.has_lm else self._plain
-        beams = decoder.decode_beams(logprobs, beam_width=opts.beam_width,
-                                     hotwords=list(opts.hotwords) or None,
-                                     hotword_weight=opts.hotword_weight)
-        # 0.5.0 beams are tuples: (text, lm state, [(word, (start, end))], logit score, lm score)
-        return [self._hypothesis(logprobs, [(w, s, e) for w, (s, e) in frames])
-                for _, _, frames, _, _ in beams[: opts.alternatives]]
+    def start(self, opts: DecodeOptions) -> DecodeState:
+        search = None
+        if not opts.greedy:
+            search = self._with_lm(opts.lm_weight, opts.word_bonus) if opts.use_lm and self.has_lm else self._plain
+        state = DecodeState(opts, search, HotwordScorer.build_scorer(list(opts.hotwords) or None,
+                                                                      weight=opts.hotword_weight))
+        lm = search._language_model if search else None
+        state.lm_cache[("", False)] = (0.0, 0.0, lm.get_start_state() if lm else None)
+        return state
 
-    def _greedy_words(self, logprobs: np.ndarray) -> list[tuple[str, int, int]]:
+    def advance(self, state: DecodeState, logprobs: np.ndarray) -> None:
+        """Consumes the next frames (T, V) of log-probabilities."""
+        if len(logprobs) == 0:
+            return
+        state.best_probs.append(np.exp(logprobs.max(axis=1)))
+        state.best_ids.append(logprobs.argmax(axis=1))
+        if state.search is not None:
+            self._advance_beams(state, np.clip(logprobs, _LOG_CLIP, 0))
+        state.frames += len(logprobs)
+
+    def _advance_beams(self, state: DecodeState, logprobs: np.ndarray) -> None:
+        labels, beams = self._labels, state.beams
+        for t, column in enumerate(logprobs, start=state.frames):
+            expand = set(np.flatnonzero(column >= TOKEN_MIN_LOGP)) | {int(column.argmax())}
+            candidates = []
+            for idx in expand:
+                p, char = column[idx], labels[idx]
+                for text, next_word, word_part, last_char, text_frames, part_frames, score in beams:
+                    if char == "" or last_char == char:  # blank or a repeat: same text
+                        frames = part_frames if char == "" else (part_frames[0], t + 1)
+                        candidates.append((text, next_word, word_part, char, text_frames, frames, score + p))
+                    elif char == " ":  # a word ends
+                        done = text_frames if word_part == "" else text_frames + [part_frames]
+                        candidates.append((text, word_part, "", char, done, NULL_FRAMES, score + p))
+                    else:
+                        frames = (t, t + 1) if part_frames[0] < 0 else (part_frames[0], t + 1)
+                        candidates.append((text, next_word, word_part + char, char, text_frames, frames, score + p))
+            scored = state.search._get_lm_beams(_merge_beams(candidates), state.hotwords, state.lm_cache,
+                                                state.partial_cache)
+            best = max(b[-1] for b in scored)
+            scored = [b for b in scored if b[-1] >= best + BEAM_PRUNE_LOGP]
+            beams = [b[:-1] for b in _sort_and_trim_beams(scored, state.opts.beam_width)]
+        state.beams = beams
+
+    def partial(self, state: DecodeState) -> Hypothesis:
+        """The best hypothesis so far, the word in progress included; the state is unchanged."""
+        if state.search is None:
+            return self._hypothesis(state, self._greedy_words(state))
+        text, _, word_part, _, text_frames, part_frames, _ = state.beams[0]
+        words = text.split() + ([word_part] if word_part else [])
+        spans = text_frames + ([part_frames] if word_part else [])
+        return self._hypothesis(state, [(w, s, e) for w, (s, e) in zip(words, spans)])
+
+    def finish(self, state: DecodeState) -> list[Hypothesis]:
+        """Final LM scoring (end of sentence); up to opts.alternatives hypotheses, best first."""
+        if state.search is None or state.frames == 0:
+            return [self.partial(state)] if state.search is None else [Hypothesis("", 0.0, ())]
+        closed = [(text, word_part, "", None, text_frames + ([part_frames] if word_part else []), NULL_FRAMES, score)
+                  for text, _, word_part, _, text_frames, part_frames, score in state.beams]
+        scored = state.search._get_lm_beams(_merge_beams(closed), state.hotwords, state.lm_cache,
+                                            state.partial_cache, is_eos=True)
+        best = max(b[-1] for b in scored)
+        scored = [b for b in scored if b[-1] >= best + BEAM_PRUNE_LOGP]
+        out = []
+        for text, _, _, _, text_frames, _, _, _ in _sort_and_trim_beams(scored, state.opts.alternatives):
+            words = _normalize_whitespace(text).split()
+            out.append(self._hypothesis(state, [(w, s, e) for w, (s, e) in zip(words, text_frames)]))
+        return out
+
+    def decode(self, logprobs: np.ndarray, opts: DecodeOptions) -> list[Hypothesis]:
+        """Whole-utterance convenience: start, advance, finish."""
+        state = self.start(opts)
+        self.advance(state, logprobs)
+        return self.finish(state)
+
+    def _greedy_words(self, state: DecodeState) -> list[tuple[str, int, int]]:
         """(word, first frame, last frame + 1) of the best path."""
-        ids = logprobs.argmax(axis=1)
-        words, chars, start, prev = [], [], 0, self._blank
-        for t, i in enumerate(ids):
-            if i != prev and i != self._blank:
-                label = self._labels[i]
+        words, chars, start, end, prev = [], [], 0, 0, self._blank
+        for t, i in enumerate(np.concatenate(state.best_ids) if state.best_ids else ()):
+            label = self._labels[i]
+            if i != prev and label:
                 if label == " ":
                     if chars:
-                        words.append(("".join(chars), start, t))
+                        words.append(("".join(chars), start, end))
                     chars = []
                 else:
-                    if not chars:
-                        start = t
+                    start = t if not chars else start
                     chars.append(label)
-                    end = t + 1
+            if chars and label not in ("", " "):
+                end = t + 1
             prev = i
         if chars:
             words.append(("".join(chars), start, end))
         return words
 
-    def _hypothesis(self, logprobs: np.ndarray, spans: list[tuple[str, int, int]]) -> Hypothesis:
-        best = np.exp(logprobs.max(axis=1))
+    def _hypothesis(self, state: DecodeState, spans: list[tuple[str, int, int]]) -> Hypothesis:
+        best = np.concatenate(state.best_probs) if state.best_probs else np.zeros(0)
         step = self.spec.frame_seconds
         words = tuple(Word(w, s * step, max(e, s + 1) * step, float(best[s:max(e, s + 1)].mean()))
                       for w, s, e in spans)

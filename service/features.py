@@ -37,10 +37,15 @@ def _mel_to_hz(mel):
     return 700.0 * (10.0 ** (np.asarray(mel) / 2595.0) - 1.0)
 
 
-def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
-    """(n_fft//2+1, n_mels) triangular HTK-scale filters."""
+def mel_filterbank(cfg: FeatureConfig, warp: float = 1.0) -> np.ndarray:
+    """(n_fft//2+1, n_mels) triangular HTK-scale filters. `warp` scales the filter
+    frequencies (vocal-tract-length perturbation in training; 1 when serving)."""
     bins = np.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
     edges = _mel_to_hz(np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+    if warp != 1.0:  # piecewise-linear VTLP (Jaitly & Hinton 2013): fmin..fmax maps onto itself
+        knee = 0.8 * cfg.fmax * min(warp, 1.0) / warp
+        edges = np.where(edges <= knee, edges * warp,
+                         cfg.fmax - (cfg.fmax - knee * warp) / (cfg.fmax - knee) * (cfg.fmax - edges))
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (bins[None, :] - lower) / (centre - lower)
     falling = (upper - bins[None, :]) / (upper - centre)
@@ -50,10 +55,10 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
 class LogMel:
     """Stateless: whole frames of samples in, log-mel frames (n, n_mels) out."""
 
-    def __init__(self, cfg: FeatureConfig) -> None:
+    def __init__(self, cfg: FeatureConfig, warp: float = 1.0) -> None:
         self.cfg = cfg
         self._window = np.hanning(cfg.win_length + 2)[1:-1].astype(np.float32)
-        self._fbank = mel_filterbank(cfg)
+        self._fbank = mel_filterbank(cfg, warp)
 
     def num_frames(self, num_samples: int) -> int:
         if num_samples < self.cfg.win_length:

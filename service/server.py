@@ -44,7 +44,8 @@ async def start(cfg: ServerConfig) -> RunningServer:
     metrics = Metrics()
     session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
     inference = metrics.inference.labels(session.provider)
-    recognizer = Recognizer(session, CtcDecoder(spec), on_inference=inference.observe)
+    recognizer = Recognizer(session, CtcDecoder(spec), on_inference=inference.observe,
+                            on_decode=metrics.decode.observe)
     metrics.model_info.labels(spec.name, spec.version, session.provider).set(1)
     log.info("model %s %s on %s (%d parameters, LM: %s)", spec.name, spec.version, session.provider,
              spec.parameters, "yes" if recognizer.decoder.has_lm else "no")

@@ -18,10 +18,10 @@ from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service import canary
 from service.audio import RAW_WIDTH, AudioError, PcmStream, decode_unary, raw_format
 from service.config import ServerConfig
-from service.decoder import DecodeOptions, Hypothesis
+from service.decoder import Hypothesis
 from service.metrics import Metrics
 from service.options import RequestOptions, recognition_options
-from service.recognizer import Recognizer, StreamState
+from service.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +89,10 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
         finally:
             self.metrics.requests.labels(method, code.name).inc()
 
-    def _decode(self, stream: StreamState, opts: DecodeOptions) -> list[Hypothesis]:
-        started = time.perf_counter()
-        hyps = self.recognizer.decode(stream, opts)
-        self.metrics.decode.observe(time.perf_counter() - started)
-        return hyps
-
     def _recognize(self, samples: np.ndarray, opts: RequestOptions) -> list[Hypothesis]:
-        stream = self.recognizer.new_stream()
+        stream = self.recognizer.new_stream(opts.decode)
         self.recognizer.accept(stream, samples)
-        self.recognizer.finish(stream)
-        return self._decode(stream, opts.decode)
+        return self.recognizer.finish(stream)
 
     async def Recognize(self, request, context):
         started = time.perf_counter()
@@ -148,9 +141,8 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                              "(send WAV/FLAC files with Recognize)")
         pcm = PcmStream(raw_format(sc.config.encoding, sc.config.sample_rate_hertz,
                                    sc.config.audio_channel_count or 1), self.spec.features.sample_rate)
-        stream = self.recognizer.new_stream(pcm)
+        stream = self.recognizer.new_stream(opts.decode, pcm)
         first_audio_at, sent_result = None, False
-        greedy = DecodeOptions(beam_width=1, lm_weight=0.0, word_bonus=0.0, use_lm=False)
         async for request in requests:
             if request.WhichOneof("streaming_request") != "audio_content":
                 raise AudioError("streaming_config may only be sent once, in the first message")
@@ -162,9 +154,9 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                                    f"{self.cfg.max_stream_audio_seconds:g} s")
             new_frames = await self._run(self.recognizer.accept, stream, samples)
             if sc.interim_results and new_frames:
-                hyps = await self._run(self._decode, stream, greedy)
+                hyp = self.recognizer.partial(stream)
                 yield asr_pb2.StreamingRecognizeResponse(results=[asr_pb2.StreamingRecognitionResult(
-                    alternatives=_alternatives(hyps, False), is_final=False,
+                    alternatives=_alternatives([hyp], False), is_final=False,
                     result_end_time=_duration(stream.samples / self.spec.features.sample_rate))])
                 self.metrics.partial_latency.labels(opts.traffic).observe(time.perf_counter() - arrived)
                 if not sent_result:
@@ -177,8 +169,7 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
         if first_audio_at is None:
             return
         await self._run(self.recognizer.accept, stream, samples)
-        await self._run(self.recognizer.finish, stream)
-        hyps = await self._run(self._decode, stream, opts.decode)
+        hyps = await self._run(self.recognizer.finish, stream)
         response = asr_pb2.StreamingRecognizeResponse(
             results=[asr_pb2.StreamingRecognitionResult(
                 alternatives=_alternatives(hyps, opts.word_offsets), is_final=True,

@@ -44,10 +44,9 @@ def test_exported_directory_transcribes_like_the_bundled_one(exported):
     for directory in (out, BUNDLED):
         spec = ModelSpec.load(directory)
         recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
-        stream = recognizer.new_stream()
+        stream = recognizer.new_stream(opts)
         recognizer.accept(stream, audio)
-        recognizer.finish(stream)
-        texts.append(recognizer.decode(stream, opts)[0].text)
+        texts.append(recognizer.finish(stream)[0].text)
     assert texts[0] == texts[1] == "what time is it in paris"
 
 

@@ -1,44 +1,85 @@
 """The training recipe end to end on a tiny synthesized corpus: corpus -> CTC
-training with held-out CER/WER -> a checkpoint that exports."""
+training with held-out CER/WER -> resume -> a checkpoint that exports."""
 
 import json
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
 from conftest import ROOT
+from models.model import ModelConfig
+from models.train import Augment
 
-pytestmark = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")),
-                                reason="needs espeak-ng and flite (installed by .ci/run)")
+FSDD = ROOT.parent / "shared" / "data" / "fsdd"
+needs_synthesis = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("espeak-ng", "flite", "text2wave")),
+    reason="needs espeak-ng, flite and festival (installed by .ci/run)")
+
+TINY = """
+seed = 0
+train = ["{corpus}/train.jsonl", {{ path = "{corpus}/train.jsonl", copies = 2 }}]
+valid = {{ unseen_family = "{corpus}/valid_unseen_family.jsonl", seen_voices = "{corpus}/valid_seen.jsonl" }}
+best_on = "unseen_family"
+max_minutes = 5
+max_steps = 4
+batch_frames = 4000
+lr = 1e-3
+valid_every = 2
+threads = 2
+[augment]
+noise_probability = 0.5
+reverb_probability = 0.5
+telephone_probability = 0.5
+speed_probability = 0.5
+vtlp_probability = 0.5
+[model]
+conv_channels = 16
+hidden = 16
+layers = 2
+"""
 
 
-def run(*args, cwd=ROOT):
-    result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+def run(*args):
+    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
 
+def test_shipped_configs_name_known_settings():
+    for path in (ROOT / "models" / "configs").glob("*.toml"):
+        cfg = tomllib.loads(path.read_text())
+        Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("augment", {}).items()})
+        ModelConfig(**cfg.get("model", {}))
+        assert cfg["best_on"] in cfg["valid"]
+
+
+@needs_synthesis
 def test_corpus_train_resume_export(tmp_path):
     corpus = tmp_path / "corpus"
-    run("models.corpus", "--out", str(corpus), "--train-utterances", "12", "--valid-utterances", "4")
+    fsdd = ["--fsdd", str(FSDD)] if FSDD.is_dir() else []
+    run("models.corpus", "--out", str(corpus), "--train-utterances", "12", "--valid-utterances", "4",
+        "--espeak-variants", "3", *fsdd)
     rows = [json.loads(l) for l in (corpus / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and {"audio", "text", "duration", "source", "voice"} <= rows[0].keys()
-    unseen = [json.loads(l) for l in (corpus / "valid_unseen_voice.jsonl").read_text().splitlines()]
-    assert {r["voice"] for r in unseen}.isdisjoint({r["voice"] for r in rows})
+    unseen = [json.loads(l) for l in (corpus / "valid_unseen_family.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in unseen} == {"festival"} and "festival" not in {r["source"] for r in rows}
+    if fsdd:
+        held_out = [json.loads(l) for l in (corpus / "valid_fsdd.jsonl").read_text().splitlines()]
+        trained = {json.loads(l)["audio"] for l in (corpus / "train_fsdd.jsonl").read_text().splitlines()}
+        assert len(held_out) == 250 and trained.isdisjoint(r["audio"] for r in held_out)
+        assert all(str(FSDD.resolve()) in r["audio"] for r in held_out)  # read in place, not copied
 
-    config = (ROOT / "models" / "configs" / "skeleton.toml").read_text()
-    config = config.replace("data/corpus", str(corpus)).replace("max_steps = 3000", "max_steps = 4") \
-        .replace("valid_every = 250", "valid_every = 2").replace("hidden = 320", "hidden = 32") \
-        .replace("conv_channels = 256", "conv_channels = 32")
-    (tmp_path / "tiny.toml").write_text(config)
+    (tmp_path / "tiny.toml").write_text(TINY.format(corpus=corpus))
     out = tmp_path / "run"
     first = run("models.train", "--config", str(tmp_path / "tiny.toml"), "--out", str(out))
-    assert "seen_voices/cer=" in first.stdout and "unseen_voice/wer=" in first.stdout
+    assert "train: 36 utterances" in first.stdout
+    assert "seen_voices/cer=" in first.stdout and "unseen_family/wer=" in first.stdout
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4]
-    assert all(0 <= m["unseen_voice/cer"] and 0 <= m["seen_voices/wer"] for m in metrics)
+    assert all(0 <= m["unseen_family/cer"] and 0 <= m["seen_voices/wer"] for m in metrics)
 
     resumed = run("models.train", "--config", str(tmp_path / "tiny.toml"), "--out", str(out), "--resume")
     assert "resumed at step 4" in resumed.stdout
