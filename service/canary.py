@@ -1,11 +1,21 @@
-"""Scoring a labelled canary: both texts normalized alike, edits counted by jiwer."""
+"""Labelled canaries: scoring and running accuracy metrics.
+
+Both texts are normalized the same way and edits are counted with jiwer. The
+counters feed the PromQL running WER (rate of word errors / rate of reference
+words); the gauges are WER/CER over the most recent canaries of each set. The
+number of distinct set labels is bounded: sets beyond `max_sets` fold into one.
+"""
+
+from collections import defaultdict, deque
 
 import jiwer
 
 from ctc_asr.v1 import asr_pb2
+from service.metrics import Metrics
 from service.text import normalize
 
 DEFAULT_SET = "default"
+OTHER_SETS = "other"
 
 
 def score(reference: str, hypothesis: str, set_name: str) -> asr_pb2.CanaryScore:
@@ -18,3 +28,31 @@ def score(reference: str, hypothesis: str, set_name: str) -> asr_pb2.CanaryScore
     return asr_pb2.CanaryScore(set=set_name or DEFAULT_SET, word_errors=word_errors, reference_words=ref_words,
                                char_errors=char_errors, reference_chars=ref_chars,
                                wer=word_errors / ref_words, cer=char_errors / ref_chars)
+
+
+class CanaryTracker:
+    def __init__(self, metrics: Metrics, model: str, max_sets: int = 10, window: int = 100) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.max_sets = max_sets
+        self._recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
+
+    def label(self, set_name: str) -> str:
+        set_name = set_name or DEFAULT_SET
+        if set_name in self._recent or len(self._recent) < self.max_sets - 1:
+            return set_name
+        return OTHER_SETS
+
+    def record(self, s: asr_pb2.CanaryScore) -> None:
+        name = self.label(s.set)
+        m, labels = self.metrics, (name, self.model)
+        m.canary_requests.labels(*labels).inc()
+        m.canary_word_errors.labels(*labels).inc(s.word_errors)
+        m.canary_reference_words.labels(*labels).inc(s.reference_words)
+        m.canary_char_errors.labels(*labels).inc(s.char_errors)
+        m.canary_reference_chars.labels(*labels).inc(s.reference_chars)
+        recent = self._recent[name]
+        recent.append((s.word_errors, s.reference_words, s.char_errors, s.reference_chars))
+        totals = [sum(column) for column in zip(*recent)]
+        m.canary_wer.labels(*labels).set(totals[0] / totals[1])
+        m.canary_cer.labels(*labels).set(totals[2] / totals[3])

@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from service.endpointing import EndpointConfig
+
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
 
 
@@ -22,17 +24,35 @@ class ServerConfig:
     max_stream_audio_seconds: float = 300.0
     max_message_bytes: int = 10 * 1024 * 1024
     grace_seconds: float = 10.0
+    max_concurrent_streams: int = 64
+    max_batch: int = 32
+    max_canary_sets: int = 10
+    max_batch_wait_ms: float = 0.0
+    endpointing: bool = True
+    endpoint_silence_after_speech_seconds: float = 1.2
+    endpoint_silence_no_speech_seconds: float = 2.4
+    endpoint_max_utterance_seconds: float = 20.0
+    endpoint_blank_threshold: float = 0.8
+
+    @property
+    def endpoint(self) -> EndpointConfig:
+        return EndpointConfig(self.endpointing, self.endpoint_silence_after_speech_seconds,
+                              self.endpoint_silence_no_speech_seconds, self.endpoint_max_utterance_seconds,
+                              self.endpoint_blank_threshold)
 
     def __post_init__(self) -> None:
+        self.endpoint  # validates the endpoint settings
         if self.provider not in ("auto", "cuda", "cpu"):
             raise ValueError(f"--provider must be auto, cuda or cpu, not {self.provider!r}")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
         for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
-                     "max_message_bytes"):
+                     "max_message_bytes", "max_concurrent_streams", "max_batch", "max_canary_sets"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_batch_wait_ms < 0:
+            raise ValueError("--max-batch-wait-ms must not be negative")
 
 
 HELP = {
@@ -48,17 +68,35 @@ HELP = {
     "max_stream_audio_seconds": "longest audio one StreamingRecognize call accepts (OUT_OF_RANGE past it)",
     "max_message_bytes": "largest gRPC message accepted (RESOURCE_EXHAUSTED past it)",
     "grace_seconds": "on SIGTERM, how long in-flight calls may take to finish",
+    "max_concurrent_streams": "StreamingRecognize calls served at once (RESOURCE_EXHAUSTED past it)",
+    "max_batch": "most stream chunks run in one model call",
+    "max_canary_sets": "distinct canary set labels in metrics; further sets are counted as 'other'",
+    "max_batch_wait_ms": "how long a ready chunk may wait for others to batch with (0: take what is queued)",
+    "endpointing": "streams: end utterances (final results) at silences; false: one final at half-close",
+    "endpoint_silence_after_speech_seconds": "trailing silence after speech that ends an utterance",
+    "endpoint_silence_no_speech_seconds": "silence with nothing decoded after which the utterance is dropped",
+    "endpoint_max_utterance_seconds": "longest utterance before a final is forced",
+    "endpoint_blank_threshold": "a frame is silence when the CTC blank probability exceeds this",
 }
+
+
+def _convert(kind: type, value):
+    if kind is bool and isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(f"expected true or false, not {value!r}")
+        return value.lower() in ("true", "1", "yes", "on")
+    return kind(value)
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p = argparse.ArgumentParser(prog="python -m service", description="ctc-asr gRPC speech recognition server")
     for f in fields(ServerConfig):
         env = f"CTC_ASR_{f.name.upper()}"
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=f.type if f.type is not Path else Path,
-                       default=os.environ.get(env, f.default), help=f"{HELP[f.name]} [env {env}; default %(default)s]")
+        p.add_argument(f"--{f.name.replace('_', '-')}", default=os.environ.get(env, f.default),
+                       metavar="BOOL" if f.type is bool else None,
+                       help=f"{HELP[f.name]} [env {env}; default %(default)s]")
     args = vars(p.parse_args(argv))
     try:
-        return ServerConfig(**{f.name: (f.type if f.type is not Path else Path)(args[f.name]) for f in fields(ServerConfig)})
+        return ServerConfig(**{f.name: _convert(f.type, args[f.name]) for f in fields(ServerConfig)})
     except ValueError as e:
         p.error(str(e))

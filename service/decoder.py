@@ -16,8 +16,8 @@ import kenlm
 import numpy as np
 from pyctcdecode.alphabet import Alphabet
 from pyctcdecode.constants import MIN_TOKEN_CLIP_P
-from pyctcdecode.decoder import (EMPTY_START_BEAM, NULL_FRAMES, BeamSearchDecoderCTC, _merge_beams, _merge_tokens,
-                                 _normalize_whitespace, _sort_and_trim_beams)
+from pyctcdecode.decoder import (EMPTY_START_BEAM, NULL_FRAMES, BeamSearchDecoderCTC, _merge_tokens,
+                                 _normalize_whitespace, _sort_and_trim_beams, _sum_log_scores)
 from pyctcdecode.language_model import HotwordScorer, LanguageModel
 
 from service.model_session import ModelSpec
@@ -71,6 +71,24 @@ class DecodeState:
     best_ids: list[np.ndarray] = field(default_factory=list)  # greedy path, per chunk
     best_probs: list[np.ndarray] = field(default_factory=list)  # max probability per frame, per chunk
     frames: int = 0
+    offset: int = 0  # stream frame index of this utterance's first frame (for word times)
+
+
+def _merge_beams(beams: list) -> list:
+    """Merges beams with the same text, summing their probabilities. Unlike
+    pyctcdecode's, the word frames kept are the more probable beam's, so word
+    times follow the best alignment rather than the first one seen."""
+    merged: dict = {}
+    for beam in beams:
+        text, next_word, word_part, last_char, *_, score = beam
+        key = (_merge_tokens(text, next_word), word_part, last_char)
+        kept = merged.get(key)
+        if kept is None:
+            merged[key] = beam
+        else:
+            best = beam if score > kept[-1] else kept
+            merged[key] = (*best[:-1], _sum_log_scores(kept[-1], score))
+    return list(merged.values())
 
 
 class CtcDecoder:
@@ -95,12 +113,13 @@ class CtcDecoder:
         lm = LanguageModel(self._kenlm, self._unigrams, alpha=lm_weight, beta=word_bonus)
         return BeamSearchDecoderCTC(self._alphabet, lm)
 
-    def start(self, opts: DecodeOptions) -> DecodeState:
+    def start(self, opts: DecodeOptions, offset: int = 0) -> DecodeState:
+        """A fresh utterance whose first frame is frame `offset` of the stream."""
         search = None
         if not opts.greedy:
             search = self._with_lm(opts.lm_weight, opts.word_bonus) if opts.use_lm and self.has_lm else self._plain
         state = DecodeState(opts, search, HotwordScorer.build_scorer(list(opts.hotwords) or None,
-                                                                      weight=opts.hotword_weight))
+                                                                      weight=opts.hotword_weight), offset=offset)
         lm = search._language_model if search else None
         state.lm_cache[("", False)] = (0.0, 0.0, lm.get_start_state() if lm else None)
         return state
@@ -148,6 +167,17 @@ class CtcDecoder:
         spans = text_frames + ([part_frames] if word_part else [])
         return self._hypothesis(state, [(w, s, e) for w, (s, e) in zip(words, spans)])
 
+    def stability(self, state: DecodeState) -> float:
+        """How likely the interim text is to stay: with beams, the share of probability
+        (by acoustic score) on beams whose completed words agree with the best beam's;
+        greedy decoding never revises past frames, so the last chunk's mean best-token probability."""
+        if state.search is None:
+            return float(state.best_probs[-1].mean()) if state.best_probs else 0.0
+        scores = np.array([b[6] for b in state.beams])
+        weights = np.exp(scores - scores.max())
+        agree = np.array([b[0] == state.beams[0][0] for b in state.beams])
+        return float(weights[agree].sum() / weights.sum())
+
     def finish(self, state: DecodeState) -> list[Hypothesis]:
         """Final LM scoring (end of sentence); up to opts.alternatives hypotheses, best first."""
         if state.search is None or state.frames == 0:
@@ -192,8 +222,8 @@ class CtcDecoder:
 
     def _hypothesis(self, state: DecodeState, spans: list[tuple[str, int, int]]) -> Hypothesis:
         best = np.concatenate(state.best_probs) if state.best_probs else np.zeros(0)
-        step = self.spec.frame_seconds
-        words = tuple(Word(w, s * step, max(e, s + 1) * step, float(best[s:max(e, s + 1)].mean()))
+        step, o = self.spec.frame_seconds, state.offset
+        words = tuple(Word(w, (o + s) * step, (o + max(e, s + 1)) * step, float(best[s:max(e, s + 1)].mean()))
                       for w, s, e in spans)
         confidence = float(np.mean([w.confidence for w in words])) if words else 0.0
         return Hypothesis(" ".join(w.word for w in words), confidence, words)

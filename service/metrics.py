@@ -30,6 +30,20 @@ class Metrics:
         self.active_streams = Gauge("asr_active_streams", "Open StreamingRecognize calls", registry=r)
         self.inference = Histogram("asr_inference_seconds", "One ONNX Runtime model call", ["provider"],
                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("asr_batch_size", "Stream chunks per batched model call",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.decode = Histogram("asr_decode_seconds", "One decoder call", buckets=LATENCY_BUCKETS, registry=r)
+        canary = ["set", "model"]
+        self.canary_requests = Counter("asr_canary_requests_total", "Labelled canaries scored", canary, registry=r)
+        self.canary_word_errors = Counter("asr_canary_word_errors_total", "Word edits against canary references",
+                                          canary, registry=r)
+        self.canary_reference_words = Counter("asr_canary_reference_words_total", "Words in canary references",
+                                              canary, registry=r)
+        self.canary_char_errors = Counter("asr_canary_char_errors_total", "Character edits against canary references",
+                                          canary, registry=r)
+        self.canary_reference_chars = Counter("asr_canary_reference_chars_total", "Characters in canary references",
+                                              canary, registry=r)
+        self.canary_wer = Gauge("asr_canary_wer", "WER over the most recent canaries of the set", canary, registry=r)
+        self.canary_cer = Gauge("asr_canary_cer", "CER over the most recent canaries of the set", canary, registry=r)
         self.model_info = Gauge("asr_model_info", "The model being served (value 1)",
                                 ["model", "version", "provider"], registry=r)

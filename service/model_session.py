@@ -118,8 +118,15 @@ class ModelSession:
     def step(self, features: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """features (T, n_mels) for one stream, T a multiple of the subsampling
         factor -> (logprobs (T/sub, V), next state)."""
-        feeds = {"audio_signal": features.T[None].astype(np.float32, copy=False),
-                 "length": np.array([len(features)], np.int64)}
-        feeds.update({s.input: x for s, x in zip(self.spec.states, state)})
-        logprobs, _, *next_state = self.session.run(self._outputs, feeds)
-        return logprobs[0], next_state
+        return self.step_batch([features], [state])[0]
+
+    def step_batch(self, features: list[np.ndarray], states: list[list[np.ndarray]]
+                   ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        """One model call for several streams' chunks of equal length T."""
+        batch = np.stack(features).transpose(0, 2, 1).astype(np.float32, copy=False)
+        feeds = {"audio_signal": batch, "length": np.full(len(features), batch.shape[2], np.int64)}
+        for i, spec in enumerate(self.spec.states):
+            feeds[spec.input] = np.concatenate([st[i] for st in states], axis=spec.batch_axis)
+        logprobs, _, *next_states = self.session.run(self._outputs, feeds)
+        return [(logprobs[b], [np.take(x, [b], axis=spec.batch_axis) for x, spec in zip(next_states, self.spec.states)])
+                for b in range(len(features))]

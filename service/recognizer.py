@@ -1,32 +1,56 @@
-"""One utterance's path through front-end, model and decoder.
+"""One stream's path through front-end, model, decoder and endpointing.
 
 `Recognizer` holds what all streams share (the ONNX session, the front-end
 settings, the decoder); `StreamState` holds everything one stream owns: its
-PCM remainder, front-end samples, model state and beams. Every chunk moves all
-of them forward once; nothing already consumed is recomputed. A unary request
-is a stream that receives all its audio at once, so both RPCs run the same code.
+PCM remainder, front-end samples, model state, beams and endpoint counters.
+Every chunk moves all of them forward once; nothing already consumed is
+recomputed, and at each final the utterance's decoding state is replaced, so
+memory stays flat however long the stream runs. A unary request is a stream
+that receives all its audio at once, so both RPCs run the same code.
 """
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from service.audio import PcmStream
 from service.decoder import CtcDecoder, DecodeOptions, DecodeState, Hypothesis
+from service.endpointing import SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
 from service.features import LogMel, StreamingFeatures, logmel_utterance
 from service.model_session import ModelSession
+
+HALF_CLOSE = "half_close"
+
+
+@dataclass(frozen=True)
+class Final:
+    hypotheses: list[Hypothesis]
+    reason: str
+    end: float  # seconds from the start of the stream
+
+
+@dataclass
+class Progress:
+    """What one call to `accept` produced."""
+    frames: int = 0
+    finals: list[Final] = field(default_factory=list)
+    speech_began: bool = False
 
 
 @dataclass
 class StreamState:
+    opts: DecodeOptions
     pcm: PcmStream | None
     features: StreamingFeatures
     model_state: list[np.ndarray]
     pending: np.ndarray  # feature frames not yet run through the model
     decode: DecodeState
+    endpointer: Endpointer
     samples: int = 0  # at the model's rate
+    frames: int = 0  # output frames so far
+    finals: int = 0
 
 
 class Recognizer:
@@ -37,28 +61,85 @@ class Recognizer:
         self.spec = session.spec
         self.decoder = decoder
         self.logmel = LogMel(session.spec.features)
+        self._blank = session.spec.tokens.index("<blk>")
         self._on_inference = on_inference
         self._on_decode = on_decode
 
-    def new_stream(self, opts: DecodeOptions, pcm: PcmStream | None = None) -> StreamState:
-        return StreamState(pcm, StreamingFeatures(self.logmel), self.session.initial_state(),
-                           np.zeros((0, self.spec.features.n_mels), np.float32), self.decoder.start(opts))
+    def new_stream(self, opts: DecodeOptions, pcm: PcmStream | None = None,
+                   endpointing: EndpointConfig = EndpointConfig(enabled=False)) -> StreamState:
+        return StreamState(opts, pcm, StreamingFeatures(self.logmel), self.session.initial_state(),
+                           np.zeros((0, self.spec.features.n_mels), np.float32), self.decoder.start(opts),
+                           Endpointer(endpointing, self.spec.frame_seconds, self._blank))
 
-    def accept(self, stream: StreamState, samples: np.ndarray) -> int:
-        """Runs every whole model chunk now available; returns the new output frames."""
+    def take_chunks(self, stream: StreamState, samples: np.ndarray) -> list[np.ndarray]:
+        """Front-end: the feature chunks now ready for the model, one per model
+        chunk while endpointing (so an endpoint falls on its chunk), else one block."""
         stream.samples += len(samples)
         stream.pending = np.concatenate([stream.pending, stream.features.accept(samples)])
-        whole = len(stream.pending) - len(stream.pending) % self.spec.chunk_frames
-        return self._run(stream, whole)
+        chunk = self.spec.chunk_frames
+        step = chunk if stream.endpointer.cfg.enabled else len(stream.pending) - len(stream.pending) % chunk
+        chunks = []
+        while step and len(stream.pending) >= step:
+            chunks.append(stream.pending[:step])
+            stream.pending = stream.pending[step:]
+        return chunks
 
-    def finish(self, stream: StreamState) -> list[Hypothesis]:
-        """Flushes the front-end, runs the last, silence-padded chunk, and finalizes the beams."""
-        stream.pending = self._pad(np.concatenate([stream.pending, stream.features.flush()]))
-        self._run(stream, len(stream.pending))
+    def take_last(self, stream: StreamState) -> np.ndarray:
+        """At half-close: the rest of the audio as one silence-padded chunk (maybe empty)."""
+        last = self._pad(np.concatenate([stream.pending, stream.features.flush()]))
+        stream.pending = stream.pending[:0]
+        return last
+
+    def consume(self, stream: StreamState, logprobs: np.ndarray, model_state: list[np.ndarray],
+                progress: Progress) -> None:
+        """Decoding and endpointing of one model output."""
+        stream.model_state = model_state
         started = time.perf_counter()
-        hyps = self.decoder.finish(stream.decode)
+        had_speech = stream.endpointer.speech
+        self.decoder.advance(stream.decode, logprobs)
         self._on_decode(time.perf_counter() - started)
-        return hyps
+        stream.frames += len(logprobs)
+        progress.frames += len(logprobs)
+        reason = stream.endpointer.update(logprobs)
+        progress.speech_began |= stream.endpointer.speech and not had_speech
+        if reason == SILENCE_NO_SPEECH:
+            self._reset_utterance(stream)
+        elif reason:
+            self._finalize(stream, reason, progress)
+        if reason in (SILENCE_NO_SPEECH, SILENCE_AFTER_SPEECH):
+            # The model was trained on utterances that start from a fresh state; after a
+            # silence endpoint the next utterance does too (a forced cut keeps its context).
+            stream.model_state = self.session.initial_state()
+
+    def close(self, stream: StreamState, progress: Progress) -> None:
+        """At half-close, after the last chunk: finalizes whatever the open utterance holds."""
+        if stream.decode.frames or not stream.finals:  # every stream with audio ends on a final
+            self._finalize(stream, HALF_CLOSE, progress)
+
+    def accept(self, stream: StreamState, samples: np.ndarray) -> Progress:
+        """Synchronous front-end + model + decoding (unary requests, offline use)."""
+        progress = Progress()
+        for chunk in self.take_chunks(stream, samples):
+            self._step(stream, chunk, progress)
+        return progress
+
+    def finish(self, stream: StreamState) -> Progress:
+        progress = Progress()
+        last = self.take_last(stream)
+        if len(last):
+            self._step(stream, last, progress)
+        self.close(stream, progress)
+        return progress
+
+    def _step(self, stream: StreamState, chunk: np.ndarray, progress: Progress) -> None:
+        started = time.perf_counter()
+        logprobs, state = self.session.step(chunk, stream.model_state)
+        self._on_inference(time.perf_counter() - started)
+        self.consume(stream, logprobs, state, progress)
+
+    def partial(self, stream: StreamState) -> tuple[Hypothesis, float]:
+        """The open utterance's best hypothesis so far and its stability."""
+        return self.decoder.partial(stream.decode), self.decoder.stability(stream.decode)
 
     def utterance_logprobs(self, samples: np.ndarray) -> np.ndarray:
         """Log-probabilities (T', V) of a whole utterance in one model call (offline evaluation)."""
@@ -70,17 +151,14 @@ class Recognizer:
         short = -len(frames) % self.spec.subsampling_factor
         return np.concatenate([frames, np.tile(self.logmel.silence_frame, (short, 1))]) if short else frames
 
-    def partial(self, stream: StreamState) -> Hypothesis:
-        return self.decoder.partial(stream.decode)
-
-    def _run(self, stream: StreamState, n: int) -> int:
-        if n == 0:
-            return 0
+    def _finalize(self, stream: StreamState, reason: str, progress: Progress) -> None:
         started = time.perf_counter()
-        logprobs, stream.model_state = self.session.step(stream.pending[:n], stream.model_state)
-        decoding = time.perf_counter()
-        self._on_inference(decoding - started)
-        stream.pending = stream.pending[n:]
-        self.decoder.advance(stream.decode, logprobs)
-        self._on_decode(time.perf_counter() - decoding)
-        return len(logprobs)
+        hyps = self.decoder.finish(stream.decode)
+        self._on_decode(time.perf_counter() - started)
+        progress.finals.append(Final(hyps, reason, stream.frames * self.spec.frame_seconds))
+        stream.finals += 1
+        self._reset_utterance(stream)
+
+    def _reset_utterance(self, stream: StreamState) -> None:
+        stream.decode = self.decoder.start(stream.opts, offset=stream.frames)
+        stream.endpointer.reset()

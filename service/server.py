@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -11,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service.batcher import ModelBatcher
 from service.config import ServerConfig
 from service.decoder import CtcDecoder
 from service.metrics import Metrics
@@ -35,7 +37,7 @@ class RunningServer:
         """Health goes NOT_SERVING, then in-flight calls get `grace` seconds to finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        self.servicer.close()
+        await self.servicer.close()
         self._metrics_http.shutdown()
 
 
@@ -52,7 +54,12 @@ async def start(cfg: ServerConfig) -> RunningServer:
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
-    servicer = SpeechServicer(recognizer, metrics, cfg)
+    pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
+    batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix="asr-model"), cfg.max_batch,
+                           cfg.max_batch_wait_ms / 1000, on_batch=lambda s, n: (inference.observe(s),
+                                                                                 metrics.batch_size.observe(n)))
+    batcher.start()
+    servicer = SpeechServicer(recognizer, batcher, pool, metrics, cfg)
     asr_pb2_grpc.add_SpeechServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

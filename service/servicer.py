@@ -21,9 +21,13 @@ from service.config import ServerConfig
 from service.decoder import Hypothesis
 from service.metrics import Metrics
 from service.options import RequestOptions, recognition_options
-from service.recognizer import Recognizer
+from service.batcher import ModelBatcher
+from service.recognizer import HALF_CLOSE, Progress, Recognizer, StreamState
 
 log = logging.getLogger(__name__)
+Event = asr_pb2.StreamingRecognizeResponse.SpeechEventType
+SPEECH_BEGIN, SPEECH_END = Event.SPEECH_ACTIVITY_BEGIN, Event.SPEECH_ACTIVITY_END
+END_OF_SINGLE_UTTERANCE = Event.END_OF_SINGLE_UTTERANCE
 
 
 class RequestError(Exception):
@@ -51,14 +55,19 @@ def _alternatives(hyps: list[Hypothesis], word_offsets: bool) -> list[asr_pb2.Sp
 
 
 class SpeechServicer(asr_pb2_grpc.SpeechServicer):
-    def __init__(self, recognizer: Recognizer, metrics: Metrics, cfg: ServerConfig) -> None:
+    def __init__(self, recognizer: Recognizer, batcher: ModelBatcher, pool: ThreadPoolExecutor, metrics: Metrics,
+                 cfg: ServerConfig) -> None:
         self.recognizer = recognizer
+        self.batcher = batcher
         self.spec = recognizer.spec
         self.metrics = metrics
         self.cfg = cfg
-        self._pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
+        self._pool = pool
+        self.canaries = canary.CanaryTracker(metrics, self.spec.name, cfg.max_canary_sets)
+        self._streams = 0  # admitted StreamingRecognize calls (grpc.aio's own limit is unreliable)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self.batcher.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn, *args):
@@ -89,10 +98,15 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
         finally:
             self.metrics.requests.labels(method, code.name).inc()
 
+    def _score_canary(self, opts: RequestOptions, transcript: str) -> asr_pb2.CanaryScore:
+        result = canary.score(opts.canary_reference, transcript, opts.canary_set)
+        self.canaries.record(result)
+        return result
+
     def _recognize(self, samples: np.ndarray, opts: RequestOptions) -> list[Hypothesis]:
         stream = self.recognizer.new_stream(opts.decode)
         self.recognizer.accept(stream, samples)
-        return self.recognizer.finish(stream)
+        return self.recognizer.finish(stream).finals[0].hypotheses
 
     async def Recognize(self, request, context):
         started = time.perf_counter()
@@ -112,20 +126,32 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
             response.results.add(alternatives=_alternatives(hyps, opts.word_offsets),
                                  result_end_time=_duration(seconds))
             if opts.canary_reference:
-                response.canary_score.CopyFrom(canary.score(opts.canary_reference, hyps[0].text, opts.canary_set))
+                response.canary_score.CopyFrom(self._score_canary(opts, hyps[0].text))
             elapsed = time.perf_counter() - started
             self.metrics.request_duration.labels("Recognize", opts.traffic).observe(elapsed)
             self.metrics.real_time_factor.labels(opts.traffic).observe(elapsed / max(seconds, 1e-3))
             return response
 
     async def StreamingRecognize(self, request_iterator, context):
-        self.metrics.active_streams.inc()
-        try:
-            async with self._call("StreamingRecognize", context):
+        async with self._call("StreamingRecognize", context):
+            if self._streams >= self.cfg.max_concurrent_streams:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many concurrent streams "
+                                   f"(at most {self.cfg.max_concurrent_streams}); retry with backoff")
+            self._streams += 1
+            self.metrics.active_streams.inc()
+            try:
                 async for response in self._stream(request_iterator):
                     yield response
-        finally:
-            self.metrics.active_streams.dec()
+            finally:
+                self._streams -= 1
+                self.metrics.active_streams.dec()
+
+    async def _advance(self, stream: StreamState, chunks: list[np.ndarray], progress: Progress) -> Progress:
+        """Model steps through the batcher, decoding on the worker pool, chunk after chunk."""
+        for chunk in chunks:
+            logprobs, state = await self.batcher.step(chunk, stream.model_state)
+            await self._run(self.recognizer.consume, stream, logprobs, state, progress)
+        return progress
 
     async def _stream(self, requests):
         first = await anext(requests, None)
@@ -134,50 +160,75 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                                "the first message must carry streaming_config (and no audio)")
         sc = first.streaming_config
         opts = recognition_options(sc.config, self.spec)
-        if sc.single_utterance:
-            raise AudioError("streaming_config.single_utterance is not supported yet")
         if sc.config.encoding not in RAW_WIDTH:
             raise AudioError("config.encoding must be LINEAR16 or FLOAT32 for streaming "
                              "(send WAV/FLAC files with Recognize)")
         pcm = PcmStream(raw_format(sc.config.encoding, sc.config.sample_rate_hertz,
                                    sc.config.audio_channel_count or 1), self.spec.features.sample_rate)
-        stream = self.recognizer.new_stream(opts.decode, pcm)
-        first_audio_at, sent_result = None, False
+        stream = self.recognizer.new_stream(opts.decode, pcm, self.cfg.endpoint)
+        first_audio_at, sent_result, transcript = None, False, []
+
+        def finals_responses(progress: Progress, last: bool) -> list[asr_pb2.StreamingRecognizeResponse]:
+            out = []
+            if progress.speech_began:
+                out.append(asr_pb2.StreamingRecognizeResponse(speech_event_type=SPEECH_BEGIN))
+            for final in progress.finals:
+                transcript.append(final.hypotheses[0].text)
+                response = asr_pb2.StreamingRecognizeResponse(
+                    results=[asr_pb2.StreamingRecognitionResult(
+                        alternatives=_alternatives(final.hypotheses, opts.word_offsets), is_final=True,
+                        result_end_time=_duration(final.end))], endpoint_reason=final.reason)
+                ends_call = last or sc.single_utterance
+                if ends_call:
+                    response.total_billed_time.CopyFrom(_duration(pcm.samples_in / pcm.fmt.sample_rate))
+                    if opts.canary_reference:
+                        response.canary_score.CopyFrom(self._score_canary(opts, " ".join(t for t in transcript if t)))
+                out.append(response)
+                if final.reason != HALF_CLOSE:
+                    out.append(asr_pb2.StreamingRecognizeResponse(speech_event_type=SPEECH_END))
+                if sc.single_utterance:
+                    out.append(asr_pb2.StreamingRecognizeResponse(speech_event_type=END_OF_SINGLE_UTTERANCE))
+                    break
+            return out
+
         async for request in requests:
             if request.WhichOneof("streaming_request") != "audio_content":
                 raise AudioError("streaming_config may only be sent once, in the first message")
-            first_audio_at = first_audio_at or time.perf_counter()
             arrived = time.perf_counter()
+            first_audio_at = first_audio_at or arrived
             samples = pcm.accept(request.audio_content)
             if pcm.samples_in / pcm.fmt.sample_rate > self.cfg.max_stream_audio_seconds:
                 raise RequestError(grpc.StatusCode.OUT_OF_RANGE, "stream audio exceeds "
                                    f"{self.cfg.max_stream_audio_seconds:g} s")
-            new_frames = await self._run(self.recognizer.accept, stream, samples)
-            if sc.interim_results and new_frames:
-                hyp = self.recognizer.partial(stream)
+            progress = await self._advance(stream, self.recognizer.take_chunks(stream, samples), Progress())
+            for response in finals_responses(progress, last=False):
+                yield response
+            if progress.finals:
+                self.metrics.final_latency.labels(opts.traffic).observe(time.perf_counter() - arrived)
+                if sc.single_utterance:
+                    return
+            elif sc.interim_results and progress.frames and (partial := self.recognizer.partial(stream))[0].text:
+                hyp, stability = partial
                 yield asr_pb2.StreamingRecognizeResponse(results=[asr_pb2.StreamingRecognitionResult(
-                    alternatives=_alternatives([hyp], False), is_final=False,
-                    result_end_time=_duration(stream.samples / self.spec.features.sample_rate))])
+                    alternatives=_alternatives([hyp], False), is_final=False, stability=stability,
+                    result_end_time=_duration(stream.frames * self.spec.frame_seconds))])
                 self.metrics.partial_latency.labels(opts.traffic).observe(time.perf_counter() - arrived)
-                if not sent_result:
-                    self.metrics.first_result_latency.labels(opts.traffic).observe(time.perf_counter() - first_audio_at)
-                    sent_result = True
+            else:
+                continue
+            if not sent_result:
+                self.metrics.first_result_latency.labels(opts.traffic).observe(time.perf_counter() - first_audio_at)
+                sent_result = True
         half_closed = time.perf_counter()
         samples = pcm.finish()
-        seconds = pcm.samples_in / pcm.fmt.sample_rate
-        self.metrics.audio_seconds.inc(seconds)
+        self.metrics.audio_seconds.inc(pcm.samples_in / pcm.fmt.sample_rate)
         if first_audio_at is None:
             return
-        await self._run(self.recognizer.accept, stream, samples)
-        hyps = await self._run(self.recognizer.finish, stream)
-        response = asr_pb2.StreamingRecognizeResponse(
-            results=[asr_pb2.StreamingRecognitionResult(
-                alternatives=_alternatives(hyps, opts.word_offsets), is_final=True,
-                result_end_time=_duration(seconds))],
-            total_billed_time=_duration(seconds), endpoint_reason="half_close")
-        if opts.canary_reference:
-            response.canary_score.CopyFrom(canary.score(opts.canary_reference, hyps[0].text, opts.canary_set))
-        yield response
+        chunks = self.recognizer.take_chunks(stream, samples)
+        last = self.recognizer.take_last(stream)
+        progress = await self._advance(stream, chunks + ([last] if len(last) else []), Progress())
+        await self._run(self.recognizer.close, stream, progress)
+        for response in finals_responses(progress, last=True):
+            yield response
         self.metrics.final_latency.labels(opts.traffic).observe(time.perf_counter() - half_closed)
         if not sent_result:
             self.metrics.first_result_latency.labels(opts.traffic).observe(time.perf_counter() - first_audio_at)

@@ -81,8 +81,6 @@ STREAM_CASES = {
     "sample rate 0": ([streaming_config(rate=0), audio(one_second_pcm16())], INVALID, "sample_rate_hertz"),
     "odd total length": ([streaming_config(), audio(b"\x00" * 1001)], INVALID, "whole number"),
     "container encoding": ([streaming_config(encoding=Encoding.FLAC), audio(b"fLaC")], INVALID, "config.encoding"),
-    "single_utterance not supported yet": ([streaming_config(single_utterance=True), audio(one_second_pcm16())],
-                                           INVALID, "single_utterance"),
     "longer than the stream limit": ([streaming_config()] + [audio(one_second_pcm16())] * 31,
                                      grpc.StatusCode.OUT_OF_RANGE, "30 s"),
 }

@@ -46,7 +46,7 @@ def test_exported_directory_transcribes_like_the_bundled_one(exported):
         recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
         stream = recognizer.new_stream(opts)
         recognizer.accept(stream, audio)
-        texts.append(recognizer.finish(stream)[0].text)
+        texts.append(recognizer.finish(stream).finals[0].hypotheses[0].text)
     assert texts[0] == texts[1] == "what time is it in paris"
 
 

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ctc_asr.v1 import asr_pb2
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import SAMPLES
 from test_recognize import pcm16, stream
 
@@ -46,3 +46,24 @@ def test_requests_latency_and_audio_are_counted(running, stub):
     assert value(after, "asr_active_streams") == 0
     spec = running.servicer.spec
     assert value(after, "asr_model_info", model=spec.name, version=spec.version, provider="CPUExecutionProvider") == 1
+
+
+def test_canaries_feed_running_accuracy(make_server):
+    srv = make_server(max_canary_sets=2)
+    audio = (SAMPLES / "what_time.wav").read_bytes()
+    references = {"a": "what time is it in london", "b": "what time is it in paris", "c": "what time is it"}
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        scores = [stub.Recognize(asr_pb2.RecognizeRequest(audio_content=audio, config=asr_pb2.RecognitionConfig(
+            canary=asr_pb2.CanaryLabel(reference=ref, set=name))), timeout=30).canary_score
+            for name, ref in references.items()]
+    samples = scrape(srv.running.metrics_port)
+    model = srv.running.servicer.spec.name
+    assert [s.word_errors for s in scores] == [1, 0, 2]  # "c": two inserted words
+    assert value(samples, "asr_canary_word_errors_total", set="a", model=model) == 1
+    assert value(samples, "asr_canary_reference_words_total", set="a", model=model) == 6
+    assert value(samples, "asr_canary_wer", set="a", model=model) == pytest.approx(1 / 6)
+    # two set labels at most, "other" included: sets b and c fold into it
+    assert value(samples, "asr_canary_requests_total", set="other", model=model) == 2
+    assert value(samples, "asr_canary_wer", set="other", model=model) == pytest.approx(2 / 10)
+    assert value(samples, "asr_request_duration_seconds_count", method="Recognize", traffic="canary") == 3

@@ -1,0 +1,90 @@
+"""Batches model chunks that are ready in different streams into one model call.
+
+Streams await `step`; a single loop takes every chunk queued by the time the
+model is free (waiting at most `max_wait_s` for more, up to `max_batch`),
+runs equal-length chunks as one ONNX Runtime call on the worker pool, and
+hands each stream its log-probs and next state. One batch is in flight at a
+time: on CPU the intra-op threads use the cores, on CUDA the provider has a
+single compute stream anyway.
+"""
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import numpy as np
+
+from service.model_session import ModelSession
+
+log = logging.getLogger(__name__)
+
+
+class ModelBatcher:
+    def __init__(self, session: ModelSession, executor: Executor, max_batch: int, max_wait_s: float,
+                 on_batch: Callable[[float, int], None] = lambda seconds, size: None) -> None:
+        self.session = session
+        self._executor = executor
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def step(self, features: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((features, state, future))
+        return await future
+
+    async def _collect(self) -> list:
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self._max_wait_s
+        while len(batch) < self._max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            by_length = defaultdict(list)
+            for item in batch:
+                by_length[len(item[0])].append(item)
+            for items in by_length.values():
+                items = [it for it in items if not it[2].done()]  # callers that gave up (cancelled)
+                if not items:
+                    continue
+                started = time.perf_counter()
+                try:
+                    outputs = await loop.run_in_executor(self._executor, self.session.step_batch,
+                                                         [it[0] for it in items], [it[1] for it in items])
+                except Exception as e:  # every waiting stream learns of it; the loop goes on
+                    log.exception("model batch of %d failed", len(items))
+                    for it in items:
+                        if not it[2].done():
+                            it[2].set_exception(e)
+                    continue
+                self._on_batch(time.perf_counter() - started, len(items))
+                for it, out in zip(items, outputs):
+                    if not it[2].done():
+                        it[2].set_result(out)

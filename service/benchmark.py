@@ -1,0 +1,177 @@
+"""Load benchmark: concurrent real-time streams and unary throughput, over loopback.
+
+    python -m service.benchmark [--streams 1,8,16,32,64] [--seconds 10] [--target HOST:PORT]
+
+Without --target it starts `python -m service` on free loopback ports (extra
+server flags after `--`) and reads that process's CPU time. Each stream sends
+a sample clip (looped, with pauses) as 100 ms LINEAR16 messages at real-time
+pace with interim results on, then half-closes. Measured per stream count:
+
+- partial latency: the message that completes a model chunk is sent -> the
+  first interim or final result whose result_end_time covers that chunk;
+- final latency: half-close -> the last final result;
+- server CPU seconds per second of audio, and errors.
+
+Then unary throughput: Recognize on the clips, 4 at a time. Prints a Markdown table.
+"""
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import soundfile as sf
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+RATE = 16000
+MESSAGE_S = 0.1
+Encoding = asr_pb2.RecognitionConfig.AudioEncoding
+
+
+def test_audio(seconds: float) -> np.ndarray:
+    clips = [sf.read(SAMPLES / name, dtype="int16")[0] for name in ("what_time.wav", "phone.flac")]
+    pause = np.zeros(int(0.6 * RATE), np.int16)
+    parts, total, i = [], 0, 0
+    while total < seconds * RATE:
+        parts += [clips[i % 2], pause]
+        total += len(clips[i % 2]) + len(pause)
+        i += 1
+    return np.concatenate(parts)[: int(seconds * RATE)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def one_stream(stub, pcm: bytes, chunk_s: float, start_delay: float, out: dict) -> None:
+    await asyncio.sleep(start_delay)
+    step = int(MESSAGE_S * RATE) * 2
+    sent_at: list[tuple[float, float]] = []  # (audio seconds sent so far, send time)
+
+    async def requests():
+        yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+            config=asr_pb2.RecognitionConfig(encoding=Encoding.LINEAR16, sample_rate_hertz=RATE),
+            interim_results=True))
+        started = time.perf_counter()
+        for i, offset in enumerate(range(0, len(pcm), step)):
+            await asyncio.sleep(max(0.0, started + i * MESSAGE_S - time.perf_counter()))
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm[offset:offset + step])
+            sent_at.append((min(len(pcm), offset + step) / 2 / RATE, time.perf_counter()))
+        out["half_close"] = time.perf_counter()
+
+    covered = 0.0  # audio seconds whose chunk latency was measured
+    try:
+        async for response in stub.StreamingRecognize(requests()):
+            now = time.perf_counter()
+            for result in response.results:
+                end = result.result_end_time.ToTimedelta().total_seconds()
+                # every chunk boundary newly covered by this result
+                while covered + chunk_s <= end + 1e-6:
+                    covered += chunk_s
+                    sent = next((t for audio_s, t in sent_at if audio_s >= covered - 1e-6), None)
+                    if sent is not None and "half_close" not in out:
+                        out["partial"].append(now - sent)
+                if result.is_final:
+                    out["last_final"] = now
+    except grpc.aio.AioRpcError as e:
+        out["errors"].append(e.code().name)
+        return
+    if "half_close" in out and "last_final" in out:
+        out["final"] = out["last_final"] - out["half_close"]
+
+
+async def run_streams(target: str, n: int, seconds: float, chunk_s: float) -> dict:
+    pcm = test_audio(seconds).astype("<i2").tobytes()
+    results = [{"partial": [], "errors": []} for _ in range(n)]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        # Spread stream starts over one message so they do not all arrive in lockstep.
+        await asyncio.gather(*(one_stream(stub, pcm, chunk_s, i * MESSAGE_S / n, r) for i, r in enumerate(results)))
+    partial = np.array([x for r in results for x in r["partial"]])
+    final = np.array([r["final"] for r in results if "final" in r])
+    return {"partial": partial, "final": final, "errors": sum(len(r["errors"]) for r in results),
+            "audio_s": n * seconds}
+
+
+async def unary_throughput(target: str, requests: int, concurrency: int) -> float:
+    clips = [(SAMPLES / n).read_bytes() for n in ("what_time.wav", "phone.flac")]
+    audio_s = [sf.info(SAMPLES / n).duration for n in ("what_time.wav", "phone.flac")]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i):
+            async with gate:
+                await stub.Recognize(asr_pb2.RecognizeRequest(audio_content=clips[i % 2]))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        return sum(audio_s[i % 2] for i in range(requests)) / (time.perf_counter() - started)
+
+
+def pct(values: np.ndarray, q: float) -> str:
+    return f"{1000 * np.percentile(values, q):.0f}" if len(values) else "-"
+
+
+async def main_async(a, server_pid: int | None) -> None:
+    async with grpc.aio.insecure_channel(a.target) as channel:
+        info = await asr_pb2_grpc.SpeechStub(channel).GetModelInfo(asr_pb2.GetModelInfoRequest(), timeout=30)
+    chunk_s = info.chunk_duration.ToTimedelta().total_seconds()
+    print(f"model {info.name} {info.version} on {info.provider}; {chunk_s * 1000:.0f} ms chunks; "
+          f"{a.seconds:.0f} s per stream; {os.cpu_count()} CPUs", flush=True)
+    print("\n| streams | partial p50 / p95 / p99 (ms) | final p50 / p95 (ms) | server CPU s per audio s | errors |")
+    print("| --- | --- | --- | --- | --- |")
+    for n in a.streams:
+        cpu0 = cpu_seconds(server_pid) if server_pid else None
+        r = await run_streams(a.target, n, a.seconds, chunk_s)
+        cpu = f"{(cpu_seconds(server_pid) - cpu0) / r['audio_s']:.3f}" if server_pid else "-"
+        print(f"| {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
+              f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['errors']} |", flush=True)
+    rate = await unary_throughput(a.target, a.unary_requests, 4)
+    print(f"\nunary Recognize, 4 concurrent: {rate:.1f} audio seconds per wall second")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m service.benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", help="a running server (default: start one on loopback)")
+    p.add_argument("--streams", default="1,8,16,32,64", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--seconds", type=float, default=10.0, help="audio per stream")
+    p.add_argument("--unary-requests", type=int, default=200)
+    p.add_argument("server_args", nargs="*", help="after --: flags for the server it starts")
+    a = p.parse_args()
+    server = None
+    if not a.target:
+        port = free_port()
+        a.target = f"127.0.0.1:{port}"
+        server = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+                                   "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()),
+                                   "--max-concurrent-streams", str(max(a.streams)), *a.server_args],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with grpc.insecure_channel(a.target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+    try:
+        asyncio.run(main_async(a, server.pid if server else None))
+    finally:
+        if server:
+            server.terminate()
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
