@@ -36,6 +36,10 @@ class CanaryTracker:
         self.model = model
         self.max_sets = max_sets
         self._recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
+        # The default set's counters exist from the start, so rate() counts its first canary too.
+        for counter in (metrics.canary_requests, metrics.canary_word_errors, metrics.canary_reference_words,
+                        metrics.canary_char_errors, metrics.canary_reference_chars):
+            counter.labels(DEFAULT_SET, model)
 
     def label(self, set_name: str) -> str:
         set_name = set_name or DEFAULT_SET

@@ -45,5 +45,8 @@ class Metrics:
                                               canary, registry=r)
         self.canary_wer = Gauge("asr_canary_wer", "WER over the most recent canaries of the set", canary, registry=r)
         self.canary_cer = Gauge("asr_canary_cer", "CER over the most recent canaries of the set", canary, registry=r)
+        self.provider_fallbacks = Counter("asr_provider_fallbacks_total",
+                                          "Starts where --provider auto could not load CUDA and fell back to CPU",
+                                          registry=r)
         self.model_info = Gauge("asr_model_info", "The model being served (value 1)",
                                 ["model", "version", "provider"], registry=r)

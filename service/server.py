@@ -16,7 +16,7 @@ from service.batcher import ModelBatcher
 from service.config import ServerConfig
 from service.decoder import CtcDecoder
 from service.metrics import Metrics
-from service.model_session import ModelSession, ModelSpec
+from service.model_session import CPU, ModelSession, ModelSpec
 from service.recognizer import Recognizer
 from service.servicer import SpeechServicer
 
@@ -49,6 +49,9 @@ async def start(cfg: ServerConfig) -> RunningServer:
     recognizer = Recognizer(session, CtcDecoder(spec), on_inference=inference.observe,
                             on_decode=metrics.decode.observe)
     metrics.model_info.labels(spec.name, spec.version, session.provider).set(1)
+    metrics.provider_fallbacks.inc(0)  # the series exists from the start, so alerts can compare it
+    if cfg.provider == "auto" and session.provider == CPU:
+        metrics.provider_fallbacks.inc()
     log.info("model %s %s on %s (%d parameters, LM: %s)", spec.name, spec.version, session.provider,
              spec.parameters, "yes" if recognizer.decoder.has_lm else "no")
 

@@ -1,0 +1,102 @@
+"""Send a labelled canary set through a running server: the prober of running accuracy.
+
+    python -m service.prober [--target HOST:PORT] [--canaries DIR] [--once] [--interval 60] [--max-wer 0.5]
+
+Each round sends every clip of the set (default: the bundled model's
+canaries), alternating unary Recognize and StreamingRecognize at real-time
+pace, each labelled with its reference and set, so the server's canary
+metrics move. It prints each clip's score and the round's WER/CER. With
+--once it runs one round and exits non-zero if a request failed or the
+round's WER is above --max-wer, which suits a Kubernetes CronJob; without it,
+it runs a round every --interval seconds, as a sidecar.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import soundfile as sf
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service.client import stream_requests
+from service.config import BUNDLED_MODEL
+
+Encoding = asr_pb2.RecognitionConfig.AudioEncoding
+
+
+def load_set(directory: Path) -> list[dict]:
+    with open(directory / "manifest.jsonl") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [{**r, "audio": directory / r["audio"]} for r in rows]
+
+
+def probe(stub, clip: dict, streaming: bool, realtime: bool, timeout: float) -> tuple[str, asr_pb2.CanaryScore]:
+    """One canary request; returns the transcript and the server's score."""
+    config = asr_pb2.RecognitionConfig(canary=asr_pb2.CanaryLabel(reference=clip["text"], set=clip.get("set", "")))
+    if not streaming:
+        response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=clip["audio"].read_bytes()),
+                                  timeout=timeout)
+        return response.results[0].alternatives[0].transcript, response.canary_score
+    audio, rate = sf.read(clip["audio"], dtype="int16", always_2d=True)
+    config.encoding, config.sample_rate_hertz, config.audio_channel_count = Encoding.LINEAR16, rate, audio.shape[1]
+    finals, score = [], None
+    for response in stub.StreamingRecognize(stream_requests(config, audio.tobytes(), rate, 100, realtime),
+                                            timeout=timeout):
+        finals += [r.alternatives[0].transcript for r in response.results if r.is_final and r.alternatives]
+        if response.HasField("canary_score"):
+            score = response.canary_score
+    if score is None:
+        raise RuntimeError("the stream ended without a canary score")
+    return " ".join(t for t in finals if t), score
+
+
+def run_round(stub, clips: list[dict], realtime: bool, timeout: float) -> tuple[int, int, int, int, int]:
+    """Returns (failures, word errors, reference words, char errors, reference chars)."""
+    totals = [0, 0, 0, 0, 0]
+    for i, clip in enumerate(clips):
+        mode = "stream" if i % 2 else "unary"
+        try:
+            _, s = probe(stub, clip, i % 2 == 1, realtime, timeout)
+        except (grpc.RpcError, RuntimeError) as e:
+            code = e.code().name if isinstance(e, grpc.RpcError) else str(e)
+            print(f"FAIL {mode:6s} {clip['audio'].name}: {code}", flush=True)
+            totals[0] += 1
+            continue
+        for k, v in enumerate((s.word_errors, s.reference_words, s.char_errors, s.reference_chars), start=1):
+            totals[k] += v
+        print(f"{mode:6s} [{s.set}] {clip['audio'].name}: WER {s.wer:.3f} CER {s.cer:.3f}", flush=True)
+    return tuple(totals)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m service.prober", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="localhost:50051")
+    p.add_argument("--canaries", type=Path, default=BUNDLED_MODEL / "canaries",
+                   help="folder with manifest.jsonl (audio, text, set) and the clips")
+    p.add_argument("--once", action="store_true", help="one round, then exit (non-zero on failure)")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between round starts")
+    p.add_argument("--max-wer", type=float, default=0.5, help="with --once: fail above this round WER")
+    p.add_argument("--fast", action="store_true", help="stream as fast as possible instead of real time")
+    p.add_argument("--timeout", type=float, default=60.0)
+    a = p.parse_args()
+    if not (a.canaries / "manifest.jsonl").is_file():
+        p.error(f"--canaries {a.canaries}: no manifest.jsonl")
+    clips = load_set(a.canaries)
+    with grpc.insecure_channel(a.target) as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        while True:
+            started = time.monotonic()
+            failures, we, rw, ce, rc = run_round(stub, clips, not a.fast, a.timeout)
+            wer, cer = we / max(rw, 1), ce / max(rc, 1)
+            print(f"round: {len(clips)} canaries, {failures} failed, WER {wer:.3f}, CER {cer:.3f}", flush=True)
+            if a.once:
+                return 1 if failures or wer > a.max_wer else 0
+            time.sleep(max(0.0, started + a.interval - time.monotonic()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
