@@ -6,7 +6,6 @@ Names follow the NeMo CTC export convention (`audio_signal` (B, n_mels, T),
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

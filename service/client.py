@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
@@ -33,6 +32,27 @@ def stream_requests(config: asr_pb2.RecognitionConfig, pcm: bytes, rate: int, ch
         yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm[offset:offset + step])
 
 
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="localhost:50051")
+    p.add_argument("--ca", type=Path, help="PEM CA bundle: connect with TLS, trusting it")
+    p.add_argument("--cert", type=Path, help="PEM client certificate (mutual TLS), with --key")
+    p.add_argument("--key", type=Path, help="PEM private key of --cert")
+    p.add_argument("--token", help="bearer token sent as `authorization` metadata")
+
+
+def open_channel(a: argparse.Namespace) -> grpc.Channel:
+    if not a.ca:
+        return grpc.insecure_channel(a.target)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=a.ca.read_bytes(), private_key=a.key.read_bytes() if a.key else None,
+        certificate_chain=a.cert.read_bytes() if a.cert else None)
+    return grpc.secure_channel(a.target, creds)
+
+
+def call_metadata(a: argparse.Namespace) -> list[tuple[str, str]] | None:
+    return [("authorization", f"Bearer {a.token}")] if a.token else None
+
+
 def print_final(alt: asr_pb2.SpeechRecognitionAlternative) -> None:
     print(f"final: {alt.transcript} (confidence {alt.confidence:.2f})")
     for w in alt.words:
@@ -49,7 +69,7 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m service.client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", type=Path, help="audio file (WAV, FLAC, or anything libsndfile reads)")
-    p.add_argument("--target", default="localhost:50051")
+    add_connection_args(p)
     p.add_argument("--stream", action="store_true", help="stream at real-time pace with interim results")
     p.add_argument("--fast", action="store_true", help="with --stream: send as fast as possible")
     p.add_argument("--chunk-ms", type=int, default=100)
@@ -65,7 +85,8 @@ def main() -> int:
     if a.reference:
         config.canary.reference = a.reference
         config.canary.set = a.canary_set
-    with grpc.insecure_channel(a.target) as channel:
+    metadata = call_metadata(a)
+    with open_channel(a) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         try:
             if a.stream:
@@ -73,7 +94,7 @@ def main() -> int:
                 config.encoding, config.sample_rate_hertz = Encoding.LINEAR16, rate
                 config.audio_channel_count = audio.shape[1]
                 requests = stream_requests(config, audio.tobytes(), rate, a.chunk_ms, not a.fast)
-                for response in stub.StreamingRecognize(requests, timeout=a.timeout):
+                for response in stub.StreamingRecognize(requests, timeout=a.timeout, metadata=metadata):
                     for result in response.results:
                         alt = result.alternatives[0] if result.alternatives else asr_pb2.SpeechRecognitionAlternative()
                         if result.is_final:
@@ -84,7 +105,7 @@ def main() -> int:
                         print_score(response.canary_score)
             else:
                 response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=a.file.read_bytes()),
-                                          timeout=a.timeout)
+                                          timeout=a.timeout, metadata=metadata)
                 for result in response.results:
                     print_final(result.alternatives[0])
                 if response.HasField("canary_score"):

@@ -28,6 +28,12 @@ class ServerConfig:
     max_batch: int = 32
     max_canary_sets: int = 10
     max_batch_wait_ms: float = 0.0
+    max_chunk_bytes: int = 1024 * 1024
+    stream_idle_timeout_seconds: float = 30.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens_file: Path | None = None
     endpointing: bool = True
     endpoint_silence_after_speech_seconds: float = 1.2
     endpoint_silence_no_speech_seconds: float = 2.4
@@ -48,9 +54,18 @@ class ServerConfig:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
         for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
-                     "max_message_bytes", "max_concurrent_streams", "max_batch", "max_canary_sets"):
+                     "max_message_bytes", "max_concurrent_streams", "max_batch", "max_canary_sets", "max_chunk_bytes",
+                     "stream_idle_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
         if self.max_batch_wait_ms < 0:
             raise ValueError("--max-batch-wait-ms must not be negative")
 
@@ -72,6 +87,12 @@ HELP = {
     "max_batch": "most stream chunks run in one model call",
     "max_canary_sets": "distinct canary set labels in metrics; further sets are counted as 'other'",
     "max_batch_wait_ms": "how long a ready chunk may wait for others to batch with (0: take what is queued)",
+    "max_chunk_bytes": "largest audio_content in one streaming message (OUT_OF_RANGE past it)",
+    "stream_idle_timeout_seconds": "a stream that sends nothing for this long ends with OUT_OF_RANGE",
+    "tls_cert": "PEM certificate chain: serve TLS (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "auth_tokens_file": "file of bearer tokens, one per line: calls need `authorization: Bearer <token>`",
     "endpointing": "streams: end utterances (final results) at silences; false: one final at half-close",
     "endpoint_silence_after_speech_seconds": "trailing silence after speech that ends an utterance",
     "endpoint_silence_no_speech_seconds": "silence with nothing decoded after which the utterance is dropped",
@@ -80,7 +101,11 @@ HELP = {
 }
 
 
-def _convert(kind: type, value):
+def _convert(kind, value):
+    if value is None or value == "":
+        return None
+    if kind == Path | None:
+        return Path(value)
     if kind is bool and isinstance(value, str):
         if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise ValueError(f"expected true or false, not {value!r}")

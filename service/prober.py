@@ -21,7 +21,7 @@ import grpc
 import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.client import stream_requests
+from service.client import add_connection_args, call_metadata, open_channel, stream_requests
 from service.config import BUNDLED_MODEL
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
@@ -33,18 +33,19 @@ def load_set(directory: Path) -> list[dict]:
     return [{**r, "audio": directory / r["audio"]} for r in rows]
 
 
-def probe(stub, clip: dict, streaming: bool, realtime: bool, timeout: float) -> tuple[str, asr_pb2.CanaryScore]:
+def probe(stub, clip: dict, streaming: bool, realtime: bool, timeout: float,
+          metadata=None) -> tuple[str, asr_pb2.CanaryScore]:
     """One canary request; returns the transcript and the server's score."""
     config = asr_pb2.RecognitionConfig(canary=asr_pb2.CanaryLabel(reference=clip["text"], set=clip.get("set", "")))
     if not streaming:
         response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=clip["audio"].read_bytes()),
-                                  timeout=timeout)
+                                  timeout=timeout, metadata=metadata)
         return response.results[0].alternatives[0].transcript, response.canary_score
     audio, rate = sf.read(clip["audio"], dtype="int16", always_2d=True)
     config.encoding, config.sample_rate_hertz, config.audio_channel_count = Encoding.LINEAR16, rate, audio.shape[1]
     finals, score = [], None
     for response in stub.StreamingRecognize(stream_requests(config, audio.tobytes(), rate, 100, realtime),
-                                            timeout=timeout):
+                                            timeout=timeout, metadata=metadata):
         finals += [r.alternatives[0].transcript for r in response.results if r.is_final and r.alternatives]
         if response.HasField("canary_score"):
             score = response.canary_score
@@ -53,13 +54,13 @@ def probe(stub, clip: dict, streaming: bool, realtime: bool, timeout: float) -> 
     return " ".join(t for t in finals if t), score
 
 
-def run_round(stub, clips: list[dict], realtime: bool, timeout: float) -> tuple[int, int, int, int, int]:
+def run_round(stub, clips: list[dict], realtime: bool, timeout: float, metadata=None) -> tuple[int, int, int, int, int]:
     """Returns (failures, word errors, reference words, char errors, reference chars)."""
     totals = [0, 0, 0, 0, 0]
     for i, clip in enumerate(clips):
         mode = "stream" if i % 2 else "unary"
         try:
-            _, s = probe(stub, clip, i % 2 == 1, realtime, timeout)
+            _, s = probe(stub, clip, i % 2 == 1, realtime, timeout, metadata)
         except (grpc.RpcError, RuntimeError) as e:
             code = e.code().name if isinstance(e, grpc.RpcError) else str(e)
             print(f"FAIL {mode:6s} {clip['audio'].name}: {code}", flush=True)
@@ -74,7 +75,7 @@ def run_round(stub, clips: list[dict], realtime: bool, timeout: float) -> tuple[
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m service.prober", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default="localhost:50051")
+    add_connection_args(p)
     p.add_argument("--canaries", type=Path, default=BUNDLED_MODEL / "canaries",
                    help="folder with manifest.jsonl (audio, text, set) and the clips")
     p.add_argument("--once", action="store_true", help="one round, then exit (non-zero on failure)")
@@ -86,11 +87,11 @@ def main() -> int:
     if not (a.canaries / "manifest.jsonl").is_file():
         p.error(f"--canaries {a.canaries}: no manifest.jsonl")
     clips = load_set(a.canaries)
-    with grpc.insecure_channel(a.target) as channel:
+    with open_channel(a) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         while True:
             started = time.monotonic()
-            failures, we, rw, ce, rc = run_round(stub, clips, not a.fast, a.timeout)
+            failures, we, rw, ce, rc = run_round(stub, clips, not a.fast, a.timeout, call_metadata(a))
             wer, cer = we / max(rw, 1), ce / max(rc, 1)
             print(f"round: {len(clips)} canaries, {failures} failed, WER {wer:.3f}, CER {cer:.3f}", flush=True)
             if a.once:

@@ -18,6 +18,7 @@ from service.decoder import CtcDecoder
 from service.metrics import Metrics
 from service.model_session import CPU, ModelSession, ModelSpec
 from service.recognizer import Recognizer
+from service.security import BearerTokenInterceptor, read_tokens, server_credentials
 from service.servicer import SpeechServicer
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ async def start(cfg: ServerConfig) -> RunningServer:
     log.info("model %s %s on %s (%d parameters, LM: %s)", spec.name, spec.version, session.provider,
              spec.parameters, "yes" if recognizer.decoder.has_lm else "no")
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
+    interceptors = [BearerTokenInterceptor(read_tokens(cfg.auth_tokens_file))] if cfg.auth_tokens_file else []
+    server = grpc.aio.server(interceptors=interceptors,
+                             options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
     batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix="asr-model"), cfg.max_batch,
@@ -68,15 +71,20 @@ async def start(cfg: ServerConfig) -> RunningServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    address = f"{cfg.host}:{cfg.port}"
+    if cfg.tls_cert:
+        port = server.add_secure_port(address, server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}")
     metrics_http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=metrics.registry)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving on %s:%d, metrics on %s:%d/metrics", cfg.host, port, cfg.metrics_host,
-             metrics_http.server_port)
+    log.info("serving on %s:%d (%s%s), metrics on %s:%d/metrics", cfg.host, port,
+             "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
+             ", bearer tokens" if interceptors else "", cfg.metrics_host, metrics_http.server_port)
     return RunningServer(server, servicer, health_servicer, port, metrics_http.server_port, metrics_http)
 
 

@@ -153,7 +153,21 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
             await self._run(self.recognizer.consume, stream, logprobs, state, progress)
         return progress
 
+    async def _with_idle_timeout(self, requests):
+        """The request stream, ended with OUT_OF_RANGE when the client goes quiet (a stuck
+        client must not hold a stream slot forever)."""
+        iterator = aiter(requests)
+        while True:
+            try:
+                yield await asyncio.wait_for(anext(iterator), self.cfg.stream_idle_timeout_seconds)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise RequestError(grpc.StatusCode.OUT_OF_RANGE, "audio timeout: nothing received for "
+                                   f"{self.cfg.stream_idle_timeout_seconds:g} s") from None
+
     async def _stream(self, requests):
+        requests = self._with_idle_timeout(requests)
         first = await anext(requests, None)
         if first is None or first.WhichOneof("streaming_request") != "streaming_config":
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -194,6 +208,9 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
         async for request in requests:
             if request.WhichOneof("streaming_request") != "audio_content":
                 raise AudioError("streaming_config may only be sent once, in the first message")
+            if len(request.audio_content) > self.cfg.max_chunk_bytes:
+                raise RequestError(grpc.StatusCode.OUT_OF_RANGE, f"audio_content of {len(request.audio_content)} "
+                                   f"bytes; at most {self.cfg.max_chunk_bytes} per message")
             arrived = time.perf_counter()
             first_audio_at = first_audio_at or arrived
             samples = pcm.accept(request.audio_content)

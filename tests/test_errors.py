@@ -3,7 +3,6 @@
 import grpc
 import numpy as np
 import pytest
-import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2
 from conftest import SAMPLES
@@ -33,6 +32,19 @@ UNARY_CASES = {
     "empty audio": (config(encoding=Encoding.LINEAR16, sample_rate_hertz=16000), b"", INVALID, "empty"),
     "NaN samples": (config(encoding=Encoding.FLOAT32, sample_rate_hertz=16000),
                     np.full(1600, np.nan, "<f4").tobytes(), INVALID, "NaN"),
+    "infinite samples": (config(encoding=Encoding.FLOAT32, sample_rate_hertz=16000),
+                         np.array([0.1, np.inf] * 800, "<f4").tobytes(), INVALID, "NaN or infinite"),
+    "truncated WAV header": (config(), (SAMPLES / "what_time.wav").read_bytes()[:30], INVALID, "decode"),
+    "absurd sample rate": (config(encoding=Encoding.LINEAR16, sample_rate_hertz=2**31 - 1), one_second_pcm16(),
+                           INVALID, "sample_rate_hertz"),
+    "negative sample rate": (config(encoding=Encoding.LINEAR16, sample_rate_hertz=-16000), one_second_pcm16(),
+                             INVALID, "sample_rate_hertz"),
+    "channels not matching the length": (config(encoding=Encoding.LINEAR16, sample_rate_hertz=16000,
+                                                 audio_channel_count=3), b"\x00" * 3202, INVALID, "whole number"),
+    "channels not matching the header": (config(audio_channel_count=2), (SAMPLES / "what_time.wav").read_bytes(),
+                                         INVALID, "audio_channel_count"),
+    "absurd channel count": (config(encoding=Encoding.LINEAR16, sample_rate_hertz=16000, audio_channel_count=1000),
+                             one_second_pcm16(), INVALID, "audio_channel_count"),
     "rate mismatching header": (config(sample_rate_hertz=8000), (SAMPLES / "what_time.wav").read_bytes(),
                                 INVALID, "header"),
     "unknown language": (config(language_code="fr-FR"), (SAMPLES / "what_time.wav").read_bytes(),
@@ -81,6 +93,8 @@ STREAM_CASES = {
     "sample rate 0": ([streaming_config(rate=0), audio(one_second_pcm16())], INVALID, "sample_rate_hertz"),
     "odd total length": ([streaming_config(), audio(b"\x00" * 1001)], INVALID, "whole number"),
     "container encoding": ([streaming_config(encoding=Encoding.FLAC), audio(b"fLaC")], INVALID, "config.encoding"),
+    "a message over the chunk limit": ([streaming_config(), audio(b"\x00" * (1024 * 1024 + 2))],
+                                       grpc.StatusCode.OUT_OF_RANGE, "per message"),
     "longer than the stream limit": ([streaming_config()] + [audio(one_second_pcm16())] * 31,
                                      grpc.StatusCode.OUT_OF_RANGE, "30 s"),
 }

@@ -2,7 +2,6 @@
 
 import io
 
-import grpc
 import numpy as np
 import pytest
 import soundfile as sf

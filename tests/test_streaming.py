@@ -142,3 +142,12 @@ def test_streams_past_the_limit_are_refused(make_server):
         assert list(first) == []  # the admitted stream still ends normally
         assert [f.alternatives[0].transcript for f in finals(run_stream(stub, pcm("what_time.wav"), [3200]))] \
             == [CLIPS["what_time.wav"]]  # and its slot is free again
+
+
+@pytest.mark.parametrize("size", [1601, 3200, 7777])
+def test_last_word_survives_an_abrupt_end(stub, size):
+    audio, _ = sf.read(SAMPLES / "what_time.wav", dtype="int16")
+    loud = np.flatnonzero(np.abs(audio) > 500)
+    clipped = audio[: loud[-1] + 1].astype("<i2").tobytes()  # cut right after the last audible sample
+    words = " ".join(f.alternatives[0].transcript for f in finals(run_stream(stub, clipped, [size]))).split()
+    assert words[-1] == "paris"

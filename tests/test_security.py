@@ -1,0 +1,87 @@
+"""TLS, mutual TLS and bearer tokens, over real channels."""
+
+import subprocess
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from conftest import SAMPLES
+from test_recognize import CLIPS
+
+AUDIO = (SAMPLES / "what_time.wav").read_bytes()
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "1", "-extfile", "san.ext", "-out", f"{name}.pem", cwd=d)
+    return d
+
+
+def recognize(channel, metadata=None):
+    stub = asr_pb2_grpc.SpeechStub(channel)
+    response = stub.Recognize(asr_pb2.RecognizeRequest(audio_content=AUDIO), timeout=30, metadata=metadata)
+    return response.results[0].alternatives[0].transcript
+
+
+def stream(channel, metadata=None):
+    def requests():
+        yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+            config=asr_pb2.RecognitionConfig(encoding=asr_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=16000)))
+        yield asr_pb2.StreamingRecognizeRequest(audio_content=b"\x00\x00" * 1600)
+    return list(asr_pb2_grpc.SpeechStub(channel).StreamingRecognize(requests(), timeout=30, metadata=metadata))
+
+
+def test_bearer_tokens_guard_unary_and_streaming(make_server, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# one per line\nfirst-secret\nsecond-secret\n")
+    srv = make_server(auth_tokens_file=tokens)
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", "first-secret")]):
+            for call in (recognize, stream):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(channel, metadata)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert recognize(channel, [("authorization", "Bearer second-secret")]) == CLIPS["what_time.wav"]
+        assert stream(channel, [("authorization", "Bearer first-secret")]) is not None
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+
+
+def test_tls(make_server, pki):
+    srv = make_server(tls_cert=pki / "server.pem", tls_key=pki / "server.key")
+    creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{srv.running.port}", creds) as channel:
+        assert recognize(channel) == CLIPS["what_time.wav"]
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            recognize(channel)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_requires_a_client_certificate(make_server, pki):
+    srv = make_server(tls_cert=pki / "server.pem", tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem")
+    ca = (pki / "ca.pem").read_bytes()
+    anonymous = grpc.ssl_channel_credentials(root_certificates=ca)
+    with grpc.secure_channel(f"127.0.0.1:{srv.running.port}", anonymous) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            recognize(channel)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    known = grpc.ssl_channel_credentials(root_certificates=ca, private_key=(pki / "client.key").read_bytes(),
+                                         certificate_chain=(pki / "client.pem").read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{srv.running.port}", known) as channel:
+        assert recognize(channel) == CLIPS["what_time.wav"]
