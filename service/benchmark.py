@@ -18,44 +18,17 @@ Then unary throughput: Recognize on the clips, 4 at a time. Prints a Markdown ta
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service.loadgen import RATE, SAMPLES, cpu_seconds, start_server, test_audio
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-RATE = 16000
 MESSAGE_S = 0.1
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
-
-
-def test_audio(seconds: float) -> np.ndarray:
-    clips = [sf.read(SAMPLES / name, dtype="int16")[0] for name in ("what_time.wav", "phone.flac")]
-    pause = np.zeros(int(0.6 * RATE), np.int16)
-    parts, total, i = [], 0, 0
-    while total < seconds * RATE:
-        parts += [clips[i % 2], pause]
-        total += len(clips[i % 2]) + len(pause)
-        i += 1
-    return np.concatenate(parts)[: int(seconds * RATE)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def one_stream(stub, pcm: bytes, chunk_s: float, start_delay: float, out: dict) -> None:
@@ -157,14 +130,7 @@ def main() -> None:
     a = p.parse_args()
     server = None
     if not a.target:
-        port = free_port()
-        a.target = f"127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-                                   "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()),
-                                   "--max-concurrent-streams", str(max(a.streams)), *a.server_args],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with grpc.insecure_channel(a.target) as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
+        server, a.target = start_server(["--max-concurrent-streams", str(max(a.streams)), *a.server_args])
     try:
         asyncio.run(main_async(a, server.pid if server else None))
     finally:

@@ -1,0 +1,61 @@
+"""Pieces shared by the load commands (benchmark, soak): a local server, test
+audio, and the server process's CPU, memory and open files from /proc."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import soundfile as sf
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+RATE = 16000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(extra_args: list[str]) -> tuple[subprocess.Popen, str]:
+    """`python -m service` on free loopback ports; returns the process and its target once it serves."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+                               "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()), *extra_args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = f"127.0.0.1:{port}"
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+    return server, target
+
+
+def test_audio(seconds: float) -> np.ndarray:
+    """The sample clips looped with 0.6 s pauses, 16 kHz int16."""
+    clips = [sf.read(SAMPLES / name, dtype="int16")[0] for name in ("what_time.wav", "phone.flac")]
+    pause = np.zeros(int(0.6 * RATE), np.int16)
+    parts, total, i = [], 0, 0
+    while total < seconds * RATE:
+        parts += [clips[i % 2], pause]
+        total += len(clips[i % 2]) + len(pause)
+        i += 1
+    return np.concatenate(parts)[: int(seconds * RATE)]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
