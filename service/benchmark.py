@@ -7,8 +7,9 @@ server flags after `--`) and reads that process's CPU time. Each stream sends
 a sample clip (looped, with pauses) as 100 ms LINEAR16 messages at real-time
 pace with interim results on, then half-closes. Measured per stream count:
 
-- partial latency: the message that completes a model chunk is sent -> the
-  first interim or final result whose result_end_time covers that chunk;
+- partial latency: the message that completes a model chunk (its last 25 ms
+  window) is sent -> the first interim or final result whose result_end_time
+  covers that chunk (chunks in pauses, which get no interim, wait for the next result);
 - final latency: half-close -> the last final result;
 - server CPU seconds per second of audio, and errors.
 
@@ -28,10 +29,11 @@ from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.loadgen import RATE, SAMPLES, cpu_seconds, start_server, test_audio
 
 MESSAGE_S = 0.1
+WINDOW_LOOKAHEAD_S = 0.015  # a 25 ms window every 10 ms: a frame needs 15 ms past its hop
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 
 
-async def one_stream(stub, pcm: bytes, chunk_s: float, start_delay: float, out: dict) -> None:
+async def one_stream(stub, pcm: bytes, chunk_s: float, lookahead_s: float, start_delay: float, out: dict) -> None:
     await asyncio.sleep(start_delay)
     step = int(MESSAGE_S * RATE) * 2
     sent_at: list[tuple[float, float]] = []  # (audio seconds sent so far, send time)
@@ -56,7 +58,8 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, start_delay: float, out: 
                 # every chunk boundary newly covered by this result
                 while covered + chunk_s <= end + 1e-6:
                     covered += chunk_s
-                    sent = next((t for audio_s, t in sent_at if audio_s >= covered - 1e-6), None)
+                    # the chunk is complete once its last window is: `lookahead_s` past its end
+                    sent = next((t for audio_s, t in sent_at if audio_s >= covered + lookahead_s - 1e-6), None)
                     if sent is not None and "half_close" not in out:
                         out["partial"].append(now - sent)
                 if result.is_final:
@@ -74,7 +77,8 @@ async def run_streams(target: str, n: int, seconds: float, chunk_s: float) -> di
     async with grpc.aio.insecure_channel(target) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         # Spread stream starts over one message so they do not all arrive in lockstep.
-        await asyncio.gather(*(one_stream(stub, pcm, chunk_s, i * MESSAGE_S / n, r) for i, r in enumerate(results)))
+        await asyncio.gather(*(one_stream(stub, pcm, chunk_s, WINDOW_LOOKAHEAD_S, i * MESSAGE_S / n, r)
+                               for i, r in enumerate(results)))
     partial = np.array([x for r in results for x in r["partial"]])
     final = np.array([r["final"] for r in results if "final" in r])
     return {"partial": partial, "final": final, "errors": sum(len(r["errors"]) for r in results),

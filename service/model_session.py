@@ -44,6 +44,7 @@ class ModelSpec:
     lm_weight: float
     word_bonus: float
     beam_width: int
+    tail_padding_ms: int
 
     @classmethod
     def load(cls, directory: Path) -> "ModelSpec":
@@ -67,7 +68,7 @@ class ModelSpec:
                          for s in meta["states"]),
             parameters=meta.get("parameters", 0), lm=lm, unigrams=unigrams,
             lm_weight=decoder.get("lm_weight", 0.5), word_bonus=decoder.get("word_bonus", 1.0),
-            beam_width=decoder.get("beam_width", 25),
+            beam_width=decoder.get("beam_width", 25), tail_padding_ms=meta.get("tail_padding_ms", 320),
         )
 
     @property

@@ -62,6 +62,12 @@ class Recognizer:
         self.decoder = decoder
         self.logmel = LogMel(session.spec.features)
         self._blank = session.spec.tokens.index("<blk>")
+        # A causal CTC model emits each character a little after hearing it: a stream that
+        # ends abruptly would lose its last letters. So every stream ends with a short quiet
+        # tail: fixed noise at -60 dBFS (the model hallucinates on digital silence, which it
+        # rarely heard in training).
+        n = int(session.spec.tail_padding_ms * session.spec.features.sample_rate / 1000)
+        self._tail = (np.random.default_rng(0).standard_normal(n) * 1e-3).astype(np.float32)
         self._on_inference = on_inference
         self._on_decode = on_decode
 
@@ -85,8 +91,9 @@ class Recognizer:
         return chunks
 
     def take_last(self, stream: StreamState) -> np.ndarray:
-        """At half-close: the rest of the audio as one silence-padded chunk (maybe empty)."""
-        last = self._pad(np.concatenate([stream.pending, stream.features.flush()]))
+        """At half-close: the rest of the audio plus the quiet tail, as one padded chunk."""
+        tail = stream.features.accept(self._tail)
+        last = self._pad(np.concatenate([stream.pending, tail, stream.features.flush()]))
         stream.pending = stream.pending[:0]
         return last
 
@@ -143,7 +150,7 @@ class Recognizer:
 
     def utterance_logprobs(self, samples: np.ndarray) -> np.ndarray:
         """Log-probabilities (T', V) of a whole utterance in one model call (offline evaluation)."""
-        frames = self._pad(logmel_utterance(self.logmel, samples))
+        frames = self._pad(logmel_utterance(self.logmel, np.concatenate([samples, self._tail])))
         return self.session.step(frames, self.session.initial_state())[0]
 
     def _pad(self, frames: np.ndarray) -> np.ndarray:
@@ -155,7 +162,8 @@ class Recognizer:
         started = time.perf_counter()
         hyps = self.decoder.finish(stream.decode)
         self._on_decode(time.perf_counter() - started)
-        progress.finals.append(Final(hyps, reason, stream.frames * self.spec.frame_seconds))
+        end = min(stream.frames * self.spec.frame_seconds, stream.samples / self.spec.features.sample_rate)
+        progress.finals.append(Final(hyps, reason, end))
         stream.finals += 1
         self._reset_utterance(stream)
 

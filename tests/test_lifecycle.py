@@ -1,7 +1,6 @@
 """Deadlines, cancellation, idle streams and graceful shutdown."""
 
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service.loadgen import free_port
 from conftest import ROOT
 from test_streaming import finals, pcm
 
@@ -63,12 +63,6 @@ def test_a_silent_client_is_timed_out(make_server):
     assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and "audio timeout" in err.value.details()
     assert time.monotonic() - started < 10
     assert srv.running.servicer._streams == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sigterm_drains_in_flight_streams_and_exits_cleanly():

