@@ -47,7 +47,7 @@ class ServerConfig:
                               self.endpoint_blank_threshold)
 
     def __post_init__(self) -> None:
-        self.endpoint  # validates the endpoint settings
+        _ = self.endpoint  # EndpointConfig checks the endpoint settings
         if self.provider not in ("auto", "cuda", "cpu"):
             raise ValueError(f"--provider must be auto, cuda or cpu, not {self.provider!r}")
         for name in ("port", "metrics_port"):

@@ -22,6 +22,7 @@ from service.features import LogMel, StreamingFeatures, logmel_utterance
 from service.model_session import ModelSession
 
 HALF_CLOSE = "half_close"
+NO_ENDPOINTING = EndpointConfig(enabled=False)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Recognizer:
         self._on_decode = on_decode
 
     def new_stream(self, opts: DecodeOptions, pcm: PcmStream | None = None,
-                   endpointing: EndpointConfig = EndpointConfig(enabled=False)) -> StreamState:
+                   endpointing: EndpointConfig = NO_ENDPOINTING) -> StreamState:
         return StreamState(opts, pcm, StreamingFeatures(self.logmel), self.session.initial_state(),
                            np.zeros((0, self.spec.features.n_mels), np.float32), self.decoder.start(opts),
                            Endpointer(endpointing, self.spec.frame_seconds, self._blank))
