@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from models.corpus import read_manifest
 from models.model import SUBSAMPLING, TOKENS, ModelConfig, StreamingCTC, encode_text, num_parameters, save_checkpoint
-from service.features import FeatureConfig, LogMel, logmel_utterance
+from service.features import FeatureConfig, LogMel, logmel_utterance, pad_to_multiple
 
 FEATURES = FeatureConfig()
 SR = FEATURES.sample_rate
@@ -102,13 +102,8 @@ def _features(args: tuple[dict, Augment | None, int]) -> np.ndarray:
     warp = 1.0
     if aug is not None:
         audio, warp = augment_audio(audio, aug, np.random.default_rng(seed))
-    return pad_frames(logmel_utterance(_logmel(warp), audio.astype(np.float32)))
+    return pad_to_multiple(_LOGMEL, logmel_utterance(_logmel(warp), audio.astype(np.float32)), SUBSAMPLING)
 
-
-def pad_frames(feats: np.ndarray) -> np.ndarray:
-    """Pads (T, n_mels) with silence frames to a multiple of the subsampling, as serving does."""
-    short = -len(feats) % SUBSAMPLING
-    return np.concatenate([feats, np.tile(_LOGMEL.silence_frame, (short, 1))]) if short else feats
 
 
 def load_set(path: str, aug: Augment | None, seed: int, pool, copies: int = 1) -> list[tuple[np.ndarray, str]]:

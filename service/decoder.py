@@ -9,7 +9,6 @@ stays flat on long streams.
 """
 
 import functools
-import logging
 from dataclasses import dataclass, field
 
 import kenlm
@@ -22,7 +21,6 @@ from pyctcdecode.language_model import HotwordScorer, LanguageModel
 
 from service.model_session import ModelSpec
 
-log = logging.getLogger(__name__)
 BLANK, SPACE = "<blk>", "▁"
 TOKEN_MIN_LOGP = -5.0  # tokens less likely than this are not expanded, unless a frame's best
 BEAM_PRUNE_LOGP = -10.0  # beams this much worse than the best are dropped

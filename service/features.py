@@ -107,3 +107,10 @@ def logmel_utterance(logmel: LogMel, samples: np.ndarray) -> np.ndarray:
     """Whole-signal features, identical to streaming them and flushing."""
     stream = StreamingFeatures(logmel)
     return np.concatenate([stream.accept(samples), stream.flush()])
+
+
+def pad_to_multiple(logmel: LogMel, frames: np.ndarray, multiple: int) -> np.ndarray:
+    """Appends silence frames up to a multiple of `multiple` (the model's subsampling).
+    Training and serving both pad this way, so the model's last chunk looks as it did in training."""
+    short = -len(frames) % multiple
+    return np.concatenate([frames, np.tile(logmel.silence_frame, (short, 1))]) if short else frames

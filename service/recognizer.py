@@ -18,7 +18,7 @@ import numpy as np
 from service.audio import PcmStream
 from service.decoder import CtcDecoder, DecodeOptions, DecodeState, Hypothesis
 from service.endpointing import SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
-from service.features import LogMel, StreamingFeatures, logmel_utterance
+from service.features import LogMel, StreamingFeatures, logmel_utterance, pad_to_multiple
 from service.model_session import ModelSession
 
 HALF_CLOSE = "half_close"
@@ -155,9 +155,7 @@ class Recognizer:
         return self.session.step(frames, self.session.initial_state())[0]
 
     def _pad(self, frames: np.ndarray) -> np.ndarray:
-        """Silence frames up to a multiple of the subsampling factor, as training does."""
-        short = -len(frames) % self.spec.subsampling_factor
-        return np.concatenate([frames, np.tile(self.logmel.silence_frame, (short, 1))]) if short else frames
+        return pad_to_multiple(self.logmel, frames, self.spec.subsampling_factor)
 
     def _finalize(self, stream: StreamState, reason: str, progress: Progress) -> None:
         started = time.perf_counter()
