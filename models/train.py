@@ -1,9 +1,11 @@
 """Train a streaming CTC model with CTC loss, watching held-out CER/WER.
 
-    python -m models.train --config models/configs/skeleton.toml --out runs/skeleton [--resume]
+    python -m models.train --config models/configs/default.toml --out runs/default [--resume]
 
-Writes `last.pt` (resumable), `best.pt` (best greedy WER on the `best_on`
-validation set) and `metrics.jsonl` (one line per validation) to --out.
+Writes `last.pt` (resumable), `best.pt` (best WER on the `best_on` validation
+set: beam + LM when the config names an `lm` directory, else greedy) and
+`metrics.jsonl` (one line per validation) to --out. `init = "CKPT"` in the
+config starts from another run's weights (fine-tuning) instead of at random.
 """
 
 import argparse
@@ -13,6 +15,7 @@ import math
 import random
 import time
 import tomllib
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +25,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
+from parselmouth import PraatWarning, Sound
+from parselmouth.praat import call
+from pyctcdecode import build_ctcdecoder
 from tqdm import tqdm
 
 from models.corpus import read_manifest
@@ -36,6 +42,12 @@ _LOGMEL = LogMel(FEATURES)
 @dataclass(frozen=True)
 class Augment:
     """Waveform and feature perturbations, drawn once per utterance copy."""
+    # Voice conversion (Praat's "Change gender": PSOLA pitch change plus resampling, so formants
+    # and pitch move independently): a new speaker from every source voice.
+    voice_conversion_probability: float = 0.0
+    formant_shift: tuple[float, float] = (0.85, 1.2)
+    pitch_median_hz: tuple[float, float] = (80.0, 260.0)
+    pitch_range_factor: tuple[float, float] = (0.5, 1.0)
     gain_db: tuple[float, float] = (-12.0, 6.0)
     noise_probability: float = 0.5
     snr_db: tuple[float, float] = (10.0, 40.0)
@@ -50,6 +62,12 @@ class Augment:
     freq_mask_width: int = 12
     time_masks: int = 2
     time_mask_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        # Widening the pitch range can push pitch points towards 0 Hz, where Praat's PSOLA never
+        # returns (seen here: a 3 s clip, factor 1.38, > 10 minutes).
+        if not 0 < self.pitch_range_factor[0] <= self.pitch_range_factor[1] <= 1.0:
+            raise ValueError("pitch_range_factor must lie in (0, 1]")
 
 
 def _colored_noise(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -71,8 +89,21 @@ def _reverberate(audio: np.ndarray, rng: np.random.Generator, rt60: float) -> np
     return wet * np.sqrt(np.mean(audio**2) / (np.mean(wet**2) + 1e-12))
 
 
+def _convert_voice(audio: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
+    sound = Sound(audio.astype(np.float64), SR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PraatWarning)  # "no voiced segments": handled below
+        out = call(sound, "Change gender", 75, 600, rng.uniform(*aug.formant_shift),
+                   rng.uniform(*aug.pitch_median_hz), rng.uniform(*aug.pitch_range_factor), 1.0)
+    converted = out.values[0].astype(np.float32)
+    # Unvoiced input (no pitch found) comes back silent or non-finite: keep the original then.
+    return converted if np.isfinite(converted).all() and np.abs(converted).max() > 1e-4 else audio
+
+
 def augment_audio(audio: np.ndarray, aug: Augment, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """Perturbed waveform and the VTLP warp to compute its features with."""
+    if rng.random() < aug.voice_conversion_probability:
+        audio = _convert_voice(audio, aug, rng)
     if rng.random() < aug.speed_probability:
         audio = soxr.resample(audio, SR, SR / rng.uniform(*aug.speed))
     if rng.random() < aug.reverb_probability:
@@ -162,19 +193,34 @@ def greedy_text(logprobs: np.ndarray) -> str:
     return "".join(" " if TOKENS[i] == "▁" else TOKENS[i] for i in keep).strip()
 
 
+def lm_decoder(lm_dir: Path):
+    """pyctcdecode over a directory made by `python -m models.lm` (lm.bin, unigrams.txt, decoder.json)."""
+    weights = json.loads((lm_dir / "decoder.json").read_text())
+    labels = ["" if t == "<blk>" else " " if t == "▁" else t for t in TOKENS]
+    return build_ctcdecoder(labels, str(lm_dir / "lm.bin"), (lm_dir / "unigrams.txt").read_text().split(),
+                            alpha=weights["lm_weight"], beta=weights["word_bonus"])
+
+
 @torch.no_grad()
-def evaluate(model: StreamingCTC, data, batch_frames: int) -> dict:
+def evaluate(model: StreamingCTC, data, batch_frames: int, decoder=None, beam_width: int = 25) -> dict:
+    """Greedy WER/CER, and beam + LM WER/CER when a decoder is given."""
     model.eval()
-    refs, hyps = [], []
+    refs, hyps, lm_hyps = [], [], []
     for idx in batches(data, batch_frames, random.Random(0)):
         x, lengths, _, _ = collate(data, idx)
         logprobs, out_lengths, *_ = model(x, lengths, *model.initial_state(len(idx)))
         for b, i in enumerate(idx):
-            hyps.append(greedy_text(logprobs[b, : out_lengths[b]].numpy()))
+            frames = logprobs[b, : out_lengths[b]].numpy()
+            hyps.append(greedy_text(frames))
+            if decoder is not None:
+                lm_hyps.append(" ".join(decoder.decode(frames, beam_width=beam_width).split()))
             refs.append(data[i][1])
     model.train()
-    return {"wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps), "n": len(refs),
-            "example": {"ref": refs[0], "hyp": hyps[0]}}
+    scores = {"wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps), "n": len(refs),
+              "example": {"ref": refs[0], "hyp": hyps[0]}}
+    if decoder is not None:
+        scores.update(lm_wer=jiwer.wer(refs, lm_hyps), lm_cer=jiwer.cer(refs, lm_hyps))
+    return scores
 
 
 def main() -> None:
@@ -202,13 +248,20 @@ def main() -> None:
     print(f"train: {len(train)} utterances, {hours:.2f} h")
 
     model = StreamingCTC(model_cfg)
-    stacked = np.concatenate([f for f, _ in train[:2000]])
-    model.feat_mean.copy_(torch.from_numpy(stacked.mean(0)))
-    model.feat_std.copy_(torch.from_numpy(stacked.std(0) + 1e-5))
+    if cfg.get("init"):  # fine-tune: its weights and feature normalization
+        model.load_state_dict(torch.load(cfg["init"], map_location="cpu", weights_only=False)["state_dict"])
+        print(f"initialized from {cfg['init']}")
+    else:
+        stacked = np.concatenate([f for f, _ in train[:2000]])
+        model.feat_mean.copy_(torch.from_numpy(stacked.mean(0)))
+        model.feat_std.copy_(torch.from_numpy(stacked.std(0) + 1e-5))
+    decoder = lm_decoder(Path(cfg["lm"])) if cfg.get("lm") else None
+    best_key = "lm_wer" if decoder else "wer"
     print(f"model: {num_parameters(model) / 1e6:.2f} M parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
     total = cfg["max_steps"]
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total,
+                                                pct_start=cfg.get("warmup_fraction", 0.1))
     ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
     step, best, elapsed = 0, math.inf, 0.0
     if a.resume and (a.out / "last.pt").exists():
@@ -251,7 +304,7 @@ def main() -> None:
             out_of_time = elapsed > 60 * cfg["max_minutes"]
             done = step >= total or out_of_time
             if step % cfg["valid_every"] == 0 or done:
-                scores = {name: evaluate(model, data, cfg["batch_frames"]) for name, data in valid.items()}
+                scores = {name: evaluate(model, data, cfg["batch_frames"], decoder) for name, data in valid.items()}
                 row = {"step": step, "minutes": round(elapsed / 60, 2), "loss": loss.item(),
                        **{f"{n}/{k}": v for n, s in scores.items() for k, v in s.items() if k != "example"}}
                 with open(a.out / "metrics.jsonl", "a") as f:
@@ -259,14 +312,14 @@ def main() -> None:
                 bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
                 for n, s in scores.items():
                     bar.write(f"  {n}: ref={s['example']['ref']!r} hyp={s['example']['hyp']!r}")
-                if scores[cfg["best_on"]]["wer"] < best:
-                    best = scores[cfg["best_on"]]["wer"]
+                if scores[cfg["best_on"]][best_key] < best:
+                    best = scores[cfg["best_on"]][best_key]
                     checkpoint("best.pt", resumable=False)
                 checkpoint("last.pt", resumable=True)
             if done:
                 break
     bar.close()
-    print(f"done: step {step}, {elapsed / 60:.1f} min, best {cfg['best_on']} WER {best:.4f}")
+    print(f"done: step {step}, {elapsed / 60:.1f} min, best {cfg['best_on']} {best_key} {best:.4f}")
 
 
 if __name__ == "__main__":

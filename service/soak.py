@@ -131,8 +131,14 @@ def main() -> int:
         if len(stats["samples"]) >= 2:
             t, rss, fds = (np.array(x) for x in zip(*stats["samples"]))
             slope = np.polyfit(t / 3600, rss, 1)[0]
+            # The first minutes hold one-off growth (allocator arenas, gRPC pools): report the slope
+            # after them separately so warm-up is not mistaken for a leak.
+            warm = t >= min(300.0, t[-1] / 2)
+            warm_slope = np.polyfit(t[warm] / 3600, rss[warm], 1)[0] if warm.sum() >= 2 else float("nan")
+            marks = ", ".join(f"{int(x // 60)} min {r:.0f}" for x, r in zip(t, rss) if int(x) % 300 < 10)
             print(f"server RSS: {rss[0]:.0f} MB at the start, {rss[-1]:.0f} MB at the end, "
-                  f"slope {slope:+.1f} MB per hour; open files {fds.min()}-{fds.max()}")
+                  f"slope {slope:+.1f} MB per hour ({warm_slope:+.1f} after the first {t[warm][0] / 60:.0f} min); "
+                  f"open files {fds.min()}-{fds.max()}\nRSS (MB) every 5 min: {marks}")
         kill_clients(a.target, a.kill_rounds)
         with grpc.insecure_channel(a.target) as channel:
             stub = asr_pb2_grpc.SpeechStub(channel)

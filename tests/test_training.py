@@ -7,11 +7,14 @@ import subprocess
 import sys
 import tomllib
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
 from models.model import ModelConfig
-from models.train import Augment
+from models.train import SR, Augment, _convert_voice
+
+BUNDLED = ROOT / "models" / "pretrained" / "default"
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 needs_synthesis = pytest.mark.skipif(
@@ -46,6 +49,20 @@ def run(*args):
     result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
+
+
+def test_voice_conversion_makes_a_new_voice_and_keeps_unvoiced_audio():
+    t = np.arange(SR) / SR
+    vowel = (0.3 * np.sign(np.sin(2 * np.pi * 120 * t)) * np.hanning(SR)).astype(np.float32)  # a buzzy 120 Hz source
+    aug = Augment(voice_conversion_probability=1.0, pitch_median_hz=(220.0, 220.0))
+    converted = _convert_voice(vowel, aug, np.random.default_rng(0))
+    assert converted.shape == vowel.shape and np.isfinite(converted).all()
+    spectrum = np.abs(np.fft.rfft(converted[4000:12000]))
+    assert 200 < np.argmax(spectrum[:400]) * SR / 8000 < 240  # the fundamental moved to the new median
+    silence = np.zeros(SR, np.float32)
+    assert _convert_voice(silence, aug, np.random.default_rng(0)) is silence
+    with pytest.raises(ValueError, match="pitch_range_factor"):  # would hang Praat: refused at start-up
+        Augment(pitch_range_factor=(0.5, 1.5))
 
 
 def test_shipped_configs_name_known_settings():
@@ -84,6 +101,21 @@ def test_corpus_train_resume_export(tmp_path):
     resumed = run("models.train", "--config", str(tmp_path / "tiny.toml"), "--out", str(out), "--resume")
     assert "resumed at step 4" in resumed.stdout
 
-    exported = run("export", "--ckpt", str(out / "best.pt"), "--out", str(tmp_path / "model"))
+    # Stage 2: fine-tune from stage 1 with voice conversion, watching beam + LM WER (the bundled LM).
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    for name in ("lm.bin", "unigrams.txt"):
+        shutil.copy(BUNDLED / name, lm / name)
+    (lm / "decoder.json").write_text('{"lm_weight": 0.5, "word_bonus": 1.0}')
+    tuned = TINY.format(corpus=corpus).replace("seed = 0", f'seed = 0\ninit = "{out / "best.pt"}"\nlm = "{lm}"')
+    tuned = tuned.replace("[augment]", "[augment]\nvoice_conversion_probability = 1.0")
+    (tmp_path / "finetune.toml").write_text(tuned)
+    second = run("models.train", "--config", str(tmp_path / "finetune.toml"), "--out", str(tmp_path / "ft"))
+    assert f"initialized from {out / 'best.pt'}" in second.stdout
+    assert "best unseen_family lm_wer" in second.stdout
+    metrics = [json.loads(l) for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= m["unseen_family/lm_wer"] and 0 <= m["seen_voices/lm_cer"] for m in metrics)
+
+    exported = run("export", "--ckpt", str(tmp_path / "ft" / "best.pt"), "--out", str(tmp_path / "model"))
     assert "parity onnx_vs_pytorch" in exported.stdout
     assert (tmp_path / "model" / "model.onnx").is_file()
