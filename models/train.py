@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from models.corpus import read_manifest
 from models.model import SUBSAMPLING, TOKENS, ModelConfig, StreamingCTC, encode_text, num_parameters, save_checkpoint
+from service.decoder import ctc_labels
 from service.features import FeatureConfig, LogMel, logmel_utterance, pad_to_multiple
 
 FEATURES = FeatureConfig()
@@ -196,8 +197,7 @@ def greedy_text(logprobs: np.ndarray) -> str:
 def lm_decoder(lm_dir: Path):
     """pyctcdecode over a directory made by `python -m models.lm` (lm.bin, unigrams.txt, decoder.json)."""
     weights = json.loads((lm_dir / "decoder.json").read_text())
-    labels = ["" if t == "<blk>" else " " if t == "▁" else t for t in TOKENS]
-    return build_ctcdecoder(labels, str(lm_dir / "lm.bin"), (lm_dir / "unigrams.txt").read_text().split(),
+    return build_ctcdecoder(ctc_labels(TOKENS), str(lm_dir / "lm.bin"), (lm_dir / "unigrams.txt").read_text().split(),
                             alpha=weights["lm_weight"], beta=weights["word_bonus"])
 
 

@@ -22,9 +22,15 @@ from pyctcdecode.language_model import HotwordScorer, LanguageModel
 from service.model_session import ModelSpec
 
 BLANK, SPACE = "<blk>", "▁"
+
 TOKEN_MIN_LOGP = -5.0  # tokens less likely than this are not expanded, unless a frame's best
 BEAM_PRUNE_LOGP = -10.0  # beams this much worse than the best are dropped
 _LOG_CLIP = float(np.log(MIN_TOKEN_CLIP_P))
+
+
+def ctc_labels(tokens: list[str]) -> list[str]:
+    """pyctcdecode's labels for our tokens: blank as "", the word piece marker as a space."""
+    return ["" if t == BLANK else " " if t == SPACE else t for t in tokens]
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ def _merge_beams(beams: list) -> list:
 class CtcDecoder:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self._labels = ["" if t == BLANK else " " if t == SPACE else t for t in spec.tokens]
+        self._labels = ctc_labels(spec.tokens)
         self._blank = spec.tokens.index(BLANK)
         self._alphabet = Alphabet.build_alphabet(self._labels)
         if self._alphabet.is_bpe:

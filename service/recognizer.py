@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.audio import PcmStream
-from service.decoder import CtcDecoder, DecodeOptions, DecodeState, Hypothesis
+from service.decoder import BLANK, CtcDecoder, DecodeOptions, DecodeState, Hypothesis
 from service.endpointing import SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
 from service.features import LogMel, StreamingFeatures, logmel_utterance, pad_to_multiple
 from service.model_session import ModelSession
@@ -62,7 +62,7 @@ class Recognizer:
         self.spec = session.spec
         self.decoder = decoder
         self.logmel = LogMel(session.spec.features)
-        self._blank = session.spec.tokens.index("<blk>")
+        self._blank = session.spec.tokens.index(BLANK)
         # A causal CTC model emits each character a little after hearing it: a stream that
         # ends abruptly would lose its last letters. So every stream ends with a short quiet
         # tail: fixed noise at -60 dBFS (the model hallucinates on digital silence, which it

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -30,6 +31,7 @@ from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.loadgen import RATE, SAMPLES, open_files, rss_mb, start_server, test_audio
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
+SAMPLE_EVERY_S = 10  # server RSS and open files
 CONFIG = asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
     config=asr_pb2.RecognitionConfig(encoding=Encoding.LINEAR16, sample_rate_hertz=RATE), interim_results=True))
 
@@ -77,7 +79,7 @@ async def churn(target: str, streams: int, minutes: float, pid: int | None) -> d
         while time.monotonic() < deadline:
             if pid:
                 stats["samples"].append((time.monotonic() - started, rss_mb(pid), open_files(pid)))
-            await asyncio.sleep(10)
+            await asyncio.sleep(SAMPLE_EVERY_S)
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
@@ -131,11 +133,11 @@ def main() -> int:
         if len(stats["samples"]) >= 2:
             t, rss, fds = (np.array(x) for x in zip(*stats["samples"]))
             slope = np.polyfit(t / 3600, rss, 1)[0]
-            # The first minutes hold one-off growth (allocator arenas, gRPC pools): report the slope
-            # after them separately so warm-up is not mistaken for a leak.
+            # RSS grows once while the server warms up: report the slope after the first 5 minutes
+            # too, so warm-up is not mistaken for a leak.
             warm = t >= min(300.0, t[-1] / 2)
             warm_slope = np.polyfit(t[warm] / 3600, rss[warm], 1)[0] if warm.sum() >= 2 else float("nan")
-            marks = ", ".join(f"{int(x // 60)} min {r:.0f}" for x, r in zip(t, rss) if int(x) % 300 < 10)
+            marks = ", ".join(f"{int(x // 60)} min {r:.0f}" for x, r in zip(t, rss) if int(x) % 300 < SAMPLE_EVERY_S)
             print(f"server RSS: {rss[0]:.0f} MB at the start, {rss[-1]:.0f} MB at the end, "
                   f"slope {slope:+.1f} MB per hour ({warm_slope:+.1f} after the first {t[warm][0] / 60:.0f} min); "
                   f"open files {fds.min()}-{fds.max()}\nRSS (MB) every 5 min: {marks}")
@@ -157,7 +159,7 @@ def main() -> int:
 
 def _active_streams(pid: int, target: str) -> str:
     """asr_active_streams from the server's /metrics (its port is on the command line)."""
-    cmdline = open(f"/proc/{pid}/cmdline").read().split("\0")
+    cmdline = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
     port = cmdline[cmdline.index("--metrics-port") + 1]
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return next(line.split()[1] for line in text.splitlines() if line.startswith("asr_active_streams "))
