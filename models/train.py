@@ -138,9 +138,13 @@ def _features(args: tuple[dict, Augment | None, int]) -> np.ndarray:
 
 
 
-def load_set(path: str, aug: Augment | None, seed: int, pool, copies: int = 1) -> list[tuple[np.ndarray, str]]:
-    """Features of a manifest; with augmentation, `copies` differently perturbed copies of each row."""
-    rows = read_manifest(path) * copies
+def load_set(path: str, aug: Augment | None, seed: int, pool, copies: int = 1,
+             sources: list[str] | None = None) -> list[tuple[np.ndarray, str]]:
+    """Features of a manifest (only rows of the given `sources` when named); with augmentation,
+    `copies` differently perturbed copies of each row."""
+    rows = [r for r in read_manifest(path) if sources is None or r["source"] in sources] * copies
+    if not rows:
+        raise ValueError(f"{path}: no rows" + (f" with source in {sources}" if sources else ""))
     jobs = [(r, aug, seed * 1_000_003 + i) for i, r in enumerate(rows)]
     feats = list(tqdm(pool.map(_features, jobs, chunksize=32), total=len(rows), desc=f"features {path}"))
     return [(f, r["text"]) for f, r in zip(feats, rows)]
@@ -239,10 +243,11 @@ def main() -> None:
     torch.manual_seed(seed)
 
     with ProcessPoolExecutor(cfg.get("threads", 2)) as pool:
-        # A train entry is a manifest path or {path = ..., copies = N} to weight a source up.
-        sources = [t if isinstance(t, dict) else {"path": t} for t in cfg["train"]]
-        train = [item for i, src in enumerate(sources)
-                 for item in load_set(src["path"], aug, seed + 7919 * i, pool, src.get("copies", 1))]
+        # A train entry is a manifest path or {path = ..., copies = N, sources = [...]}: weight a
+        # manifest, or some of its sources (the manifest's `source` field), up.
+        entries = [t if isinstance(t, dict) else {"path": t} for t in cfg["train"]]
+        train = [item for i, e in enumerate(entries)
+                 for item in load_set(e["path"], aug, seed + 7919 * i, pool, e.get("copies", 1), e.get("sources"))]
         valid = {name: load_set(path, None, seed, pool) for name, path in cfg["valid"].items()}
     hours = sum(len(f) for f, _ in train) * FEATURES.hop_length / FEATURES.sample_rate / 3600
     print(f"train: {len(train)} utterances, {hours:.2f} h")

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from models.model import ModelConfig
-from models.train import SR, Augment, _convert_voice
+from models.train import SR, Augment, _convert_voice, load_set
 
 BUNDLED = ROOT / "models" / "pretrained" / "default"
 
@@ -73,6 +73,14 @@ def test_shipped_configs_name_known_settings():
         assert cfg["best_on"] in cfg["valid"]
 
 
+def test_a_source_filter_that_matches_nothing_is_refused(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": "a.flac", "text": "hi", "duration": 1.0, "source": "flite",
+                                    "voice": "kal"}) + "\n")
+    with pytest.raises(ValueError, match="no rows with source in"):
+        load_set(str(manifest), None, 0, pool=None, sources=["festvial"])
+
+
 @needs_synthesis
 def test_corpus_train_resume_export(tmp_path):
     corpus = tmp_path / "corpus"
@@ -109,9 +117,12 @@ def test_corpus_train_resume_export(tmp_path):
     (lm / "decoder.json").write_text('{"lm_weight": 0.5, "word_bonus": 1.0}')
     tuned = TINY.format(corpus=corpus).replace("seed = 0", f'seed = 0\ninit = "{out / "best.pt"}"\nlm = "{lm}"')
     tuned = tuned.replace("[augment]", "[augment]\nvoice_conversion_probability = 1.0")
+    espeak = sum(r["source"] == "espeak-ng" for r in rows)  # one source weighted up (default_stage3.toml: flite)
+    tuned = tuned.replace("copies = 2 }", 'copies = 2, sources = ["espeak-ng"] }')
     (tmp_path / "finetune.toml").write_text(tuned)
     second = run("models.train", "--config", str(tmp_path / "finetune.toml"), "--out", str(tmp_path / "ft"))
     assert f"initialized from {out / 'best.pt'}" in second.stdout
+    assert f"train: {12 + 2 * espeak} utterances" in second.stdout
     assert "best unseen_family lm_wer" in second.stdout
     metrics = [json.loads(l) for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= m["unseen_family/lm_wer"] and 0 <= m["seen_voices/lm_cer"] for m in metrics)
