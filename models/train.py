@@ -138,15 +138,20 @@ def _features(args: tuple[dict, Augment | None, int]) -> np.ndarray:
 
 
 
-def load_set(path: str, aug: Augment | None, seed: int, pool, copies: int = 1,
-             sources: list[str] | None = None) -> list[tuple[np.ndarray, str]]:
-    """Features of a manifest (only rows of the given `sources` when named); with augmentation,
-    `copies` differently perturbed copies of each row."""
-    rows = [r for r in read_manifest(path) if sources is None or r["source"] in sources] * copies
+def read_rows(path: str, sources: list[str] | None = None) -> list[dict]:
+    """A manifest's rows; only those of the given `sources` (the `source` field) when named."""
+    rows = [r for r in read_manifest(path) if sources is None or r["source"] in sources]
     if not rows:
         raise ValueError(f"{path}: no rows" + (f" with source in {sources}" if sources else ""))
+    return rows
+
+
+def load_set(rows: list[dict], desc: str, aug: Augment | None, seed: int, pool,
+             copies: int = 1) -> list[tuple[np.ndarray, str]]:
+    """Features of manifest rows; with augmentation, `copies` differently perturbed copies of each."""
+    rows = rows * copies
     jobs = [(r, aug, seed * 1_000_003 + i) for i, r in enumerate(rows)]
-    feats = list(tqdm(pool.map(_features, jobs, chunksize=32), total=len(rows), desc=f"features {path}"))
+    feats = list(tqdm(pool.map(_features, jobs, chunksize=32), total=len(rows), desc=f"features {desc}"))
     return [(f, r["text"]) for f, r in zip(feats, rows)]
 
 
@@ -242,13 +247,16 @@ def main() -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
+    # A train entry is a manifest path or {path = ..., copies = N, sources = [...]}: weight a
+    # manifest, or some of its sources, up. Every manifest is read (and checked) before the
+    # minutes of feature extraction start.
+    entries = [t if isinstance(t, dict) else {"path": t} for t in cfg["train"]]
+    train_rows = [(e["path"], read_rows(e["path"], e.get("sources")), e.get("copies", 1)) for e in entries]
+    valid_rows = {name: (path, read_rows(path)) for name, path in cfg["valid"].items()}
     with ProcessPoolExecutor(cfg.get("threads", 2)) as pool:
-        # A train entry is a manifest path or {path = ..., copies = N, sources = [...]}: weight a
-        # manifest, or some of its sources (the manifest's `source` field), up.
-        entries = [t if isinstance(t, dict) else {"path": t} for t in cfg["train"]]
-        train = [item for i, e in enumerate(entries)
-                 for item in load_set(e["path"], aug, seed + 7919 * i, pool, e.get("copies", 1), e.get("sources"))]
-        valid = {name: load_set(path, None, seed, pool) for name, path in cfg["valid"].items()}
+        train = [item for i, (path, rows, copies) in enumerate(train_rows)
+                 for item in load_set(rows, path, aug, seed + 7919 * i, pool, copies)]
+        valid = {name: load_set(rows, path, None, seed, pool) for name, (path, rows) in valid_rows.items()}
     hours = sum(len(f) for f, _ in train) * FEATURES.hop_length / FEATURES.sample_rate / 3600
     print(f"train: {len(train)} utterances, {hours:.2f} h")
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from models.model import ModelConfig
-from models.train import SR, Augment, _convert_voice, load_set
+from models.train import SR, Augment, _convert_voice, read_rows
 
 BUNDLED = ROOT / "models" / "pretrained" / "default"
 
@@ -78,7 +78,7 @@ def test_a_source_filter_that_matches_nothing_is_refused(tmp_path):
     manifest.write_text(json.dumps({"audio": "a.flac", "text": "hi", "duration": 1.0, "source": "flite",
                                     "voice": "kal"}) + "\n")
     with pytest.raises(ValueError, match="no rows with source in"):
-        load_set(str(manifest), None, 0, pool=None, sources=["festvial"])
+        read_rows(str(manifest), sources=["festvial"])
 
 
 @needs_synthesis
