@@ -232,13 +232,25 @@ def evaluate(model: StreamingCTC, data, batch_frames: int, decoder=None, beam_wi
     return scores
 
 
+def load_config(path: Path) -> dict:
+    """A training config; `base = "other.toml"` (beside it) supplies every setting it does not
+    name, table by table, so a later stage states only what it changes."""
+    cfg = tomllib.loads(path.read_text())
+    if "base" not in cfg:
+        return cfg
+    base = load_config(path.parent / cfg.pop("base"))
+    for table in ("augment", "model"):
+        cfg[table] = {**base.get(table, {}), **cfg.get(table, {})}
+    return {**base, **cfg}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     a = p.parse_args()
-    cfg = tomllib.loads(a.config.read_text())
+    cfg = load_config(a.config)
     aug = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("augment", {}).items()})
     model_cfg = ModelConfig(**cfg.get("model", {}))
     a.out.mkdir(parents=True, exist_ok=True)

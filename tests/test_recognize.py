@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ctc_asr.v1 import asr_pb2
-from conftest import ROOT, SAMPLES
+from conftest import BUNDLED, SAMPLES
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 CLIPS = {"what_time.wav": "what time is it in paris",
@@ -111,7 +111,7 @@ def test_alternatives_on_ambiguous_audio(stub):
 
 def test_greedy_without_lm_differs_from_lm_decoding(stub):
     # A held-out festival voice (bundled canary): greedy misspells it, the LM puts it right.
-    audio = (ROOT / "models" / "pretrained" / "default" / "canaries" / "unseen_family_001.flac").read_bytes()
+    audio = (BUNDLED / "canaries" / "unseen_family_001.flac").read_bytes()
     greedy = recognize(stub, audio, max_alternatives=3, decoder=asr_pb2.DecoderOptions(disable_lm=True))
     assert len(greedy.results[0].alternatives) == 1
     with_lm = recognize(stub, audio).results[0].alternatives[0].transcript

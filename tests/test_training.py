@@ -5,16 +5,13 @@ import json
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import BUNDLED, ROOT
 from models.model import ModelConfig
-from models.train import SR, Augment, _convert_voice, read_rows
-
-BUNDLED = ROOT / "models" / "pretrained" / "default"
+from models.train import SR, Augment, _convert_voice, load_config, read_rows
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 needs_synthesis = pytest.mark.skipif(
@@ -67,7 +64,7 @@ def test_voice_conversion_makes_a_new_voice_and_keeps_unvoiced_audio():
 
 def test_shipped_configs_name_known_settings():
     for path in (ROOT / "models" / "configs").glob("*.toml"):
-        cfg = tomllib.loads(path.read_text())
+        cfg = load_config(path)
         Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("augment", {}).items()})
         ModelConfig(**cfg.get("model", {}))
         assert cfg["best_on"] in cfg["valid"]
