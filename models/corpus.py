@@ -194,8 +194,10 @@ def read_manifest(path: str | Path) -> list[dict]:
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
+    tmp = path.with_suffix(".tmp")  # a rerun keeps existing manifests: never leave half of one
+    with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
+    tmp.replace(path)
     hours = sum(r["duration"] for r in rows) / 3600
     print(f"{path}: {len(rows)} utterances, {hours:.2f} h")
 
@@ -251,6 +253,8 @@ def main() -> None:
     a = p.parse_args()
     if a.fsdd and not (a.fsdd / "recordings").is_dir():
         p.error(f"--fsdd {a.fsdd}: no recordings/ folder")
+    if a.kokoro_utterances and a.kokoro_speakers < 1:
+        p.error("--kokoro-speakers must be at least 1")
     build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.kokoro_utterances,
           a.kokoro_speakers, a.fsdd, a.seed, a.workers)
 

@@ -79,6 +79,13 @@ def test_a_source_filter_that_matches_nothing_is_refused(tmp_path):
         read_rows(str(manifest), sources=["festvial"])
 
 
+def test_corpus_refuses_kokoro_utterances_without_speakers(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "models.corpus", "--out", str(tmp_path / "c"),
+                             "--kokoro-speakers", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--kokoro-speakers must be at least 1" in result.stderr
+    assert not (tmp_path / "c").exists()  # refused before any work
+
+
 @needs_synthesis
 def test_corpus_train_resume_export(tmp_path):
     corpus = tmp_path / "corpus"
