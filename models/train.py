@@ -244,6 +244,12 @@ def load_config(path: Path) -> dict:
     return {**base, **cfg}
 
 
+def typed_settings(cfg: dict) -> tuple[Augment, ModelConfig]:
+    """A config's [augment] and [model] tables as their validated dataclasses (TOML lists -> tuples)."""
+    aug = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("augment", {}).items()})
+    return aug, ModelConfig(**cfg.get("model", {}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, required=True)
@@ -251,8 +257,7 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     a = p.parse_args()
     cfg = load_config(a.config)
-    aug = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("augment", {}).items()})
-    model_cfg = ModelConfig(**cfg.get("model", {}))
+    aug, model_cfg = typed_settings(cfg)
     a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.get("threads", 2))
     seed = cfg.get("seed", 0)

@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import numpy as np
-import soundfile as sf
 import pytest
+import soundfile as sf
 
 from conftest import BUNDLED, ROOT
-from models.model import ModelConfig
-from models.train import SR, Augment, _convert_voice, load_config, read_rows
+from models.train import SR, Augment, _convert_voice, load_config, read_rows, typed_settings
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 needs_synthesis = pytest.mark.skipif(
@@ -66,8 +65,7 @@ def test_voice_conversion_makes_a_new_voice_and_keeps_unvoiced_audio():
 def test_shipped_configs_name_known_settings():
     for path in (ROOT / "models" / "configs").glob("*.toml"):
         cfg = load_config(path)
-        Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("augment", {}).items()})
-        ModelConfig(**cfg.get("model", {}))
+        typed_settings(cfg)  # raises on an unknown or invalid setting
         assert cfg["best_on"] in cfg["valid"]
 
 
