@@ -11,6 +11,8 @@ Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
   kal, kal16, awb, rms;
 - train_kokoro.jsonl: training-side sentences spoken by Kokoro-82M, a neural
   engine, in random blends of its five natural voices (models/kokoro.py);
+- train_piper.jsonl: training-side sentences spoken by Piper's en_US "joe", a
+  neural voice of a native speaker, at random pace and variability (models/piper.py);
 - valid_seen.jsonl: held-out sentences in the espeak-ng and flite voices;
 - valid_unseen_family.jsonl: held-out sentences in festival (ked diphone,
   slt HTS), an engine never trained on;
@@ -19,7 +21,9 @@ Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
 
 Augmentation (noise, reverberation, telephone band, speed, VTLP, SpecAugment)
 happens when training computes features, so it applies to any manifest.
-A manifest that already exists is kept, so a rerun only builds what is missing.
+A manifest that already exists is kept, so a rerun only builds what is missing;
+a rerun with a larger --kokoro-utterances adds the difference to train_kokoro.jsonl,
+spoken by --kokoro-speakers new blends.
 """
 
 import argparse
@@ -37,7 +41,7 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
-from models import kokoro, sentences
+from models import kokoro, piper, sentences
 
 SAMPLE_RATE = 16000
 ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
@@ -55,20 +59,23 @@ DIGITS = sentences.DIGITS
 class Job:
     path: str
     text: str
-    source: str  # espeak-ng | flite | festival | kokoro
+    source: str  # espeak-ng | flite | festival | kokoro | piper
     voice: str
     espeak_path: str = ""
-    speed: int = 175  # espeak-ng: words per minute; kokoro: percent of the voice's pace
+    speed: int = 175  # espeak-ng: words per minute; kokoro, piper: percent of the voice's pace
     pitch: int = 50
     word_gap: int = 0
     kokoro_model: str = ""
     mix: tuple[float, ...] = ()  # kokoro: weight of each of kokoro.VOICES
     accent: str = ""  # kokoro: espeak-ng voice that phonemizes the text
+    noise: tuple[float, float] = (0.667, 0.8)  # piper: noise_scale (voice), noise_w (timing)
 
     @property
     def voice_label(self) -> str:
         if self.source == "kokoro":
             return f"{self.voice}/{self.accent}/s{self.speed}"
+        if self.source == "piper":
+            return f"{self.voice}/s{self.speed}/n{self.noise[0]:.2f}/w{self.noise[1]:.2f}"
         if self.source == "espeak-ng":
             return f"{self.voice}/s{self.speed}/p{self.pitch}/g{self.word_gap}"
         return self.voice
@@ -117,6 +124,9 @@ def synthesize(job: Job) -> np.ndarray:
     if job.source == "kokoro":
         audio = kokoro.synthesize(job.kokoro_model, job.text, job.mix, job.speed / 100, job.accent)
         return soxr.resample(audio, kokoro.RATE, SAMPLE_RATE).astype(np.float32)
+    if job.source == "piper":
+        audio = piper.synthesize(job.text, job.speed / 100, *job.noise)
+        return soxr.resample(audio, piper.RATE, SAMPLE_RATE).astype(np.float32)
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         if job.source == "espeak-ng":
             cmd = ["espeak-ng", f"--path={job.espeak_path}", "-v", job.voice, "-s", str(job.speed),
@@ -157,21 +167,32 @@ def _jobs(out: Path, name: str, texts: list[str], voices: list[tuple[str, str]],
     return jobs
 
 
-def kokoro_jobs(out: Path, texts: list[str], speakers: int, rng: random.Random) -> list[Job]:
-    """Kokoro renderings of `texts` by `speakers` random blends of its voices, at random pace and accent."""
+def kokoro_jobs(out: Path, texts: list[str], speakers: int, rng: random.Random, start: int) -> list[Job]:
+    """Kokoro renderings of `texts` by `speakers` new random blends of its voices, at random pace and
+    accent, numbered from utterance `start` (a rerun with more utterances adds a part with its own blends)."""
     model = str(kokoro.assemble_model(out / "kokoro"))
     alpha = [0.5] * len(kokoro.VOICES)  # mostly one or two voices dominate a blend
     blends = [tuple(float(w) for w in np.random.default_rng(rng.getrandbits(32)).dirichlet(alpha))
               for _ in range(speakers)]
+    part = f"@{start}" if start else ""  # blend names stay unique across parts
     audio_dir = out / "audio" / "train_kokoro"
     audio_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for i, text in enumerate(texts):
+    for i, text in enumerate(texts, start):
         speaker = rng.randrange(speakers)
-        jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, "kokoro", f"blend{speaker:03d}",
+        jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, "kokoro", f"blend{speaker:03d}{part}",
                         speed=rng.randint(80, 125), kokoro_model=model, mix=blends[speaker],
                         accent=rng.choice(["en-us", "en-us", "en-us", "en-gb", "en-gb-x-rp"])))
     return jobs
+
+
+def piper_jobs(out: Path, texts: list[str], rng: random.Random) -> list[Job]:
+    """Piper "joe" renderings of `texts` at random pace and variability."""
+    audio_dir = out / "audio" / "train_piper"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    return [Job(str(audio_dir / f"{i:06d}.flac"), text, "piper", "joe", speed=rng.randint(80, 125),
+                noise=(round(rng.uniform(0.4, 0.9), 2), round(rng.uniform(0.5, 1.0), 2)))
+            for i, text in enumerate(texts)]
 
 
 def fsdd_rows(fsdd: Path, held_out_takes: int) -> tuple[list[dict], list[dict]]:
@@ -188,9 +209,12 @@ def fsdd_rows(fsdd: Path, held_out_takes: int) -> tuple[list[dict], list[dict]]:
 def read_manifest(path: str | Path) -> list[dict]:
     """Manifest rows with `audio` resolved: relative paths are relative to the manifest's folder."""
     path = Path(path)
+    return [{**r, "audio": str(path.parent / r["audio"])} for r in _raw_rows(path)]
+
+
+def _raw_rows(path: Path) -> list[dict]:
     with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [{**r, "audio": str(path.parent / r["audio"])} for r in rows]
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
@@ -203,7 +227,8 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
 
 
 def build(out: Path, train_utterances: int, valid_utterances: int, espeak_variants: int, english_share: float,
-          kokoro_utterances: int, kokoro_speakers: int, fsdd: Path | None, seed: int, workers: int) -> None:
+          kokoro_utterances: int, kokoro_speakers: int, piper_utterances: int, fsdd: Path | None, seed: int,
+          workers: int) -> None:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     espeak_path, variants = install_espeak_variants(out, espeak_variants, rng)
@@ -220,18 +245,24 @@ def build(out: Path, train_utterances: int, valid_utterances: int, espeak_varian
                                      sentences.mixed(valid_utterances, seed + 2, True, english, english_share),
                                      [("festival", v) for v in FESTIVAL_UNSEEN_VOICES], espeak_path, rng),
     }
-    missing = [name for name in [*splits, "train_kokoro"] if not (out / f"{name}.jsonl").exists()]
-    if kokoro_utterances and "train_kokoro" in missing:
-        texts = sentences.mixed(kokoro_utterances, seed + 3, False, english, english_share)
-        splits["train_kokoro"] = kokoro_jobs(out, texts, kokoro_speakers, random.Random(seed + 3))
+    if piper_utterances:
+        splits["train_piper"] = piper_jobs(
+            out, sentences.mixed(piper_utterances, seed + 4, False, english, english_share), random.Random(seed + 4))
+    kept = {name: _raw_rows(out / f"{name}.jsonl") for name in [*splits, "train_kokoro"]
+            if (out / f"{name}.jsonl").exists()}
+    splits = {name: jobs for name, jobs in splits.items() if name not in kept}
+    start = len(kept.get("train_kokoro", []))
+    if kokoro_utterances > start:
+        part_seed = seed + 3 + start  # each added part: new sentences and new blends
+        texts = sentences.mixed(kokoro_utterances - start, part_seed, False, english, english_share)
+        splits["train_kokoro"] = kokoro_jobs(out, texts, kokoro_speakers, random.Random(part_seed), start)
+    for name in sorted(kept.keys() - splits.keys()):
+        print(f"{out / name}.jsonl exists: kept ({len(kept[name])} utterances)")
     with ProcessPoolExecutor(workers) as pool:
         for name, jobs in splits.items():
-            if name not in missing:
-                print(f"{out / name}.jsonl exists: kept")
-                continue
             rows = list(tqdm(pool.map(_render, jobs, chunksize=16), total=len(jobs), desc=name))
-            write_manifest(out / f"{name}.jsonl", [{**r, "audio": str(Path(r["audio"]).relative_to(out))}
-                                                   for r in rows])
+            write_manifest(out / f"{name}.jsonl", kept.get(name, []) + [
+                {**r, "audio": str(Path(r["audio"]).relative_to(out))} for r in rows])
     if fsdd:
         train, valid = fsdd_rows(fsdd, held_out_takes=5)
         write_manifest(out / "train_fsdd.jsonl", train)
@@ -245,8 +276,9 @@ def main() -> None:
     p.add_argument("--valid-utterances", type=int, default=200)
     p.add_argument("--espeak-variants", type=int, default=300, help="random espeak-ng voices to invent")
     p.add_argument("--english-share", type=float, default=0.4, help="share of general English sentences")
-    p.add_argument("--kokoro-utterances", type=int, default=2000, help="Kokoro-82M utterances (0: none)")
-    p.add_argument("--kokoro-speakers", type=int, default=200, help="random blends of Kokoro's voices")
+    p.add_argument("--kokoro-utterances", type=int, default=2000, help="Kokoro-82M utterances in all (0: none)")
+    p.add_argument("--kokoro-speakers", type=int, default=200, help="random blends of Kokoro's voices (per added part)")
+    p.add_argument("--piper-utterances", type=int, default=1500, help='Piper "joe" utterances (0: none)')
     p.add_argument("--fsdd", type=Path, help="FSDD folder (with recordings/), e.g. ../shared/data/fsdd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
@@ -256,7 +288,7 @@ def main() -> None:
     if a.kokoro_utterances and a.kokoro_speakers < 1:
         p.error("--kokoro-speakers must be at least 1")
     build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.kokoro_utterances,
-          a.kokoro_speakers, a.fsdd, a.seed, a.workers)
+          a.kokoro_speakers, a.piper_utterances, a.fsdd, a.seed, a.workers)
 
 
 if __name__ == "__main__":

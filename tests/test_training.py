@@ -89,16 +89,23 @@ def test_corpus_train_resume_export(tmp_path):
     corpus = tmp_path / "corpus"
     fsdd = ["--fsdd", str(FSDD)] if FSDD.is_dir() else []
     args = ["--out", str(corpus), "--train-utterances", "12", "--valid-utterances", "4", "--espeak-variants", "3",
-            "--kokoro-utterances", "2", "--kokoro-speakers", "2", *fsdd]
-    run("models.corpus", *args)
+            "--piper-utterances", "2", *fsdd]
+    run("models.corpus", *args, "--kokoro-utterances", "2", "--kokoro-speakers", "2")
     rows = [json.loads(l) for l in (corpus / "train.jsonl").read_text().splitlines()]
     kokoro = [json.loads(l) for l in (corpus / "train_kokoro.jsonl").read_text().splitlines()]
     assert {r["source"] for r in kokoro} == {"kokoro"} and all(r["duration"] > 0.5 for r in kokoro)
     audio, rate = sf.read(corpus / kokoro[0]["audio"])
     assert rate == 16000 and np.abs(audio).max() > 0.05  # speech, resampled to the corpus rate
+    piper = [json.loads(l) for l in (corpus / "train_piper.jsonl").read_text().splitlines()]
+    audio, rate = sf.read(corpus / piper[0]["audio"])
+    assert {r["source"] for r in piper} == {"piper"} and rate == 16000 and np.abs(audio).max() > 0.05
     built = (corpus / "train.jsonl").stat().st_mtime_ns
-    assert "train.jsonl exists: kept" in run("models.corpus", *args).stdout  # a rerun builds only what is missing
+    rerun = run("models.corpus", *args, "--kokoro-utterances", "3", "--kokoro-speakers", "1").stdout
+    assert "train.jsonl exists: kept (12 utterances)" in rerun  # a rerun builds only what is missing
     assert (corpus / "train.jsonl").stat().st_mtime_ns == built
+    extended = [json.loads(l) for l in (corpus / "train_kokoro.jsonl").read_text().splitlines()]
+    assert extended[:2] == kokoro and len(extended) == 3 and (corpus / extended[2]["audio"]).is_file()
+    assert extended[2]["voice"].split("/")[0] not in {r["voice"].split("/")[0] for r in kokoro}  # a new blend
     assert len(rows) == 12 and {"audio", "text", "duration", "source", "voice"} <= rows[0].keys()
     unseen = [json.loads(l) for l in (corpus / "valid_unseen_family.jsonl").read_text().splitlines()]
     assert {r["source"] for r in unseen} == {"festival"} and "festival" not in {r["source"] for r in rows}
