@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import BUNDLED, ROOT
+from models.model import ModelConfig, StreamingCTC, save_checkpoint
 from models.train import SR, Augment, _convert_voice, load_config, read_rows, typed_settings
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
@@ -75,6 +77,16 @@ def test_a_source_filter_that_matches_nothing_is_refused(tmp_path):
                                     "voice": "kal"}) + "\n")
     with pytest.raises(ValueError, match="no rows with source in"):
         read_rows(str(manifest), sources=["festvial"])
+
+
+def test_checkpoints_of_different_models_are_not_averaged(tmp_path):
+    for name, hidden in (("a.pt", 32), ("b.pt", 48)):
+        save_checkpoint(tmp_path / name, StreamingCTC(ModelConfig(hidden=hidden, conv_channels=16, layers=1, dropout=0.0)),
+                        {}, {"step": 1})
+    result = subprocess.run([sys.executable, "-m", "models.average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"),
+                             "--out", str(tmp_path / "c.pt")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "is not the same model" in result.stderr
+    assert not (tmp_path / "c.pt").exists()
 
 
 def test_corpus_refuses_kokoro_utterances_without_speakers(tmp_path):
@@ -145,6 +157,13 @@ def test_corpus_train_resume_export(tmp_path):
     metrics = [json.loads(l) for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= m["unseen_family/lm_wer"] and 0 <= m["seen_voices/lm_cer"] for m in metrics)
 
-    exported = run("export", "--ckpt", str(tmp_path / "ft" / "best.pt"), "--out", str(tmp_path / "model"))
+    averaged = tmp_path / "average.pt"  # the bundled model is two checkpoints of one run averaged
+    assert "mean of 2 checkpoints" in run("models.average", str(out / "best.pt"), str(tmp_path / "ft" / "last.pt"),
+                                          "--out", str(averaged)).stdout
+    ends = [torch.load(p, weights_only=False)["state_dict"] for p in (out / "best.pt", tmp_path / "ft" / "last.pt")]
+    mean = torch.load(averaged, weights_only=False)["state_dict"]
+    assert not torch.equal(ends[0]["out.weight"], ends[1]["out.weight"])
+    assert torch.allclose(mean["out.weight"], (ends[0]["out.weight"] + ends[1]["out.weight"]) / 2)
+    exported = run("export", "--ckpt", str(averaged), "--out", str(tmp_path / "model"))
     assert "parity onnx_vs_pytorch" in exported.stdout
     assert (tmp_path / "model" / "model.onnx").is_file()
