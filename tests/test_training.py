@@ -81,8 +81,8 @@ def test_a_source_filter_that_matches_nothing_is_refused(tmp_path):
 
 def test_checkpoints_of_different_models_are_not_averaged(tmp_path):
     for name, hidden in (("a.pt", 32), ("b.pt", 48)):
-        save_checkpoint(tmp_path / name, StreamingCTC(ModelConfig(hidden=hidden, conv_channels=16, layers=1, dropout=0.0)),
-                        {}, {"step": 1})
+        tiny = ModelConfig(hidden=hidden, conv_channels=16, layers=1, dropout=0.0)
+        save_checkpoint(tmp_path / name, StreamingCTC(tiny), {}, {"step": 1})
     result = subprocess.run([sys.executable, "-m", "models.average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"),
                              "--out", str(tmp_path / "c.pt")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "is not the same model" in result.stderr
