@@ -1,6 +1,6 @@
-"""Average the weights of checkpoints from one training run: a cheap ensemble that is often
-better on unseen data than any one of them (the bundled model 0.6.0 is stage 5's best.pt and
-last.pt averaged).
+"""Average the weights of checkpoints from one training run: a cheap ensemble that can keep
+the strengths of each (the bundled model 0.6.0 is stage 5's best.pt and last.pt averaged; the
+model card compares it with both).
 
     python -m models.average runs/default_s5/best.pt runs/default_s5/last.pt --out runs/default_s5/average.pt
 
