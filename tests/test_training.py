@@ -44,10 +44,18 @@ layers = 2
 """
 
 
+def launch(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
 def run(*args):
-    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = launch(*args)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
+
+
+def jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_voice_conversion_makes_a_new_voice_and_keeps_unvoiced_audio():
@@ -83,15 +91,13 @@ def test_checkpoints_of_different_models_are_not_averaged(tmp_path):
     for name, hidden in (("a.pt", 32), ("b.pt", 48)):
         tiny = ModelConfig(hidden=hidden, conv_channels=16, layers=1, dropout=0.0)
         save_checkpoint(tmp_path / name, StreamingCTC(tiny), {}, {"step": 1})
-    result = subprocess.run([sys.executable, "-m", "models.average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"),
-                             "--out", str(tmp_path / "c.pt")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = launch("models.average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "c.pt"))
     assert result.returncode == 2 and "is not the same model" in result.stderr
     assert not (tmp_path / "c.pt").exists()
 
 
 def test_corpus_refuses_kokoro_utterances_without_speakers(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "models.corpus", "--out", str(tmp_path / "c"),
-                             "--kokoro-speakers", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = launch("models.corpus", "--out", str(tmp_path / "c"), "--kokoro-speakers", "0")
     assert result.returncode == 2 and "--kokoro-speakers must be at least 1" in result.stderr
     assert not (tmp_path / "c").exists()  # refused before any work
 
@@ -103,27 +109,27 @@ def test_corpus_train_resume_export(tmp_path):
     args = ["--out", str(corpus), "--train-utterances", "12", "--valid-utterances", "4", "--espeak-variants", "3",
             "--piper-utterances", "2", *fsdd]
     run("models.corpus", *args, "--kokoro-utterances", "2", "--kokoro-speakers", "2")
-    rows = [json.loads(l) for l in (corpus / "train.jsonl").read_text().splitlines()]
-    kokoro = [json.loads(l) for l in (corpus / "train_kokoro.jsonl").read_text().splitlines()]
+    rows = jsonl(corpus / "train.jsonl")
+    kokoro = jsonl(corpus / "train_kokoro.jsonl")
     assert {r["source"] for r in kokoro} == {"kokoro"} and all(r["duration"] > 0.5 for r in kokoro)
     audio, rate = sf.read(corpus / kokoro[0]["audio"])
     assert rate == 16000 and np.abs(audio).max() > 0.05  # speech, resampled to the corpus rate
-    piper = [json.loads(l) for l in (corpus / "train_piper.jsonl").read_text().splitlines()]
+    piper = jsonl(corpus / "train_piper.jsonl")
     audio, rate = sf.read(corpus / piper[0]["audio"])
     assert {r["source"] for r in piper} == {"piper"} and rate == 16000 and np.abs(audio).max() > 0.05
     built = (corpus / "train.jsonl").stat().st_mtime_ns
     rerun = run("models.corpus", *args, "--kokoro-utterances", "3", "--kokoro-speakers", "1").stdout
     assert "train.jsonl exists: kept (12 utterances)" in rerun  # a rerun builds only what is missing
     assert (corpus / "train.jsonl").stat().st_mtime_ns == built
-    extended = [json.loads(l) for l in (corpus / "train_kokoro.jsonl").read_text().splitlines()]
+    extended = jsonl(corpus / "train_kokoro.jsonl")
     assert extended[:2] == kokoro and len(extended) == 3 and (corpus / extended[2]["audio"]).is_file()
     assert extended[2]["voice"].split("/")[0] not in {r["voice"].split("/")[0] for r in kokoro}  # a new blend
     assert len(rows) == 12 and {"audio", "text", "duration", "source", "voice"} <= rows[0].keys()
-    unseen = [json.loads(l) for l in (corpus / "valid_unseen_family.jsonl").read_text().splitlines()]
+    unseen = jsonl(corpus / "valid_unseen_family.jsonl")
     assert {r["source"] for r in unseen} == {"festival"} and "festival" not in {r["source"] for r in rows}
     if fsdd:
-        held_out = [json.loads(l) for l in (corpus / "valid_fsdd.jsonl").read_text().splitlines()]
-        trained = {json.loads(l)["audio"] for l in (corpus / "train_fsdd.jsonl").read_text().splitlines()}
+        held_out = jsonl(corpus / "valid_fsdd.jsonl")
+        trained = {r["audio"] for r in jsonl(corpus / "train_fsdd.jsonl")}
         assert len(held_out) == 250 and trained.isdisjoint(r["audio"] for r in held_out)
         assert all(str(FSDD.resolve()) in r["audio"] for r in held_out)  # read in place, not copied
 
@@ -132,7 +138,7 @@ def test_corpus_train_resume_export(tmp_path):
     first = run("models.train", "--config", str(tmp_path / "tiny.toml"), "--out", str(out))
     assert "train: 36 utterances" in first.stdout
     assert "seen_voices/cer=" in first.stdout and "unseen_family/wer=" in first.stdout
-    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [2, 4]
     assert all(0 <= m["unseen_family/cer"] and 0 <= m["seen_voices/wer"] for m in metrics)
 
@@ -154,7 +160,7 @@ def test_corpus_train_resume_export(tmp_path):
     assert f"initialized from {out / 'best.pt'}" in second.stdout
     assert f"train: {12 + 2 * espeak} utterances" in second.stdout
     assert "best unseen_family lm_wer" in second.stdout
-    metrics = [json.loads(l) for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    metrics = jsonl(tmp_path / "ft" / "metrics.jsonl")
     assert all(0 <= m["unseen_family/lm_wer"] and 0 <= m["seen_voices/lm_cer"] for m in metrics)
 
     averaged = tmp_path / "average.pt"  # the bundled model is two checkpoints of one run averaged
