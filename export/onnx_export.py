@@ -15,24 +15,30 @@ import torch
 
 from models.model import CONV_CONTEXT, SUBSAMPLING, StreamingCTC, num_parameters
 
-STATE_INPUTS = ["cache_conv1", "cache_conv2", "cache_gru"]
-STATE_OUTPUTS = ["next_cache_conv1", "next_cache_conv2", "next_cache_gru"]
-STATE_BATCH_AXIS = [0, 0, 1]
 OPSET = 17
+
+
+def state_names(model: StreamingCTC) -> tuple[list[str], list[str], list[int]]:
+    """The graph's state inputs, their outputs, and the batch axis of each."""
+    names, axes = ["conv1", "conv2", "gru"], [0, 0, 1]
+    if model.cfg.lookahead:
+        names, axes = [*names, "lookahead"], [*axes, 0]
+    return [f"cache_{n}" for n in names], [f"next_cache_{n}" for n in names], axes
 
 
 def export_onnx(model: StreamingCTC, path: Path) -> None:
     model.eval()
     state = model.initial_state(1)
+    inputs, outputs, axes = state_names(model)
     x = torch.zeros(1, model.cfg.n_mels, 16)
     dynamic = {"audio_signal": {0: "batch", 2: "time"}, "length": {0: "batch"},
                "logprobs": {0: "batch", 1: "frames"}, "encoded_lengths": {0: "batch"}}
-    for name, axis in zip(STATE_INPUTS + STATE_OUTPUTS, STATE_BATCH_AXIS * 2):
+    for name, axis in zip(inputs + outputs, axes * 2):
         dynamic[name] = {axis: "batch"}
     with torch.no_grad():
         torch.onnx.export(model, (x, torch.tensor([16]), *state), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["audio_signal", "length", *STATE_INPUTS],
-                          output_names=["logprobs", "encoded_lengths", *STATE_OUTPUTS], dynamic_axes=dynamic)
+                          input_names=["audio_signal", "length", *inputs],
+                          output_names=["logprobs", "encoded_lengths", *outputs], dynamic_axes=dynamic)
 
 
 def write_model_dir(model: StreamingCTC, ckpt: dict, out: Path, *, name: str, version: str, chunk_frames: int,
@@ -43,13 +49,16 @@ def write_model_dir(model: StreamingCTC, ckpt: dict, out: Path, *, name: str, ve
     export_onnx(model, out / "model.onnx")
     tokens = ckpt["tokens"]
     (out / "tokens.txt").write_text("".join(f"{t} {i}\n" for i, t in enumerate(tokens)))
+    inputs, outputs, axes = state_names(model)
     states = [{"input": i, "output": o, "shape": list(s.shape), "batch_axis": a}
-              for i, o, s, a in zip(STATE_INPUTS, STATE_OUTPUTS, model.initial_state(1), STATE_BATCH_AXIS)]
+              for i, o, s, a in zip(inputs, outputs, model.initial_state(1), axes)]
+    lookahead = f" + look-ahead conv ({model.cfg.lookahead} frames)" if model.cfg.lookahead else ""
     meta = {
         "name": name, "version": version, "language_code": "en",
-        "architecture": f"causal conv x2 (stride 2) + GRU {model.cfg.layers}x{model.cfg.hidden}, char CTC",
+        "architecture": f"causal conv x2 (stride 2) + GRU {model.cfg.layers}x{model.cfg.hidden}{lookahead}, char CTC",
         "features": ckpt["feature_config"], "subsampling_factor": SUBSAMPLING,
-        "chunk_frames": chunk_frames, "lookahead_frames": 0, "states": states,
+        # in feature frames (10 ms), as chunk_frames; the outputs lag the input by as much
+        "chunk_frames": chunk_frames, "lookahead_frames": SUBSAMPLING * model.cfg.lookahead, "states": states,
         "tail_padding_ms": 320,  # quiet audio appended at the end of a stream (see service/recognizer.py)
         "parameters": num_parameters(model),
         "decoder": {"beam_width": 25, "lm_weight": 0.5, "word_bonus": 1.0},
@@ -66,6 +75,7 @@ def write_model_dir(model: StreamingCTC, ckpt: dict, out: Path, *, name: str, ve
     onnx_model = onnx.load(str(out / "model.onnx"))
     props = {"model_type": "streaming_ctc", "vocab_size": str(len(tokens)), "subsampling_factor": str(SUBSAMPLING),
              "normalize_type": "", "chunk_frames": str(chunk_frames), "conv_context": str(CONV_CONTEXT),
+             "lookahead_frames": str(meta["lookahead_frames"]),
              "name": name, "version": version, "sample_rate": str(ckpt["feature_config"]["sample_rate"])}
     onnx.helper.set_model_props(onnx_model, props)
     onnx.save(onnx_model, str(out / "model.onnx"))
@@ -87,10 +97,11 @@ def check_parity(model: StreamingCTC, onnx_path: Path, chunk_frames: int, frames
     with carried state vs ONNX whole, and a batch of two vs each alone."""
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     state = [s.numpy() for s in model.initial_state(1)]
+    inputs, outputs, axes = state_names(model)
 
     def run(x: np.ndarray, st: list[np.ndarray]):
-        feeds = {"audio_signal": x, "length": np.full(len(x), x.shape[2], np.int64), **dict(zip(STATE_INPUTS, st))}
-        out = sess.run(["logprobs", *STATE_OUTPUTS], feeds)
+        feeds = {"audio_signal": x, "length": np.full(len(x), x.shape[2], np.int64), **dict(zip(inputs, st))}
+        out = sess.run(["logprobs", *outputs], feeds)
         return out[0], out[1:]
 
     x = _test_features(model, frames, 0)
@@ -102,7 +113,7 @@ def check_parity(model: StreamingCTC, onnx_path: Path, chunk_frames: int, frames
         out, st = run(x[:, :, i:i + chunk_frames], st)
         chunks.append(out)
     y = _test_features(model, frames, 1)
-    pair, _ = run(np.concatenate([x, y]), [np.concatenate([s, s], axis=a) for s, a in zip(state, STATE_BATCH_AXIS)])
+    pair, _ = run(np.concatenate([x, y]), [np.concatenate([s, s], axis=a) for s, a in zip(state, axes)])
     alone_y, _ = run(y, state)
     return {
         "onnx_vs_pytorch": float(np.abs(whole - ref).max()),

@@ -6,6 +6,8 @@
 Runs the same ONNX Runtime session, front-end and decoder the service runs,
 and prints a Markdown table (WER/CER with jiwer, text normalized alike; exact
 match = share of utterances transcribed without error, e.g. digit accuracy on FSDD).
+A set that mixes the corpus's plain English sentences (the fortune files) with
+other sentences also gets a row for each part, since the two differ by far.
 
 With --tune FILE it instead searches LM weight and word bonus on the first set
 and writes the best pair to FILE (put it beside lm.bin as decoder.json and
@@ -20,6 +22,7 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from models import sentences
 from models.corpus import read_manifest
 from service.decoder import CtcDecoder, DecodeOptions
 from service.model_session import ModelSession, ModelSpec
@@ -39,6 +42,11 @@ def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, De
         for mode, opts in modes.items():
             hyps[mode].append(recognizer.decoder.decode(logprobs, opts)[0].text)
     return hyps
+
+
+def score(name: str, mode: str, refs: list[str], hyps: list[str]) -> dict:
+    return {"set": name, "decoding": mode, "utterances": len(refs), "wer": jiwer.wer(refs, hyps),
+            "cer": jiwer.cer(refs, hyps), "exact": sum(r == h for r, h in zip(refs, hyps)) / len(refs)}
 
 
 def tune(recognizer: Recognizer, manifest: str, out: str) -> None:
@@ -71,15 +79,19 @@ def main() -> None:
     if a.tune:
         tune(recognizer, a.set[0].split("=", 1)[1], a.tune)
         return
+    english = set(sentences.english_sentences())
     table = []
     for item in a.set:
         name, path = item.split("=", 1)
         rows = read_manifest(path)
         refs = [normalize(r["text"]) for r in rows]
+        parts = {name: list(range(len(refs)))}
+        plain = [i for i, r in enumerate(refs) if r in english]
+        if 0 < len(plain) < len(refs):
+            parts[f"{name}: plain English"] = plain
+            parts[f"{name}: other"] = sorted(set(range(len(refs))) - set(plain))
         for mode, hyps in transcribe_all(recognizer, rows, modes, name).items():
-            table.append({"set": name, "decoding": mode, "utterances": len(rows),
-                          "wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps),
-                          "exact": sum(r == h for r, h in zip(refs, hyps)) / len(refs)})
+            table += [score(part, mode, [refs[i] for i in idx], [hyps[i] for i in idx]) for part, idx in parts.items()]
     print("| set | decoding | utterances | WER | CER | exact match |\n| --- | --- | --- | --- | --- | --- |")
     for r in table:
         print(f"| {r['set']} | {r['decoding']} | {r['utterances']} | {100 * r['wer']:.1f}% | {100 * r['cer']:.1f}% "

@@ -1,9 +1,14 @@
-"""A streaming CTC acoustic model: causal conv subsampling + unidirectional GRU.
+"""A streaming CTC acoustic model: causal conv subsampling + unidirectional GRU,
+optionally with a look-ahead convolution on top.
 
-Everything is causal, so running a chunk at a time with the carried state
-(two conv caches and the GRU hidden state) computes exactly what one pass
-over the whole utterance computes. Chunks must be a multiple of
-`SUBSAMPLING` frames; the front-end pads the last one with silence frames.
+Everything up to the GRU is causal. The look-ahead convolution (DeepSpeech 2's,
+a residual over the next `lookahead` GRU outputs) makes output frame j describe
+frame j - lookahead: the outputs lag the input by that many 40 ms frames, so
+the first `lookahead` frames of a stream are a pre-roll. Either way, running a
+chunk at a time with the carried state (two conv caches, the GRU hidden state
+and, with look-ahead, the last GRU outputs) computes exactly what one pass over
+the whole utterance computes. Chunks must be a multiple of `SUBSAMPLING`
+frames; the front-end pads the last one with silence frames.
 """
 
 from dataclasses import asdict, dataclass
@@ -31,6 +36,11 @@ class ModelConfig:
     layers: int = 3
     dropout: float = 0.1
     vocab_size: int = len(TOKENS)
+    lookahead: int = 0  # output frames (40 ms each) every output waits for
+
+    def __post_init__(self) -> None:
+        if self.lookahead < 0:
+            raise ValueError("lookahead must be >= 0 output frames")
 
 
 class StreamingCTC(nn.Module):
@@ -45,16 +55,23 @@ class StreamingCTC(nn.Module):
                           dropout=cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
+        if cfg.lookahead:
+            # Zero at the start: a causal checkpoint fine-tunes from exactly its own outputs.
+            self.lookahead = nn.Conv1d(cfg.hidden, cfg.hidden, cfg.lookahead + 1)
+            nn.init.zeros_(self.lookahead.weight)
+            nn.init.zeros_(self.lookahead.bias)
 
-    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
         c = self.cfg
-        return (torch.zeros(batch, c.n_mels, CONV_CONTEXT),
-                torch.zeros(batch, c.conv_channels, CONV_CONTEXT),
-                torch.zeros(c.layers, batch, c.hidden))
+        state = (torch.zeros(batch, c.n_mels, CONV_CONTEXT),
+                 torch.zeros(batch, c.conv_channels, CONV_CONTEXT),
+                 torch.zeros(c.layers, batch, c.hidden))
+        return (*state, torch.zeros(batch, c.hidden, c.lookahead)) if c.lookahead else state
 
-    def forward(self, audio_signal, length, cache_conv1, cache_conv2, cache_gru):
+    def forward(self, audio_signal, length, cache_conv1, cache_conv2, cache_gru, *cache_lookahead):
         """audio_signal (B, n_mels, T), T a multiple of SUBSAMPLING; returns
-        logprobs (B, T/4, V), their lengths, and the next state."""
+        logprobs (B, T/4, V), their lengths, and the next state (as many
+        tensors as `initial_state`)."""
         x = (audio_signal - self.feat_mean[:, None]) / self.feat_std[:, None]
         x = torch.cat([cache_conv1, x], dim=2)
         next_conv1 = x[:, :, -CONV_CONTEXT:]
@@ -63,8 +80,14 @@ class StreamingCTC(nn.Module):
         next_conv2 = y[:, :, -CONV_CONTEXT:]
         z = torch.relu(self.conv2(y))
         h, next_gru = self.gru(z.transpose(1, 2), cache_gru)
+        next_state = [next_conv1, next_conv2, next_gru]
+        if self.cfg.lookahead:
+            k = self.cfg.lookahead
+            h = torch.cat([cache_lookahead[0], h.transpose(1, 2)], dim=2)  # (B, hidden, k + T/4)
+            next_state.append(h[:, :, -k:])
+            h = (h[:, :, :-k] + self.lookahead(h)).transpose(1, 2)
         logprobs = torch.log_softmax(self.out(self.dropout(h)), dim=-1)
-        return logprobs, length // SUBSAMPLING, next_conv1, next_conv2, next_gru
+        return logprobs, length // SUBSAMPLING, *next_state
 
 
 def num_parameters(model: nn.Module) -> int:
@@ -74,6 +97,17 @@ def num_parameters(model: nn.Module) -> int:
 def save_checkpoint(path, model: StreamingCTC, feature_config: dict, extra: dict) -> None:
     torch.save({"model_config": asdict(model.cfg), "feature_config": feature_config,
                 "tokens": TOKENS, "state_dict": model.state_dict(), **extra}, path)
+
+
+def init_from(model: StreamingCTC, path) -> list[str]:
+    """Load another run's weights into `model` for fine-tuning. A look-ahead layer the
+    checkpoint lacks keeps its zero start; any other mismatch is an error. Returns
+    the names of the layers that start new."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("lookahead.") for k in missing):
+        raise ValueError(f"{path}: its weights do not fit this model (missing {missing}, unexpected {unexpected})")
+    return sorted({k.split(".")[0] for k in missing})
 
 
 def load_checkpoint(path) -> tuple[StreamingCTC, dict]:

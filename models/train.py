@@ -31,7 +31,8 @@ from pyctcdecode import build_ctcdecoder
 from tqdm import tqdm
 
 from models.corpus import read_manifest
-from models.model import SUBSAMPLING, TOKENS, ModelConfig, StreamingCTC, encode_text, num_parameters, save_checkpoint
+from models.model import (SUBSAMPLING, TOKENS, ModelConfig, StreamingCTC, encode_text, init_from, num_parameters,
+                          save_checkpoint)
 from service.decoder import ctc_labels
 from service.features import FeatureConfig, LogMel, logmel_utterance, pad_to_multiple
 
@@ -170,14 +171,16 @@ def batches(data, batch_frames: int, rng: random.Random) -> list[list[int]]:
     return out
 
 
-def collate(data, idx: list[int]):
+def collate(data, idx: list[int], tail: int = 0):
+    """A padded batch; `tail` silence frames follow every utterance (a look-ahead model
+    needs them to emit its last letters, as the service's quiet tail does)."""
     feats = [data[i][0] for i in idx]
-    longest = max(len(f) for f in feats)
+    longest = max(len(f) for f in feats) + tail
     x = np.tile(_LOGMEL.silence_frame, (len(idx), longest, 1))
     for b, f in enumerate(feats):
         x[b, : len(f)] = f
     targets = [torch.tensor(encode_text(data[i][1])) for i in idx]
-    return (torch.from_numpy(x).transpose(1, 2).contiguous(), torch.tensor([len(f) for f in feats]),
+    return (torch.from_numpy(x).transpose(1, 2).contiguous(), torch.tensor([len(f) + tail for f in feats]),
             torch.cat(targets), torch.tensor([len(t) for t in targets]))
 
 
@@ -216,7 +219,7 @@ def evaluate(model: StreamingCTC, data, batch_frames: int, decoder=None, beam_wi
     model.eval()
     refs, hyps, lm_hyps = [], [], []
     for idx in batches(data, batch_frames, random.Random(0)):
-        x, lengths, _, _ = collate(data, idx)
+        x, lengths, _, _ = collate(data, idx, SUBSAMPLING * model.cfg.lookahead)
         logprobs, out_lengths, *_ = model(x, lengths, *model.initial_state(len(idx)))
         for b, i in enumerate(idx):
             frames = logprobs[b, : out_lengths[b]].numpy()
@@ -265,11 +268,15 @@ def main() -> None:
     torch.manual_seed(seed)
 
     # A train entry is a manifest path or {path = ..., copies = N, sources = [...]}: weight a
-    # manifest, or some of its sources, up. Every manifest is read (and checked) before the
-    # minutes of feature extraction start.
+    # manifest, or some of its sources, up. Every manifest, and the checkpoint to start from,
+    # is read (and checked) before the minutes of feature extraction start.
     entries = [t if isinstance(t, dict) else {"path": t} for t in cfg["train"]]
     train_rows = [(e["path"], read_rows(e["path"], e.get("sources")), e.get("copies", 1)) for e in entries]
     valid_rows = {name: (path, read_rows(path)) for name, path in cfg["valid"].items()}
+    model = StreamingCTC(model_cfg)
+    if cfg.get("init"):  # fine-tune: its weights and feature normalization
+        new = init_from(model, cfg["init"])
+        print(f"initialized from {cfg['init']}" + (f" ({', '.join(new)} new, starting at zero)" if new else ""))
     with ProcessPoolExecutor(cfg.get("threads", 2)) as pool:
         train = [item for i, (path, rows, copies) in enumerate(train_rows)
                  for item in load_set(rows, path, aug, seed + 7919 * i, pool, copies)]
@@ -277,11 +284,7 @@ def main() -> None:
     hours = sum(len(f) for f, _ in train) * FEATURES.hop_length / FEATURES.sample_rate / 3600
     print(f"train: {len(train)} utterances, {hours:.2f} h")
 
-    model = StreamingCTC(model_cfg)
-    if cfg.get("init"):  # fine-tune: its weights and feature normalization
-        model.load_state_dict(torch.load(cfg["init"], map_location="cpu", weights_only=False)["state_dict"])
-        print(f"initialized from {cfg['init']}")
-    else:
+    if not cfg.get("init"):
         stacked = np.concatenate([f for f, _ in train[:2000]])
         model.feat_mean.copy_(torch.from_numpy(stacked.mean(0)))
         model.feat_std.copy_(torch.from_numpy(stacked.std(0) + 1e-5))
@@ -318,7 +321,7 @@ def main() -> None:
     done = step >= total
     while not done:
         for idx in batches(train, cfg["batch_frames"], rng):
-            x, lengths, targets, target_lengths = collate(train, idx)
+            x, lengths, targets, target_lengths = collate(train, idx, SUBSAMPLING * model_cfg.lookahead)
             x = spec_augment(x, lengths, aug, gen)
             logprobs, out_lengths, *_ = model(x, lengths, *model.initial_state(len(idx)))
             loss = ctc(logprobs.transpose(0, 1), targets, out_lengths, target_lengths)

@@ -226,8 +226,9 @@ class CtcDecoder:
 
     def _hypothesis(self, state: DecodeState, spans: list[tuple[str, int, int]]) -> Hypothesis:
         best = np.concatenate(state.best_probs) if state.best_probs else np.zeros(0)
-        step, o = self.spec.frame_seconds, state.offset
-        words = tuple(Word(w, (o + s) * step, (o + max(e, s + 1)) * step, float(best[s:max(e, s + 1)].mean()))
+        step, o = self.spec.frame_seconds, state.offset - self.spec.delay_frames
+        words = tuple(Word(w, max(0.0, (o + s) * step), max(0.0, (o + max(e, s + 1)) * step),
+                           float(best[s:max(e, s + 1)].mean()))
                       for w, s, e in spans)
         confidence = float(np.mean([w.confidence for w in words])) if words else 0.0
         return Hypothesis(" ".join(w.word for w in words), confidence, words)

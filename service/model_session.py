@@ -72,6 +72,11 @@ class ModelSpec:
         )
 
     @property
+    def delay_frames(self) -> int:
+        """Output frames by which the outputs lag the input: the model's look-ahead."""
+        return self.lookahead_frames // self.subsampling_factor
+
+    @property
     def frame_seconds(self) -> float:
         """Duration of one output frame (after subsampling)."""
         return self.features.hop_length * self.subsampling_factor / self.features.sample_rate

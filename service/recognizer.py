@@ -63,10 +63,10 @@ class Recognizer:
         self.decoder = decoder
         self.logmel = LogMel(session.spec.features)
         self._blank = session.spec.tokens.index(BLANK)
-        # A causal CTC model emits each character a little after hearing it: a stream that
-        # ends abruptly would lose its last letters. So every stream ends with a short quiet
-        # tail: fixed noise at -60 dBFS (the model hallucinates on digital silence, which it
-        # rarely heard in training).
+        # A causal CTC model emits each character a little after hearing it, and a model with
+        # look-ahead waits for the frames after it: a stream that ends abruptly would lose its
+        # last letters. So every stream ends with a short quiet tail: fixed noise at -60 dBFS
+        # (the model hallucinates on digital silence, which it rarely heard in training).
         n = int(session.spec.tail_padding_ms * session.spec.features.sample_rate / 1000)
         self._tail = (np.random.default_rng(0).standard_normal(n) * 1e-3).astype(np.float32)
         self._on_inference = on_inference
@@ -161,7 +161,8 @@ class Recognizer:
         started = time.perf_counter()
         hyps = self.decoder.finish(stream.decode)
         self._on_decode(time.perf_counter() - started)
-        end = min(stream.frames * self.spec.frame_seconds, stream.samples / self.spec.features.sample_rate)
+        heard = max(0, stream.frames - self.spec.delay_frames) * self.spec.frame_seconds
+        end = min(heard, stream.samples / self.spec.features.sample_rate)
         progress.finals.append(Final(hyps, reason, end))
         stream.finals += 1
         self._reset_utterance(stream)

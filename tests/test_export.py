@@ -2,12 +2,14 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from conftest import BUNDLED, ROOT, SAMPLES
+from models.model import StreamingCTC, init_from, load_checkpoint, save_checkpoint
 from service.decoder import CtcDecoder, DecodeOptions
 from service.model_session import ModelSession, ModelSpec
 from service.recognizer import Recognizer
@@ -15,9 +17,19 @@ from service.recognizer import Recognizer
 CKPT = BUNDLED / "checkpoint.pt"
 
 
-def export(out, *extra):
-    return subprocess.run([sys.executable, "-m", "export", "--ckpt", str(CKPT), "--out", str(out), *extra],
+def export(out, *extra, ckpt=CKPT):
+    return subprocess.run([sys.executable, "-m", "export", "--ckpt", str(ckpt), "--out", str(out), *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def transcribe(directory, clip="what_time.wav"):
+    """The final hypothesis for a sample clip, streamed through the model directory."""
+    audio, _ = sf.read(SAMPLES / clip, dtype="float32")
+    spec = ModelSpec.load(directory)
+    recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
+    stream = recognizer.new_stream(DecodeOptions(beam_width=25, lm_weight=0.5, word_bonus=1.0))
+    recognizer.accept(stream, audio)
+    return recognizer.finish(stream).finals[0].hypotheses[0]
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +50,24 @@ def test_parity_is_printed_and_within_tolerance(exported):
 
 def test_exported_directory_transcribes_like_the_bundled_one(exported):
     out, _ = exported
-    audio, _ = sf.read(SAMPLES / "what_time.wav", dtype="float32")
-    opts = DecodeOptions(beam_width=25, lm_weight=0.5, word_bonus=1.0)
-    texts = []
-    for directory in (out, BUNDLED):
-        spec = ModelSpec.load(directory)
-        recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
-        stream = recognizer.new_stream(opts)
-        recognizer.accept(stream, audio)
-        texts.append(recognizer.finish(stream).finals[0].hypotheses[0].text)
-    assert texts[0] == texts[1] == "what time is it in paris"
+    assert transcribe(out).text == transcribe(BUNDLED).text == "what time is it in paris"
+
+
+def test_a_look_ahead_model_reports_words_at_the_times_they_were_said(tmp_path):
+    # The bundled weights under a look-ahead layer that starts at zero compute the same
+    # outputs two frames (80 ms) later: the service must hear the same words at the same times.
+    model, ckpt = load_checkpoint(CKPT)
+    ahead = StreamingCTC(replace(model.cfg, lookahead=2))
+    init_from(ahead, CKPT)
+    save_checkpoint(tmp_path / "ahead.pt", ahead, ckpt["feature_config"], {})
+    result = export(tmp_path / "model", "--lm-dir", str(BUNDLED), ckpt=tmp_path / "ahead.pt")
+    assert result.returncode == 0, result.stderr
+    spec = ModelSpec.load(tmp_path / "model")
+    assert spec.lookahead_frames == 8 and spec.delay_frames == 2 and len(spec.states) == 4
+    delayed, causal = transcribe(tmp_path / "model"), transcribe(BUNDLED)
+    assert delayed.text == causal.text
+    times = [[t for w in hyp.words for t in (w.start, w.end)] for hyp in (delayed, causal)]
+    assert times[0] == pytest.approx(times[1])
 
 
 def test_chunked_with_state_equals_whole_utterance(exported):

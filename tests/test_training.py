@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from conftest import BUNDLED, ROOT
-from models.model import ModelConfig, StreamingCTC, save_checkpoint
+from models.model import ModelConfig, StreamingCTC, init_from, save_checkpoint
 from models.train import SR, Augment, _convert_voice, load_config, read_rows, typed_settings
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
@@ -41,6 +41,7 @@ vtlp_probability = 0.5
 conv_channels = 16
 hidden = 16
 layers = 2
+lookahead = 1
 """
 
 
@@ -85,6 +86,31 @@ def test_a_source_filter_that_matches_nothing_is_refused(tmp_path):
                                     "voice": "kal"}) + "\n")
     with pytest.raises(ValueError, match="no rows with source in"):
         read_rows(str(manifest), sources=["festvial"])
+
+
+def test_look_ahead_starts_from_the_causal_model_and_streams(tmp_path):
+    causal = StreamingCTC(ModelConfig(hidden=32, conv_channels=16, layers=2, dropout=0.0)).eval()
+    save_checkpoint(tmp_path / "causal.pt", causal, {}, {"step": 1})
+    ahead = StreamingCTC(ModelConfig(hidden=32, conv_channels=16, layers=2, dropout=0.0, lookahead=2)).eval()
+    assert init_from(ahead, tmp_path / "causal.pt") == ["lookahead"]
+    x = torch.randn(1, 80, 96)
+
+    def run_whole(model):
+        return model(x, torch.tensor([96]), *model.initial_state(1))[0][0]
+
+    with torch.no_grad():
+        before = run_whole(causal)
+        assert torch.allclose(run_whole(ahead)[2:], before[:-2], atol=1e-6)  # the same outputs, 2 frames later
+        torch.nn.init.normal_(ahead.lookahead.weight, std=0.3)  # as if trained
+        whole, state, chunks = run_whole(ahead), ahead.initial_state(1), []
+        for i in range(0, 96, 16):
+            out, _, *state = ahead(x[:, :, i:i + 16], torch.tensor([16]), *state)
+            chunks.append(out[0])
+    assert torch.allclose(torch.cat(chunks), whole, atol=1e-5)  # the carried state holds the look-ahead
+    assert not torch.allclose(whole[2:], before[:-2], atol=1e-3)  # and the right context now counts
+    save_checkpoint(tmp_path / "ahead.pt", ahead, {}, {"step": 1})
+    with pytest.raises(ValueError, match="do not fit this model"):  # a look-ahead model does not shrink back
+        init_from(causal, tmp_path / "ahead.pt")
 
 
 def test_checkpoints_of_different_models_are_not_averaged(tmp_path):
