@@ -104,7 +104,10 @@ def init_from(model: StreamingCTC, path) -> list[str]:
     checkpoint lacks keeps its zero start; any other mismatch is an error. Returns
     the names of the layers that start new."""
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # same layers, other sizes
+        raise ValueError(f"{path}: its weights do not fit this model: {e}") from None
     if unexpected or any(not k.startswith("lookahead.") for k in missing):
         raise ValueError(f"{path}: its weights do not fit this model (missing {missing}, unexpected {unexpected})")
     return sorted({k.split(".")[0] for k in missing})

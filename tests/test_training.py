@@ -111,6 +111,8 @@ def test_look_ahead_starts_from_the_causal_model_and_streams(tmp_path):
     save_checkpoint(tmp_path / "ahead.pt", ahead, {}, {"step": 1})
     with pytest.raises(ValueError, match="do not fit this model"):  # a look-ahead model does not shrink back
         init_from(causal, tmp_path / "ahead.pt")
+    with pytest.raises(ValueError, match="do not fit this model"):  # nor into other sizes
+        init_from(StreamingCTC(ModelConfig(hidden=48, conv_channels=16, layers=2)), tmp_path / "causal.pt")
 
 
 def test_checkpoints_of_different_models_are_not_averaged(tmp_path):
