@@ -9,7 +9,10 @@ pace with interim results on, then half-closes. Measured per stream count:
 
 - partial latency: the message that completes a model chunk (its last 25 ms
   window) is sent -> the first interim or final result whose result_end_time
-  covers that chunk (chunks in pauses, which get no interim, wait for the next result);
+  covers that chunk's output (chunks in pauses, which get no interim, wait for
+  the next result). With a look-ahead model a chunk's output ends the look-ahead
+  before the chunk does; the chunk length and look-ahead are algorithmic delay
+  on top of what this measures;
 - final latency: half-close -> the last final result;
 - server CPU seconds per second of audio, and errors.
 
@@ -33,7 +36,7 @@ WINDOW_LOOKAHEAD_S = 0.015  # a 25 ms window every 10 ms: a frame needs 15 ms pa
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 
 
-async def one_stream(stub, pcm: bytes, chunk_s: float, lookahead_s: float, start_delay: float, out: dict) -> None:
+async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_delay: float, out: dict) -> None:
     await asyncio.sleep(start_delay)
     step = int(MESSAGE_S * RATE) * 2
     sent_at: list[tuple[float, float]] = []  # (audio seconds sent so far, send time)
@@ -55,11 +58,12 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, lookahead_s: float, start
             now = time.perf_counter()
             for result in response.results:
                 end = result.result_end_time.ToTimedelta().total_seconds()
-                # every chunk boundary newly covered by this result
-                while covered + chunk_s <= end + 1e-6:
+                # every model chunk whose output this result newly covers
+                while covered + chunk_s - delay_s <= end + 1e-6:
                     covered += chunk_s
-                    # the chunk is complete once its last window is: `lookahead_s` past its end
-                    sent = next((t for audio_s, t in sent_at if audio_s >= covered + lookahead_s - 1e-6), None)
+                    # the chunk is complete once its last window is: 15 ms past its end
+                    sent = next((t for audio_s, t in sent_at if audio_s >= covered + WINDOW_LOOKAHEAD_S - 1e-6),
+                                None)
                     if sent is not None and "half_close" not in out:
                         out["partial"].append(now - sent)
                 if result.is_final:
@@ -71,13 +75,13 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, lookahead_s: float, start
         out["final"] = out["last_final"] - out["half_close"]
 
 
-async def run_streams(target: str, n: int, seconds: float, chunk_s: float) -> dict:
+async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay_s: float) -> dict:
     pcm = test_audio(seconds).astype("<i2").tobytes()
     results = [{"partial": [], "errors": []} for _ in range(n)]
     async with grpc.aio.insecure_channel(target) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         # Spread stream starts over one message so they do not all arrive in lockstep.
-        await asyncio.gather(*(one_stream(stub, pcm, chunk_s, WINDOW_LOOKAHEAD_S, i * MESSAGE_S / n, r)
+        await asyncio.gather(*(one_stream(stub, pcm, chunk_s, delay_s, i * MESSAGE_S / n, r)
                                for i, r in enumerate(results)))
     partial = np.array([x for r in results for x in r["partial"]])
     final = np.array([r["final"] for r in results if "final" in r])
@@ -109,13 +113,15 @@ async def main_async(a, server_pid: int | None) -> None:
     async with grpc.aio.insecure_channel(a.target) as channel:
         info = await asr_pb2_grpc.SpeechStub(channel).GetModelInfo(asr_pb2.GetModelInfoRequest(), timeout=30)
     chunk_s = info.chunk_duration.ToTimedelta().total_seconds()
-    print(f"model {info.name} {info.version} on {info.provider}; {chunk_s * 1000:.0f} ms chunks; "
+    delay_s = info.lookahead.ToTimedelta().total_seconds()
+    print(f"model {info.name} {info.version} on {info.provider}; {chunk_s * 1000:.0f} ms chunks, "
+          f"{delay_s * 1000:.0f} ms look-ahead; "
           f"{a.seconds:.0f} s per stream; {os.cpu_count()} CPUs", flush=True)
     print("\n| streams | partial p50 / p95 / p99 (ms) | final p50 / p95 (ms) | server CPU s per audio s | errors |")
     print("| --- | --- | --- | --- | --- |")
     for n in a.streams:
         cpu0 = cpu_seconds(server_pid) if server_pid else None
-        r = await run_streams(a.target, n, a.seconds, chunk_s)
+        r = await run_streams(a.target, n, a.seconds, chunk_s, delay_s)
         cpu = f"{(cpu_seconds(server_pid) - cpu0) / r['audio_s']:.3f}" if server_pid else "-"
         print(f"| {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
               f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['errors']} |", flush=True)

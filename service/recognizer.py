@@ -149,6 +149,12 @@ class Recognizer:
         """The open utterance's best hypothesis so far and its stability."""
         return self.decoder.partial(stream.decode), self.decoder.stability(stream.decode)
 
+    def heard(self, stream: StreamState) -> float:
+        """Seconds from the stream's start that its model outputs so far describe: the
+        frames run, less the model's look-ahead delay, and never past the audio received."""
+        frames = max(0, stream.frames - self.spec.delay_frames)
+        return min(frames * self.spec.frame_seconds, stream.samples / self.spec.features.sample_rate)
+
     def utterance_logprobs(self, samples: np.ndarray) -> np.ndarray:
         """Log-probabilities (T', V) of a whole utterance in one model call (offline evaluation)."""
         frames = self._pad(logmel_utterance(self.logmel, np.concatenate([samples, self._tail])))
@@ -161,9 +167,7 @@ class Recognizer:
         started = time.perf_counter()
         hyps = self.decoder.finish(stream.decode)
         self._on_decode(time.perf_counter() - started)
-        heard = max(0, stream.frames - self.spec.delay_frames) * self.spec.frame_seconds
-        end = min(heard, stream.samples / self.spec.features.sample_rate)
-        progress.finals.append(Final(hyps, reason, end))
+        progress.finals.append(Final(hyps, reason, self.heard(stream)))
         stream.finals += 1
         self._reset_utterance(stream)
 

@@ -228,7 +228,7 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                 hyp, stability = partial
                 yield asr_pb2.StreamingRecognizeResponse(results=[asr_pb2.StreamingRecognitionResult(
                     alternatives=_alternatives([hyp], False), is_final=False, stability=stability,
-                    result_end_time=_duration(stream.frames * self.spec.frame_seconds))])
+                    result_end_time=_duration(self.recognizer.heard(stream)))])
                 self.metrics.partial_latency.labels(opts.traffic).observe(time.perf_counter() - arrived)
             else:
                 continue

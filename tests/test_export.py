@@ -23,13 +23,17 @@ def export(out, *extra, ckpt=CKPT):
 
 
 def transcribe(directory, clip="what_time.wav"):
-    """The final hypothesis for a sample clip, streamed through the model directory."""
-    audio, _ = sf.read(SAMPLES / clip, dtype="float32")
+    """A sample clip streamed through the model directory in 160 ms pieces: the final
+    hypothesis, and how much of the audio the model outputs covered after each piece."""
+    audio, rate = sf.read(SAMPLES / clip, dtype="float32")
     spec = ModelSpec.load(directory)
     recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
     stream = recognizer.new_stream(DecodeOptions(beam_width=25, lm_weight=0.5, word_bonus=1.0))
-    recognizer.accept(stream, audio)
-    return recognizer.finish(stream).finals[0].hypotheses[0]
+    heard = []
+    for i in range(0, len(audio), int(0.16 * rate)):
+        recognizer.accept(stream, audio[i:i + int(0.16 * rate)])
+        heard.append(recognizer.heard(stream))
+    return recognizer.finish(stream).finals[0].hypotheses[0], heard
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +54,30 @@ def test_parity_is_printed_and_within_tolerance(exported):
 
 def test_exported_directory_transcribes_like_the_bundled_one(exported):
     out, _ = exported
-    assert transcribe(out).text == transcribe(BUNDLED).text == "what time is it in paris"
+    assert transcribe(out)[0].text == transcribe(BUNDLED)[0].text == "what time is it in paris"
 
 
 def test_a_look_ahead_model_reports_words_at_the_times_they_were_said(tmp_path):
-    # The bundled weights under a look-ahead layer that starts at zero compute the same
-    # outputs two frames (80 ms) later: the service must hear the same words at the same times.
+    # A causal model (the bundled weights up to the GRU) and the same weights under a look-ahead
+    # layer that starts at zero compute the same outputs, the second two frames (80 ms) later:
+    # the service must hear the same words at the same times from both.
     model, ckpt = load_checkpoint(CKPT)
+    causal = StreamingCTC(replace(model.cfg, lookahead=0))
+    causal.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if not k.startswith("lookahead.")})
+    save_checkpoint(tmp_path / "causal.pt", causal, ckpt["feature_config"], {})
     ahead = StreamingCTC(replace(model.cfg, lookahead=2))
-    init_from(ahead, CKPT)
+    init_from(ahead, tmp_path / "causal.pt")
     save_checkpoint(tmp_path / "ahead.pt", ahead, ckpt["feature_config"], {})
-    result = export(tmp_path / "model", "--lm-dir", str(BUNDLED), ckpt=tmp_path / "ahead.pt")
-    assert result.returncode == 0, result.stderr
-    spec = ModelSpec.load(tmp_path / "model")
+    for name in ("causal", "ahead"):
+        result = export(tmp_path / name, "--lm-dir", str(BUNDLED), ckpt=tmp_path / f"{name}.pt")
+        assert result.returncode == 0, result.stderr
+    spec = ModelSpec.load(tmp_path / "ahead")
     assert spec.lookahead_frames == 8 and spec.delay_frames == 2 and len(spec.states) == 4
-    delayed, causal = transcribe(tmp_path / "model"), transcribe(BUNDLED)
-    assert delayed.text == causal.text
-    times = [[t for w in hyp.words for t in (w.start, w.end)] for hyp in (delayed, causal)]
+    (late, late_heard), (now, now_heard) = transcribe(tmp_path / "ahead"), transcribe(tmp_path / "causal")
+    assert late.text == now.text and len(now.words) >= 4
+    times = [[t for w in hyp.words for t in (w.start, w.end)] for hyp in (late, now)]
     assert times[0] == pytest.approx(times[1])
+    assert late_heard == pytest.approx([max(0.0, t - 0.08) for t in now_heard])  # interim result ends
 
 
 def test_chunked_with_state_equals_whole_utterance(exported):
