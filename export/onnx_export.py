@@ -58,7 +58,7 @@ def write_model_dir(model: StreamingCTC, ckpt: dict, out: Path, *, name: str, ve
         "architecture": f"causal conv x2 (stride 2) + GRU {model.cfg.layers}x{model.cfg.hidden}{lookahead}, char CTC",
         "features": ckpt["feature_config"], "subsampling_factor": SUBSAMPLING,
         # in feature frames (10 ms), as chunk_frames; the outputs lag the input by as much
-        "chunk_frames": chunk_frames, "lookahead_frames": SUBSAMPLING * model.cfg.lookahead, "states": states,
+        "chunk_frames": chunk_frames, "lookahead_frames": model.cfg.lookahead_frames, "states": states,
         "tail_padding_ms": 320,  # quiet audio appended at the end of a stream (see service/recognizer.py)
         "parameters": num_parameters(model),
         "decoder": {"beam_width": 25, "lm_weight": 0.5, "word_bonus": 1.0},

@@ -91,7 +91,8 @@ def main() -> None:
             parts[f"{name}: plain English"] = plain
             parts[f"{name}: other"] = sorted(set(range(len(refs))) - set(plain))
         for mode, hyps in transcribe_all(recognizer, rows, modes, name).items():
-            table += [score(part, mode, [refs[i] for i in idx], [hyps[i] for i in idx]) for part, idx in parts.items()]
+            table += [score(part, mode, [refs[i] for i in idx], [hyps[i] for i in idx])
+                      for part, idx in parts.items()]
     print("| set | decoding | utterances | WER | CER | exact match |\n| --- | --- | --- | --- | --- | --- |")
     for r in table:
         print(f"| {r['set']} | {r['decoding']} | {r['utterances']} | {100 * r['wer']:.1f}% | {100 * r['cer']:.1f}% "

@@ -42,6 +42,11 @@ class ModelConfig:
         if self.lookahead < 0:
             raise ValueError("lookahead must be >= 0 output frames")
 
+    @property
+    def lookahead_frames(self) -> int:
+        """The look-ahead in feature frames (10 ms): how much audio past its end an output frame needs."""
+        return SUBSAMPLING * self.lookahead
+
 
 class StreamingCTC(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:

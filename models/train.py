@@ -219,7 +219,7 @@ def evaluate(model: StreamingCTC, data, batch_frames: int, decoder=None, beam_wi
     model.eval()
     refs, hyps, lm_hyps = [], [], []
     for idx in batches(data, batch_frames, random.Random(0)):
-        x, lengths, _, _ = collate(data, idx, SUBSAMPLING * model.cfg.lookahead)
+        x, lengths, _, _ = collate(data, idx, model.cfg.lookahead_frames)
         logprobs, out_lengths, *_ = model(x, lengths, *model.initial_state(len(idx)))
         for b, i in enumerate(idx):
             frames = logprobs[b, : out_lengths[b]].numpy()
@@ -321,7 +321,7 @@ def main() -> None:
     done = step >= total
     while not done:
         for idx in batches(train, cfg["batch_frames"], rng):
-            x, lengths, targets, target_lengths = collate(train, idx, SUBSAMPLING * model_cfg.lookahead)
+            x, lengths, targets, target_lengths = collate(train, idx, model_cfg.lookahead_frames)
             x = spec_augment(x, lengths, aug, gen)
             logprobs, out_lengths, *_ = model(x, lengths, *model.initial_state(len(idx)))
             loss = ctc(logprobs.transpose(0, 1), targets, out_lengths, target_lengths)
