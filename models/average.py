@@ -1,8 +1,8 @@
 """Average the weights of checkpoints from one training run: a cheap ensemble that can keep
-the strengths of each (the bundled model 0.6.0 is stage 5's best.pt and last.pt averaged; the
+the strengths of each (the bundled model 0.7.0 is stage 6's best.pt and last.pt averaged; the
 model card compares it with both).
 
-    python -m models.average runs/default_s5/best.pt runs/default_s5/last.pt --out runs/default_s5/average.pt
+    python -m models.average runs/default_s6/best.pt runs/default_s6/last.pt --out runs/default_s6/average.pt
 
 The result keeps the first checkpoint's settings and tokens (not its optimizer state: it
 does not resume) and records where it came from; `python -m export --ckpt` takes it as usual.

@@ -75,7 +75,7 @@ class DecodeState:
     best_ids: list[np.ndarray] = field(default_factory=list)  # greedy path, per chunk
     best_probs: list[np.ndarray] = field(default_factory=list)  # max probability per frame, per chunk
     frames: int = 0
-    offset: int = 0  # stream frame index of this utterance's first frame (for word times)
+    offset: int = 0  # where this utterance's first frame lies in the stream, in frames (for word times)
 
 
 def _merge_beams(beams: list) -> list:
@@ -118,7 +118,8 @@ class CtcDecoder:
         return BeamSearchDecoderCTC(self._alphabet, lm)
 
     def start(self, opts: DecodeOptions, offset: int = 0) -> DecodeState:
-        """A fresh utterance whose first frame is frame `offset` of the stream."""
+        """A fresh utterance whose first frame describes the audio `offset` frames into the stream
+        (negative at the start of a stream for a model whose first outputs are a look-ahead pre-roll)."""
         search = None
         if not opts.greedy:
             search = self._with_lm(opts.lm_weight, opts.word_bonus) if opts.use_lm and self.has_lm else self._plain
@@ -226,7 +227,7 @@ class CtcDecoder:
 
     def _hypothesis(self, state: DecodeState, spans: list[tuple[str, int, int]]) -> Hypothesis:
         best = np.concatenate(state.best_probs) if state.best_probs else np.zeros(0)
-        step, o = self.spec.frame_seconds, state.offset - self.spec.delay_frames
+        step, o = self.spec.frame_seconds, state.offset
         words = tuple(Word(w, max(0.0, (o + s) * step), max(0.0, (o + max(e, s + 1)) * step),
                            float(best[s:max(e, s + 1)].mean()))
                       for w, s, e in spans)

@@ -75,7 +75,7 @@ class Recognizer:
     def new_stream(self, opts: DecodeOptions, pcm: PcmStream | None = None,
                    endpointing: EndpointConfig = NO_ENDPOINTING) -> StreamState:
         return StreamState(opts, pcm, StreamingFeatures(self.logmel), self.session.initial_state(),
-                           np.zeros((0, self.spec.features.n_mels), np.float32), self.decoder.start(opts),
+                           np.zeros((0, self.spec.features.n_mels), np.float32), self.decoder.start(opts, offset=-self.spec.delay_frames),
                            Endpointer(endpointing, self.spec.frame_seconds, self._blank))
 
     def take_chunks(self, stream: StreamState, samples: np.ndarray) -> list[np.ndarray]:
@@ -152,8 +152,12 @@ class Recognizer:
     def heard(self, stream: StreamState) -> float:
         """Seconds from the stream's start that its model outputs so far describe: the
         frames run, less the model's look-ahead delay, and never past the audio received."""
-        frames = max(0, stream.frames - self.spec.delay_frames)
-        return min(frames * self.spec.frame_seconds, stream.samples / self.spec.features.sample_rate)
+        heard = max(0, self._heard_frames(stream)) * self.spec.frame_seconds
+        return min(heard, stream.samples / self.spec.features.sample_rate)
+
+    def _heard_frames(self, stream: StreamState) -> int:
+        """The output frames run, less the model's look-ahead delay: the one place the delay is applied."""
+        return stream.frames - self.spec.delay_frames
 
     def utterance_logprobs(self, samples: np.ndarray) -> np.ndarray:
         """Log-probabilities (T', V) of a whole utterance in one model call (offline evaluation)."""
@@ -172,5 +176,5 @@ class Recognizer:
         self._reset_utterance(stream)
 
     def _reset_utterance(self, stream: StreamState) -> None:
-        stream.decode = self.decoder.start(stream.opts, offset=stream.frames)
+        stream.decode = self.decoder.start(stream.opts, offset=self._heard_frames(stream))
         stream.endpointer.reset()
