@@ -9,13 +9,16 @@ match = share of utterances transcribed without error, e.g. digit accuracy on FS
 A set that mixes the corpus's plain English sentences (the fortune files) with
 other sentences also gets a row for each part, since the two differ by far.
 
+--beam-width, --lm-weight and --word-bonus override the model's beam+LM
+settings (model.json); the CPU time each decoding took is printed too.
 With --tune FILE it instead searches LM weight and word bonus on the first set
-and writes the best pair to FILE (put it beside lm.bin as decoder.json and
-export picks it up).
+at that width and writes all three to FILE (put it beside lm.bin as
+decoder.json and export picks it up).
 """
 
 import argparse
 import json
+import time
 
 import jiwer
 import soundfile as sf
@@ -26,22 +29,28 @@ from models import sentences
 from models.corpus import read_manifest
 from service.decoder import CtcDecoder, DecodeOptions
 from service.model_session import ModelSession, ModelSpec
+from service.options import MAX_BEAM_WIDTH
 from service.recognizer import Recognizer
 from service.text import normalize
 
 
 def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, DecodeOptions], desc: str):
+    """Each mode's transcripts of the rows, and its decoding CPU time in ms per second of audio."""
     hyps = {m: [] for m in modes}
-    rate = recognizer.spec.features.sample_rate
+    cpu = dict.fromkeys(modes, 0.0)
+    rate, audio_s = recognizer.spec.features.sample_rate, 0.0
     for row in tqdm(rows, desc=desc):
         audio, sr = sf.read(row["audio"], dtype="float32", always_2d=True)
         audio = audio.mean(axis=1)
         if sr != rate:
             audio = soxr.resample(audio, sr, rate)
+        audio_s += len(audio) / rate
         logprobs = recognizer.utterance_logprobs(audio)
         for mode, opts in modes.items():
+            started = time.process_time()
             hyps[mode].append(recognizer.decoder.decode(logprobs, opts)[0].text)
-    return hyps
+            cpu[mode] += time.process_time() - started
+    return hyps, {m: 1000 * t / audio_s for m, t in cpu.items()}
 
 
 def score(name: str, mode: str, refs: list[str], hyps: list[str]) -> dict:
@@ -49,18 +58,18 @@ def score(name: str, mode: str, refs: list[str], hyps: list[str]) -> dict:
             "cer": jiwer.cer(refs, hyps), "exact": sum(r == h for r, h in zip(refs, hyps)) / len(refs)}
 
 
-def tune(recognizer: Recognizer, manifest: str, out: str) -> None:
+def tune(recognizer: Recognizer, manifest: str, beam_width: int, out: str) -> None:
     rows = read_manifest(manifest)
     refs = [normalize(r["text"]) for r in rows]
-    grid = {(w, b): DecodeOptions(beam_width=recognizer.spec.beam_width, lm_weight=w, word_bonus=b)
+    grid = {(w, b): DecodeOptions(beam_width=beam_width, lm_weight=w, word_bonus=b)
             for w in (0.3, 0.5, 0.8, 1.2) for b in (0.0, 1.0, 2.0)}
-    wers = {k: jiwer.wer(refs, h) for k, h in transcribe_all(recognizer, rows, grid, "tune").items()}
+    wers = {k: jiwer.wer(refs, h) for k, h in transcribe_all(recognizer, rows, grid, "tune")[0].items()}
     for (w, b), wer in sorted(wers.items()):
         print(f"lm_weight {w:.1f} word_bonus {b:.1f}: WER {100 * wer:.1f}%")
     w, b = min(wers, key=wers.get)
     with open(out, "w") as f:
-        json.dump({"lm_weight": w, "word_bonus": b}, f)
-    print(f"best: lm_weight {w} word_bonus {b} (WER {100 * wers[w, b]:.1f}%) -> {out}")
+        json.dump({"beam_width": beam_width, "lm_weight": w, "word_bonus": b}, f)
+    print(f"best at beam width {beam_width}: lm_weight {w} word_bonus {b} (WER {100 * wers[w, b]:.1f}%) -> {out}")
 
 
 def main() -> None:
@@ -68,19 +77,26 @@ def main() -> None:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--set", action="append", required=True, metavar="NAME=MANIFEST")
     p.add_argument("--json", help="also write the table as JSON here")
+    p.add_argument("--beam-width", type=int, help="beam+LM beam width (default: the model's)")
+    p.add_argument("--lm-weight", type=float, help="beam+LM LM weight (default: the model's)")
+    p.add_argument("--word-bonus", type=float, help="beam+LM word bonus (default: the model's)")
     p.add_argument("--tune", help="grid-search LM weight and word bonus on the first set; write them here")
     a = p.parse_args()
     spec = ModelSpec.load(a.model)
+    beam_width = a.beam_width or spec.beam_width
+    if not 1 < beam_width <= MAX_BEAM_WIDTH:
+        p.error(f"--beam-width must be between 2 and {MAX_BEAM_WIDTH}")
     recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
     modes = {"greedy": DecodeOptions(beam_width=1, lm_weight=0, word_bonus=0, use_lm=False)}
     if recognizer.decoder.has_lm:
-        modes["beam+LM"] = DecodeOptions(beam_width=spec.beam_width, lm_weight=spec.lm_weight,
-                                         word_bonus=spec.word_bonus)
+        modes["beam+LM"] = DecodeOptions(
+            beam_width=beam_width, lm_weight=spec.lm_weight if a.lm_weight is None else a.lm_weight,
+            word_bonus=spec.word_bonus if a.word_bonus is None else a.word_bonus)
     if a.tune:
-        tune(recognizer, a.set[0].split("=", 1)[1], a.tune)
+        tune(recognizer, a.set[0].split("=", 1)[1], beam_width, a.tune)
         return
     english = set(sentences.english_sentences())
-    table = []
+    table, costs = [], []
     for item in a.set:
         name, path = item.split("=", 1)
         rows = read_manifest(path)
@@ -90,13 +106,16 @@ def main() -> None:
         if 0 < len(plain) < len(refs):
             parts[f"{name}: plain English"] = plain
             parts[f"{name}: other"] = sorted(set(range(len(refs))) - set(plain))
-        for mode, hyps in transcribe_all(recognizer, rows, modes, name).items():
-            table += [score(part, mode, [refs[i] for i in idx], [hyps[i] for i in idx])
+        hyps, cpu_ms = transcribe_all(recognizer, rows, modes, name)
+        for mode, mode_hyps in hyps.items():
+            table += [score(part, mode, [refs[i] for i in idx], [mode_hyps[i] for i in idx])
                       for part, idx in parts.items()]
+        costs.append(f"{name}: " + ", ".join(f"{m} {ms:.1f} ms" for m, ms in cpu_ms.items()))
     print("| set | decoding | utterances | WER | CER | exact match |\n| --- | --- | --- | --- | --- | --- |")
     for r in table:
         print(f"| {r['set']} | {r['decoding']} | {r['utterances']} | {100 * r['wer']:.1f}% | {100 * r['cer']:.1f}% "
               f"| {100 * r['exact']:.1f}% |")
+    print("\nDecoding CPU time per second of audio (one thread):", "; ".join(costs))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(table, f, indent=2)

@@ -156,6 +156,27 @@ def load_set(rows: list[dict], desc: str, aug: Augment | None, seed: int, pool,
     return [(f, r["text"]) for f, r in zip(feats, rows)]
 
 
+def cached_features(path: Path, key: dict, compute) -> list[tuple[np.ndarray, str]]:
+    """`compute()`'s features, read back from `path` when it was written for the same `key` (a
+    resumed run then skips the minutes of feature extraction), else computed and written there."""
+    stamp = json.dumps(key, sort_keys=True)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["key"]) == stamp:
+                bounds = np.cumsum(saved["lengths"])
+                frames = saved["frames"]
+                print(f"features read from {path}")
+                return list(zip(np.split(frames, bounds[:-1]), saved["texts"].tolist()))
+        print(f"{path} was written for other settings: extracting again")
+    data = compute()
+    partial = path.with_suffix(".partial")
+    with open(partial, "wb") as out:  # written whole, then renamed: an interrupted save leaves no cache
+        np.savez(out, key=np.array(stamp), frames=np.concatenate([f for f, _ in data]),
+                 lengths=np.array([len(f) for f, _ in data]), texts=np.array([t for _, t in data]))
+    partial.replace(path)
+    return data
+
+
 def batches(data, batch_frames: int, rng: random.Random) -> list[list[int]]:
     order = sorted(range(len(data)), key=lambda i: len(data[i][0]))
     out, cur, longest = [], [], 0
@@ -277,9 +298,14 @@ def main() -> None:
     if cfg.get("init"):  # fine-tune: its weights and feature normalization
         new = init_from(model, cfg["init"])
         print(f"initialized from {cfg['init']}" + (f" ({', '.join(new)} new, starting at zero)" if new else ""))
+    # What the training features depend on; a manifest rebuilt since invalidates them.
+    key = {"train": [{**e, "bytes": Path(e["path"]).stat().st_size, "mtime_ns": Path(e["path"]).stat().st_mtime_ns}
+                     for e in entries],
+           "augment": asdict(aug), "seed": seed, "features": asdict(FEATURES)}
     with ProcessPoolExecutor(cfg.get("threads", 2)) as pool:
-        train = [item for i, (path, rows, copies) in enumerate(train_rows)
-                 for item in load_set(rows, path, aug, seed + 7919 * i, pool, copies)]
+        train = cached_features(a.out / "train_features.npz", key, lambda: [
+            item for i, (path, rows, copies) in enumerate(train_rows)
+            for item in load_set(rows, path, aug, seed + 7919 * i, pool, copies)])
         valid = {name: load_set(rows, path, None, seed, pool) for name, (path, rows) in valid_rows.items()}
     hours = sum(len(f) for f, _ in train) * FEATURES.hop_length / FEATURES.sample_rate / 3600
     print(f"train: {len(train)} utterances, {hours:.2f} h")

@@ -13,7 +13,7 @@ import torch
 
 from conftest import BUNDLED, ROOT
 from models.model import ModelConfig, StreamingCTC, init_from, save_checkpoint
-from models.train import SR, Augment, _convert_voice, load_config, read_rows, typed_settings
+from models.train import SR, Augment, _convert_voice, cached_features, load_config, read_rows, typed_settings
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 needs_synthesis = pytest.mark.skipif(
@@ -78,6 +78,22 @@ def test_shipped_configs_name_known_settings():
         cfg = load_config(path)
         typed_settings(cfg)  # raises on an unknown or invalid setting
         assert cfg["best_on"] in cfg["valid"]
+
+
+def test_features_are_extracted_again_when_their_settings_change(tmp_path):
+    calls = []
+
+    def extract(n):
+        calls.append(n)
+        return [(np.full((n + 2, 80), n, np.float32), f"text {i}") for i in range(n)]
+
+    path = tmp_path / "train_features.npz"
+    first = cached_features(path, {"seed": 0}, lambda: extract(3))
+    again = cached_features(path, {"seed": 0}, lambda: extract(5))
+    assert calls == [3]
+    assert [t for _, t in again] == [t for _, t in first]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(first, again))
+    assert len(cached_features(path, {"seed": 1}, lambda: extract(5))) == 5 and calls == [3, 5]
 
 
 def test_a_source_filter_that_matches_nothing_is_refused(tmp_path):
@@ -172,6 +188,8 @@ def test_corpus_train_resume_export(tmp_path):
 
     resumed = run("models.train", "--config", str(tmp_path / "tiny.toml"), "--out", str(out), "--resume")
     assert "resumed at step 4" in resumed.stdout
+    assert f"features read from {out / 'train_features.npz'}" in resumed.stdout  # no second extraction
+    assert "train: 36 utterances" in resumed.stdout
 
     # Stage 2: fine-tune from stage 1 with voice conversion, watching beam + LM WER (the bundled LM).
     lm = tmp_path / "lm"

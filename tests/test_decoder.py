@@ -1,0 +1,34 @@
+"""The beam search's scoring is pyctcdecode's: our faster partial-word check must give
+the scores its `_get_lm_beams` gives, on the bundled model's LM and real log-probs."""
+
+import soundfile as sf
+from pyctcdecode.decoder import NULL_FRAMES
+
+from conftest import BUNDLED
+from service.decoder import CtcDecoder, DecodeOptions
+from service.model_session import ModelSession, ModelSpec
+from service.recognizer import Recognizer
+
+
+def test_beam_scores_are_pyctcdecodes():
+    spec = ModelSpec.load(BUNDLED)
+    decoder = CtcDecoder(spec)
+    audio, _ = sf.read(BUNDLED / "canaries" / "unseen_family_002.flac", dtype="float32")
+    logprobs = Recognizer(ModelSession(spec, "cpu"), decoder).utterance_logprobs(audio)
+    lm = DecodeOptions(beam_width=32, lm_weight=0.8, word_bonus=2.0)
+    for opts in (lm, DecodeOptions(**{**lm.__dict__, "hotwords": ("twelve fifteen", "sister")}),
+                 DecodeOptions(**{**lm.__dict__, "use_lm": False, "hotwords": ("sister",)})):
+        state = decoder.start(opts)
+        decoder.advance(state, logprobs[:len(logprobs) // 2])
+        text = state.beams[0][0]
+        # words in progress: known, a known word's start, a hotword's start, unknown, unknown and
+        # longer than average; and the same words ending (scored by the LM)
+        parts = ["sister", "sis", "twel", "qzx", "qzxqzxq", "remind", "x"]
+        beams = state.beams + [(text, "", part, part[-1], [], (0, 1), -3.0) for part in parts]
+        beams += [(text, part, "", " ", [], NULL_FRAMES, -3.0) for part in parts]
+        lm_cache = dict(state.lm_cache)
+        ours = decoder._scored(state, beams)
+        theirs = state.search._get_lm_beams(beams, state.hotwords, lm_cache, {})
+        assert ours == theirs
+        in_progress = ours[len(state.beams):len(state.beams) + len(parts)]
+        assert len({b[-1] for b in in_progress}) >= 3  # penalties and bonuses were compared, not only zeros
