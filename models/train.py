@@ -2,8 +2,9 @@
 
     python -m models.train --config models/configs/default.toml --out runs/default [--resume]
 
-Writes `last.pt` (resumable), `best.pt` (best WER on the `best_on` validation
-set: beam + LM when the config names an `lm` directory, else greedy) and
+Writes `last.pt` (resumable; at every validation and every `save_every`
+steps), `best.pt` (best WER on the `best_on` validation set: beam + LM when
+the config names an `lm` directory, else greedy) and
 `metrics.jsonl` (one line per validation) to --out. `init = "CKPT"` in the
 config starts from another run's weights (fine-tuning) instead of at random.
 """
@@ -375,6 +376,9 @@ def main() -> None:
                     best = scores[cfg["best_on"]][best_key]
                     checkpoint("best.pt", resumable=False)
                 checkpoint("last.pt", resumable=True)
+            elif step % cfg.get("save_every", cfg["valid_every"]) == 0:  # --resume loses less
+                checkpoint("last.pt", resumable=True)
+                bar.write(f"saved last.pt at step {step}")
             if done:
                 break
     bar.close()

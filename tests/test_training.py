@@ -199,6 +199,7 @@ def test_corpus_train_resume_export(tmp_path):
     (lm / "decoder.json").write_text('{"lm_weight": 0.5, "word_bonus": 1.0}')
     tuned = TINY.format(corpus=corpus).replace("seed = 0", f'seed = 0\ninit = "{out / "best.pt"}"\nlm = "{lm}"')
     tuned = tuned.replace("[augment]", "[augment]\nvoice_conversion_probability = 1.0")
+    tuned = tuned.replace("valid_every = 2", "valid_every = 4\nsave_every = 1")
     espeak = sum(r["source"] == "espeak-ng" for r in rows)  # one source weighted up (default_stage3.toml: flite)
     tuned = tuned.replace("copies = 2 }", 'copies = 2, sources = ["espeak-ng"] }')
     (tmp_path / "finetune.toml").write_text(tuned)
@@ -206,6 +207,7 @@ def test_corpus_train_resume_export(tmp_path):
     assert f"initialized from {out / 'best.pt'}" in second.stdout
     assert f"train: {12 + 2 * espeak} utterances" in second.stdout
     assert "best unseen_family lm_wer" in second.stdout
+    assert "saved last.pt at step 3" in second.stdout and "saved last.pt at step 4" not in second.stdout
     metrics = jsonl(tmp_path / "ft" / "metrics.jsonl")
     assert all(0 <= m["unseen_family/lm_wer"] and 0 <= m["seen_voices/lm_cer"] for m in metrics)
 
