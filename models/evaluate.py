@@ -28,8 +28,7 @@ from tqdm import tqdm
 from models import sentences
 from models.corpus import read_manifest
 from service.decoder import CtcDecoder, DecodeOptions
-from service.model_session import ModelSession, ModelSpec
-from service.options import MAX_BEAM_WIDTH
+from service.model_session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
 from service.recognizer import Recognizer
 from service.text import normalize
 

@@ -14,6 +14,8 @@ import onnxruntime as ort
 
 from service.features import FeatureConfig
 
+MAX_BEAM_WIDTH = 256  # per request, and in model.json
+
 log = logging.getLogger(__name__)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
@@ -56,6 +58,10 @@ class ModelSpec:
         meta = json.loads((directory / "model.json").read_text())
         tokens = read_tokens(directory / "tokens.txt")
         decoder = meta.get("decoder", {})
+        beam_width = decoder.get("beam_width", 25)  # operators tune it here: refuse what a request could not ask
+        if not isinstance(beam_width, int) or not 1 <= beam_width <= MAX_BEAM_WIDTH:
+            raise ValueError(f"{directory / 'model.json'}: decoder.beam_width must be a whole number from 1 "
+                             f"to {MAX_BEAM_WIDTH}, not {beam_width!r}")
         lm = directory / decoder["lm"] if decoder.get("lm") else None
         unigrams = directory / decoder["unigrams"] if decoder.get("unigrams") else None
         return cls(
@@ -68,7 +74,7 @@ class ModelSpec:
                          for s in meta["states"]),
             parameters=meta.get("parameters", 0), lm=lm, unigrams=unigrams,
             lm_weight=decoder.get("lm_weight", 0.5), word_bonus=decoder.get("word_bonus", 1.0),
-            beam_width=decoder.get("beam_width", 25), tail_padding_ms=meta.get("tail_padding_ms", 320),
+            beam_width=beam_width, tail_padding_ms=meta.get("tail_padding_ms", 320),
         )
 
     @property

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from ctc_asr.v1 import asr_pb2
 from service.audio import RAW_WIDTH, AudioError, Encoding
 from service.decoder import DecodeOptions
-from service.model_session import ModelSpec
+from service.model_session import MAX_BEAM_WIDTH, ModelSpec
 from service.text import normalize
 
 MAX_ALTERNATIVES = 10
-MAX_BEAM_WIDTH = 256
 MAX_HOTWORDS = 100
 
 

@@ -1,6 +1,10 @@
-"""The beam search's scoring is pyctcdecode's: our faster partial-word check must give
-the scores its `_get_lm_beams` gives, on the bundled model's LM and real log-probs."""
+"""Beam search: its scoring is pyctcdecode's (our faster partial-word check must give
+the scores its `_get_lm_beams` gives, on the bundled model's LM and real log-probs),
+and a model directory's default beam width is checked when the model is loaded."""
 
+import json
+
+import pytest
 import soundfile as sf
 from pyctcdecode.decoder import NULL_FRAMES
 
@@ -32,3 +36,17 @@ def test_beam_scores_are_pyctcdecodes():
         assert ours == theirs
         in_progress = ours[len(state.beams):len(state.beams) + len(parts)]
         assert len({b[-1] for b in in_progress}) >= 3  # penalties and bonuses were compared, not only zeros
+
+
+@pytest.mark.parametrize("width", [0, 257, 12.5])
+def test_a_model_directory_with_an_impossible_beam_width_is_refused(tmp_path, width):
+    for name in ("model.onnx", "tokens.txt"):
+        (tmp_path / name).symlink_to(BUNDLED / name)
+    meta = json.loads((BUNDLED / "model.json").read_text())
+    meta["decoder"] = {**meta["decoder"], "beam_width": width, "lm": None, "unigrams": None}
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="decoder.beam_width must be a whole number from 1 to 256"):
+        ModelSpec.load(tmp_path)
+    meta["decoder"]["beam_width"] = 64  # an operator's narrower or wider default is taken
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    assert ModelSpec.load(tmp_path).beam_width == 64
