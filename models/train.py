@@ -300,8 +300,8 @@ def main() -> None:
         new = init_from(model, cfg["init"])
         print(f"initialized from {cfg['init']}" + (f" ({', '.join(new)} new, starting at zero)" if new else ""))
     # What the training features depend on; a manifest rebuilt since invalidates them.
-    key = {"train": [{**e, "bytes": Path(e["path"]).stat().st_size, "mtime_ns": Path(e["path"]).stat().st_mtime_ns}
-                     for e in entries],
+    stats = [Path(e["path"]).stat() for e in entries]
+    key = {"train": [{**e, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns} for e, st in zip(entries, stats)],
            "augment": asdict(aug), "seed": seed, "features": asdict(FEATURES)}
     with ProcessPoolExecutor(cfg.get("threads", 2)) as pool:
         train = cached_features(a.out / "train_features.npz", key, lambda: [

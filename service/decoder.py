@@ -78,10 +78,11 @@ class DecodeState:
     offset: int = 0  # where this utterance's first frame lies in the stream, in frames (for word times)
 
 
-def _merge_beams(beams: list) -> list:
+def _merge_beams(beams: list) -> dict:
     """Merges beams with the same text, summing their probabilities. Unlike
     pyctcdecode's, the word frames kept are the more probable beam's, so word
-    times follow the best alignment rather than the first one seen."""
+    times follow the best alignment rather than the first one seen. Keyed by
+    (text with the finished word joined, word in progress, last character)."""
     merged: dict = {}
     for beam in beams:
         text, next_word, word_part, last_char, *_, score = beam
@@ -93,7 +94,7 @@ def _merge_beams(beams: list) -> list:
         else:
             best = beam if score > kept[-1] else kept
             merged[key] = (*best[:-1], _sum_log_scores(kept[-1], score))
-    return list(merged.values())
+    return merged
 
 
 class CtcDecoder:
@@ -168,12 +169,12 @@ class CtcDecoder:
             beams = [b[:-1] for b in _sort_and_trim_beams(scored, state.opts.beam_width)]
         state.beams = beams
 
-    def _scored(self, state: DecodeState, beams: list, is_eos: bool = False) -> list:
-        """Beams with their LM and hotword score added: pyctcdecode's `_get_lm_beams`, same
-        scores, with the partial-word check answered by `_prefixes`."""
+    def _scored(self, state: DecodeState, merged: dict, is_eos: bool = False) -> list:
+        """`_merge_beams`' beams with their LM and hotword score added: pyctcdecode's
+        `_get_lm_beams`, same scores, with the partial-word check answered by `_prefixes`."""
         lm, cache, out = state.search._language_model, state.lm_cache, []
-        for text, next_word, word_part, last_char, text_frames, part_frames, logit_score in beams:
-            new_text = f"{text} {next_word}" if text and next_word else text or next_word
+        for (new_text, _, _), beam in merged.items():
+            text, next_word, word_part, last_char, text_frames, part_frames, logit_score = beam
             key = (new_text, is_eos)
             if key not in cache:
                 _, prev_raw, start = cache[(text, False)]

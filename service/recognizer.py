@@ -75,7 +75,8 @@ class Recognizer:
     def new_stream(self, opts: DecodeOptions, pcm: PcmStream | None = None,
                    endpointing: EndpointConfig = NO_ENDPOINTING) -> StreamState:
         return StreamState(opts, pcm, StreamingFeatures(self.logmel), self.session.initial_state(),
-                           np.zeros((0, self.spec.features.n_mels), np.float32), self.decoder.start(opts, offset=-self.spec.delay_frames),
+                           np.zeros((0, self.spec.features.n_mels), np.float32),
+                           self.decoder.start(opts, offset=self._heard_frames(0)),
                            Endpointer(endpointing, self.spec.frame_seconds, self._blank))
 
     def take_chunks(self, stream: StreamState, samples: np.ndarray) -> list[np.ndarray]:
@@ -152,12 +153,13 @@ class Recognizer:
     def heard(self, stream: StreamState) -> float:
         """Seconds from the stream's start that its model outputs so far describe: the
         frames run, less the model's look-ahead delay, and never past the audio received."""
-        heard = max(0, self._heard_frames(stream)) * self.spec.frame_seconds
+        heard = max(0, self._heard_frames(stream.frames)) * self.spec.frame_seconds
         return min(heard, stream.samples / self.spec.features.sample_rate)
 
-    def _heard_frames(self, stream: StreamState) -> int:
-        """The output frames run, less the model's look-ahead delay: the one place the delay is applied."""
-        return stream.frames - self.spec.delay_frames
+    def _heard_frames(self, frames: int) -> int:
+        """Output frames run, less the model's look-ahead delay (negative at a stream's start,
+        where the outputs are pre-roll): the one place the delay is applied."""
+        return frames - self.spec.delay_frames
 
     def utterance_logprobs(self, samples: np.ndarray) -> np.ndarray:
         """Log-probabilities (T', V) of a whole utterance in one model call (offline evaluation)."""
@@ -176,5 +178,5 @@ class Recognizer:
         self._reset_utterance(stream)
 
     def _reset_utterance(self, stream: StreamState) -> None:
-        stream.decode = self.decoder.start(stream.opts, offset=self._heard_frames(stream))
+        stream.decode = self.decoder.start(stream.opts, offset=self._heard_frames(stream.frames))
         stream.endpointer.reset()

@@ -9,7 +9,7 @@ import soundfile as sf
 from pyctcdecode.decoder import NULL_FRAMES
 
 from conftest import BUNDLED
-from service.decoder import CtcDecoder, DecodeOptions
+from service.decoder import CtcDecoder, DecodeOptions, _merge_beams
 from service.model_session import ModelSession, ModelSpec
 from service.recognizer import Recognizer
 
@@ -31,7 +31,9 @@ def test_beam_scores_are_pyctcdecodes():
         beams = state.beams + [(text, "", part, part[-1], [], (0, 1), -3.0) for part in parts]
         beams += [(text, part, "", " ", [], NULL_FRAMES, -3.0) for part in parts]
         lm_cache = dict(state.lm_cache)
-        ours = decoder._scored(state, beams)
+        merged = _merge_beams(beams)
+        assert len(merged) == len(beams)  # every case is scored, none merged away
+        ours = decoder._scored(state, merged)
         theirs = state.search._get_lm_beams(beams, state.hotwords, lm_cache, {})
         assert ours == theirs
         in_progress = ours[len(state.beams):len(state.beams) + len(parts)]
