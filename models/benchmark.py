@@ -1,27 +1,68 @@
-"""Speed of a model directory under ONNX Runtime on one CPU core.
+"""Speed of a model directory under ONNX Runtime on one CPU core, or of training steps.
 
     python -m models.benchmark --model models/pretrained/default [--seconds 60]
+    python -m models.benchmark --train-config models/configs/default.toml [--steps 5]
 
-Feeds synthetic audio through the served front-end and model, chunk by chunk
-as a stream would (one model call per chunk), and prints how many times faster
-than real time it ran, for the front-end + model and for the model alone.
+With --model it feeds synthetic audio through the served front-end and model,
+chunk by chunk as a stream would (one model call per chunk), and prints how
+many times faster than real time it ran, for the front-end + model and for the
+model alone. With --train-config it times training steps of that config's
+model on a synthetic batch of its `batch_frames` (5 s utterances), with the
+forward pass in float32 and in bfloat16 (the config's `bf16` setting).
 """
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
 
+from models.model import TOKENS, StreamingCTC, num_parameters
+from models.train import load_config, train_step, typed_settings
 from service.features import LogMel, StreamingFeatures
 from service.model_session import ModelSession, ModelSpec
+
+UTTERANCE_FRAMES, CHARS_PER_SECOND = 500, 14
+
+
+def train_speed(config: Path, steps: int) -> None:
+    cfg = load_config(config)
+    _, model_cfg = typed_settings(cfg)
+    torch.set_num_threads(cfg.get("threads", 2))
+    torch.manual_seed(0)
+    batch = max(1, cfg["batch_frames"] // UTTERANCE_FRAMES)
+    chars = CHARS_PER_SECOND * UTTERANCE_FRAMES // 100
+    data = (torch.randn(batch, model_cfg.n_mels, UTTERANCE_FRAMES), torch.full((batch,), UTTERANCE_FRAMES),
+            torch.randint(1, len(TOKENS), (batch * chars,)), torch.full((batch,), chars))
+    model = StreamingCTC(model_cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ctc = torch.nn.CTCLoss(zero_infinity=True)
+    audio_s = batch * UTTERANCE_FRAMES / 100
+    print(f"{config}: {num_parameters(model):,} parameters, batches of {batch} x 5 s, "
+          f"{cfg.get('threads', 2)} thread(s)")
+    for bf16 in (False, True):
+        train_step(model, opt, ctc, data, bf16)  # warm-up
+        started = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, opt, ctc, data, bf16)
+        per_step = (time.perf_counter() - started) / steps
+        print(f"forward in {'bfloat16' if bf16 else 'float32 '}: {per_step:.3f} s per step, "
+              f"{audio_s / per_step:.0f} s of audio per second")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a model directory (ONNX)")
+    which.add_argument("--train-config", type=Path, help="a training config (TOML)")
     p.add_argument("--seconds", type=float, default=60.0, help="audio to process")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--steps", type=int, default=5, help="training steps to time, each way")
     a = p.parse_args()
+    if a.train_config:
+        train_speed(a.train_config, a.steps)
+        return
     spec = ModelSpec.load(a.model)
     session = ModelSession(spec, "cpu", a.threads)
     rate = spec.features.sample_rate

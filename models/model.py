@@ -91,7 +91,7 @@ class StreamingCTC(nn.Module):
             h = torch.cat([cache_lookahead[0], h.transpose(1, 2)], dim=2)  # (B, hidden, k + T/4)
             next_state.append(h[:, :, -k:])
             h = (h[:, :, :-k] + self.lookahead(h)).transpose(1, 2)
-        logprobs = torch.log_softmax(self.out(self.dropout(h)), dim=-1)
+        logprobs = torch.log_softmax(self.out(self.dropout(h)), dim=-1, dtype=torch.float32)
         return logprobs, length // SUBSAMPLING, *next_state
 
 

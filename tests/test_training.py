@@ -2,6 +2,7 @@
 training with held-out CER/WER -> resume -> a checkpoint that exports."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import soundfile as sf
 import torch
 
 from conftest import BUNDLED, ROOT
-from models.model import ModelConfig, StreamingCTC, init_from, save_checkpoint
-from models.train import SR, Augment, _convert_voice, cached_features, load_config, read_rows, typed_settings
+from models.model import TOKENS, ModelConfig, StreamingCTC, init_from, save_checkpoint
+from models.train import (SR, Augment, _convert_voice, cached_features, load_config, read_rows, train_step,
+                          typed_settings)
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 needs_synthesis = pytest.mark.skipif(
@@ -131,6 +133,27 @@ def test_look_ahead_starts_from_the_causal_model_and_streams(tmp_path):
         init_from(StreamingCTC(ModelConfig(hidden=48, conv_channels=16, layers=2)), tmp_path / "causal.pt")
 
 
+def test_a_bfloat16_training_step_keeps_float32_and_learns():
+    torch.manual_seed(0)
+    model = StreamingCTC(ModelConfig(conv_channels=32, hidden=32, layers=2, dropout=0.0, lookahead=1))
+    batch = (torch.randn(4, 80, 96), torch.full((4,), 96), torch.randint(1, len(TOKENS), (24,)), torch.full((4,), 6))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ctc = torch.nn.CTCLoss(zero_infinity=True)
+    losses = [train_step(model, opt, ctc, batch, bf16=True) for _ in range(40)]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CTC loss and decoding need float32 log-probs
+        assert model(*batch[:2], *model.initial_state(4))[0].dtype == torch.float32
+
+
+def test_the_training_speed_benchmark_times_both_precisions():
+    out = run("models.benchmark", "--train-config", str(ROOT / "models" / "configs" / "default.toml"),
+              "--steps", "1").stdout
+    assert "2,783,389 parameters, batches of 24 x 5 s" in out
+    assert re.search(r"forward in float32 : [0-9.]+ s per step", out)
+    assert re.search(r"forward in bfloat16: [0-9.]+ s per step", out)
+
+
 def test_checkpoints_of_different_models_are_not_averaged(tmp_path):
     for name, hidden in (("a.pt", 32), ("b.pt", 48)):
         tiny = ModelConfig(hidden=hidden, conv_channels=16, layers=1, dropout=0.0)
@@ -199,12 +222,13 @@ def test_corpus_train_resume_export(tmp_path):
     (lm / "decoder.json").write_text('{"lm_weight": 0.5, "word_bonus": 1.0}')
     tuned = TINY.format(corpus=corpus).replace("seed = 0", f'seed = 0\ninit = "{out / "best.pt"}"\nlm = "{lm}"')
     tuned = tuned.replace("[augment]", "[augment]\nvoice_conversion_probability = 1.0")
-    tuned = tuned.replace("valid_every = 2", "valid_every = 4\nsave_every = 1")
+    tuned = tuned.replace("valid_every = 2", "valid_every = 4\nsave_every = 1\nbf16 = true")
     espeak = sum(r["source"] == "espeak-ng" for r in rows)  # one source weighted up (default_stage3.toml: flite)
     tuned = tuned.replace("copies = 2 }", 'copies = 2, sources = ["espeak-ng"] }')
     (tmp_path / "finetune.toml").write_text(tuned)
     second = run("models.train", "--config", str(tmp_path / "finetune.toml"), "--out", str(tmp_path / "ft"))
     assert f"initialized from {out / 'best.pt'}" in second.stdout
+    assert "forward pass in bfloat16" in second.stdout
     assert f"train: {12 + 2 * espeak} utterances" in second.stdout
     assert "best unseen_family lm_wer" in second.stdout
     assert "saved last.pt at step 3" in second.stdout and "saved last.pt at step 4" not in second.stdout
