@@ -1,6 +1,6 @@
 """CUDA execution provider check, for a machine with a GPU and onnxruntime-gpu.
 
-    python scripts/gpu_check.py [--model models/pretrained/default]
+    python -m scripts.gpu_check [--model models/pretrained/default]
 
 Prints CUDA vs CPU log-prob parity over a chunked stream with carried state,
 and how many real-time streams the model step alone could serve on this GPU
