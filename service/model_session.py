@@ -108,7 +108,8 @@ def create_session(path: Path, provider: str, threads: int) -> tuple[ort.Inferen
         opts.log_severity_level = 3  # a failed CUDA load on a CPU machine is expected in auto mode
         # TF32 matmuls moved log-probs by up to 2e-2 against the CPU on an H200; full fp32 agrees.
         # ORT's default EXHAUSTIVE conv search benchmarks every new input shape, i.e. every new
-        # batch size: about 70 ms each on an H100, which stalled streams (scripts/gpu_settings.py).
+        # batch size: 40-70 ms each on an H100 (HEURISTIC: 5-10 ms), and streams stalled
+        # (scripts/gpu_settings.py; README "On a GPU").
         cuda = {"use_tf32": 0, "cudnn_conv_algo_search": "HEURISTIC"}
         session = ort.InferenceSession(str(path), opts, providers=[(CUDA, cuda), CPU])
         if session.get_providers()[0] == CUDA:
