@@ -301,6 +301,9 @@ def main() -> None:
     a = p.parse_args()
     cfg = load_config(a.config)
     aug, model_cfg = typed_settings(cfg)
+    bf16 = cfg.get("bf16", False)
+    if not isinstance(bf16, bool):
+        p.error(f"{a.config}: bf16 must be true or false, not {bf16!r}")
     a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.get("threads", 2))
     seed = cfg.get("seed", 0)
@@ -341,7 +344,6 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total,
                                                 pct_start=cfg.get("warmup_fraction", 0.1))
     ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
-    bf16 = cfg.get("bf16", False)
     if bf16:
         print("forward pass in bfloat16 (autocast)")
     step, best, elapsed = 0, math.inf, 0.0

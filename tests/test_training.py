@@ -146,6 +146,13 @@ def test_a_bfloat16_training_step_keeps_float32_and_learns():
         assert model(*batch[:2], *model.initial_state(4))[0].dtype == torch.float32
 
 
+def test_a_bf16_setting_that_is_not_a_boolean_is_refused(tmp_path):
+    (tmp_path / "c.toml").write_text(f'base = "{ROOT / "models" / "configs" / "default.toml"}"\nbf16 = "yes"\n')
+    result = launch("models.train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "bf16 must be true or false, not 'yes'" in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
 def test_the_training_speed_benchmark_times_both_precisions():
     out = run("models.benchmark", "--train-config", str(ROOT / "models" / "configs" / "default.toml"),
               "--steps", "1").stdout
