@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models.model import TOKENS, StreamingCTC, num_parameters
-from models.train import load_config, train_step, typed_settings
+from models.train import FEATURES, load_config, train_step, typed_settings
 from service.features import LogMel, StreamingFeatures
 from service.model_session import ModelSession, ModelSpec
 
@@ -29,18 +29,19 @@ UTTERANCE_FRAMES, CHARS_PER_SECOND = 500, 14
 def train_speed(config: Path, steps: int) -> None:
     cfg = load_config(config)
     _, model_cfg = typed_settings(cfg)
-    torch.set_num_threads(cfg.get("threads", 2))
+    threads = cfg.get("threads", 2)  # as models.train runs it
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     batch = max(1, cfg["batch_frames"] // UTTERANCE_FRAMES)
-    chars = CHARS_PER_SECOND * UTTERANCE_FRAMES // 100
+    utterance_s = UTTERANCE_FRAMES * FEATURES.hop_length / FEATURES.sample_rate
+    chars = round(CHARS_PER_SECOND * utterance_s)
     data = (torch.randn(batch, model_cfg.n_mels, UTTERANCE_FRAMES), torch.full((batch,), UTTERANCE_FRAMES),
             torch.randint(1, len(TOKENS), (batch * chars,)), torch.full((batch,), chars))
     model = StreamingCTC(model_cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ctc = torch.nn.CTCLoss(zero_infinity=True)
-    audio_s = batch * UTTERANCE_FRAMES / 100
-    print(f"{config}: {num_parameters(model):,} parameters, batches of {batch} x 5 s, "
-          f"{cfg.get('threads', 2)} thread(s)")
+    print(f"{config}: {num_parameters(model):,} parameters, batches of {batch} x {utterance_s:g} s, "
+          f"{threads} thread(s)")
     for bf16 in (False, True):
         train_step(model, opt, ctc, data, bf16)  # warm-up
         started = time.perf_counter()
@@ -48,7 +49,7 @@ def train_speed(config: Path, steps: int) -> None:
             train_step(model, opt, ctc, data, bf16)
         per_step = (time.perf_counter() - started) / steps
         print(f"forward in {'bfloat16' if bf16 else 'float32 '}: {per_step:.3f} s per step, "
-              f"{audio_s / per_step:.0f} s of audio per second")
+              f"{batch * utterance_s / per_step:.0f} s of audio per second")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from service.model_session import CPU, CUDA, ModelSpec
+from service.model_session import CPU, CUDA, CUDA_OPTIONS, ModelSpec, session_options
 
 
 def feeds(spec: ModelSpec, batch: int, rng: np.random.Generator) -> dict:
@@ -38,10 +38,7 @@ def timed(run, calls: int) -> tuple[float, float]:
 
 
 def measure(spec: ModelSpec, name: str, providers: list) -> None:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(spec.directory / "model.onnx"), opts, providers=providers)
+    session = ort.InferenceSession(str(spec.directory / "model.onnx"), session_options(1), providers=providers)
     rng = np.random.default_rng(0)
     first = [timed(lambda b=b: session.run(None, feeds(spec, b, rng)), 1)[0] for b in range(1, 9)]
     one, many = feeds(spec, 1, rng), feeds(spec, 32, rng)
@@ -72,7 +69,7 @@ def main() -> None:
           "4 threads, batch 1 | batch 32 |\n| --- | --- | --- | --- | --- | --- |")
     measure(spec, "CPU", [CPU])
     for search in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
-        measure(spec, f"CUDA, conv search {search}", [(CUDA, {"use_tf32": 0, "cudnn_conv_algo_search": search}), CPU])
+        measure(spec, f"CUDA, conv search {search}", [(CUDA, {**CUDA_OPTIONS, "cudnn_conv_algo_search": search}), CPU])
 
 
 if __name__ == "__main__":

@@ -97,21 +97,27 @@ def read_tokens(path: Path) -> tuple[str, ...]:
     return tuple(by_id[i] for i in range(len(by_id)))
 
 
-def create_session(path: Path, provider: str, threads: int) -> tuple[ort.InferenceSession, str]:
-    """provider: auto|cuda|cpu. Returns the session and the provider actually in use."""
+# TF32 matmuls moved log-probs by up to 2e-2 against the CPU on an H200; full fp32 agrees.
+# ORT's default EXHAUSTIVE conv search benchmarks every new input shape, i.e. every new batch
+# size: 40-70 ms each on an H100 (HEURISTIC: 5-10 ms), and streams stalled (scripts/gpu_settings.py).
+CUDA_OPTIONS = {"use_tf32": 0, "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def session_options(threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     # Spinning threads steal the cores the Python decoder needs (FIELD-NOTES).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def create_session(path: Path, provider: str, threads: int) -> tuple[ort.InferenceSession, str]:
+    """provider: auto|cuda|cpu. Returns the session and the provider actually in use."""
+    opts = session_options(threads)
     if provider in ("auto", "cuda") and CUDA in ort.get_available_providers():
         opts.log_severity_level = 3  # a failed CUDA load on a CPU machine is expected in auto mode
-        # TF32 matmuls moved log-probs by up to 2e-2 against the CPU on an H200; full fp32 agrees.
-        # ORT's default EXHAUSTIVE conv search benchmarks every new input shape, i.e. every new
-        # batch size: 40-70 ms each on an H100 (HEURISTIC: 5-10 ms), and streams stalled
-        # (scripts/gpu_settings.py; README "On a GPU").
-        cuda = {"use_tf32": 0, "cudnn_conv_algo_search": "HEURISTIC"}
-        session = ort.InferenceSession(str(path), opts, providers=[(CUDA, cuda), CPU])
+        session = ort.InferenceSession(str(path), opts, providers=[(CUDA, CUDA_OPTIONS), CPU])
         if session.get_providers()[0] == CUDA:
             return session, CUDA
     if provider == "cuda":
