@@ -13,6 +13,11 @@ Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
   engine, in random blends of its five natural voices (models/kokoro.py);
 - train_piper.jsonl: training-side sentences spoken by Piper's en_US "joe", a
   neural voice of a native speaker, at random pace and variability (models/piper.py);
+- train_english.jsonl: plain English sentences only (the training side of the
+  fortune files), each spoken once, in the espeak-ng and flite voices of
+  train.jsonl: train.jsonl hears only a third of them, and spelling open
+  English is what the models get most wrong (only with --english-utterances;
+  an experiment, models/configs/english_experiment.toml);
 - valid_seen.jsonl: held-out sentences in the espeak-ng and flite voices;
 - valid_unseen_family.jsonl: held-out sentences in festival (ked diphone,
   slt HTS), an engine never trained on;
@@ -227,8 +232,8 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
 
 
 def build(out: Path, train_utterances: int, valid_utterances: int, espeak_variants: int, english_share: float,
-          kokoro_utterances: int, kokoro_speakers: int, piper_utterances: int, fsdd: Path | None, seed: int,
-          workers: int) -> None:
+          english_utterances: int, kokoro_utterances: int, kokoro_speakers: int, piper_utterances: int,
+          fsdd: Path | None, seed: int, workers: int) -> None:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     espeak_path, variants = install_espeak_variants(out, espeak_variants, rng)
@@ -245,6 +250,12 @@ def build(out: Path, train_utterances: int, valid_utterances: int, espeak_varian
                                      sentences.mixed(valid_utterances, seed + 2, True, english, english_share),
                                      [("festival", v) for v in FESTIVAL_UNSEEN_VOICES], espeak_path, rng),
     }
+    if english_utterances:
+        english_rng = random.Random(seed + 5)  # its own draws: the other splits stay as they were
+        pool = [s for s in english if not sentences.is_held_out(s)]
+        splits["train_english"] = _jobs(out, "train_english",
+                                        english_rng.sample(pool, min(english_utterances, len(pool))),
+                                        train_voices, espeak_path, english_rng)
     if piper_utterances:
         splits["train_piper"] = piper_jobs(
             out, sentences.mixed(piper_utterances, seed + 4, False, english, english_share), random.Random(seed + 4))
@@ -276,6 +287,8 @@ def main() -> None:
     p.add_argument("--valid-utterances", type=int, default=200)
     p.add_argument("--espeak-variants", type=int, default=300, help="random espeak-ng voices to invent")
     p.add_argument("--english-share", type=float, default=0.4, help="share of general English sentences")
+    p.add_argument("--english-utterances", type=int, default=0,
+                   help="plain English training sentences, each once, for train_english.jsonl (0: none)")
     p.add_argument("--kokoro-utterances", type=int, default=2000, help="Kokoro-82M utterances in all (0: none)")
     p.add_argument("--kokoro-speakers", type=int, default=200, help="random blends of Kokoro's voices (per added part)")
     p.add_argument("--piper-utterances", type=int, default=1500, help='Piper "joe" utterances (0: none)')
@@ -287,8 +300,8 @@ def main() -> None:
         p.error(f"--fsdd {a.fsdd}: no recordings/ folder")
     if a.kokoro_utterances and a.kokoro_speakers < 1:
         p.error("--kokoro-speakers must be at least 1")
-    build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.kokoro_utterances,
-          a.kokoro_speakers, a.piper_utterances, a.fsdd, a.seed, a.workers)
+    build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.english_utterances,
+          a.kokoro_utterances, a.kokoro_speakers, a.piper_utterances, a.fsdd, a.seed, a.workers)
 
 
 if __name__ == "__main__":

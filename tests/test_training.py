@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from conftest import BUNDLED, ROOT
+from models import sentences
 from models.model import TOKENS, ModelConfig, StreamingCTC, init_from, save_checkpoint
 from models.train import (SR, Augment, _convert_voice, cached_features, load_config, read_rows, train_step,
                           typed_settings)
@@ -181,7 +182,7 @@ def test_corpus_train_resume_export(tmp_path):
     corpus = tmp_path / "corpus"
     fsdd = ["--fsdd", str(FSDD)] if FSDD.is_dir() else []
     args = ["--out", str(corpus), "--train-utterances", "12", "--valid-utterances", "4", "--espeak-variants", "3",
-            "--piper-utterances", "2", *fsdd]
+            "--piper-utterances", "2", "--english-utterances", "3", *fsdd]
     run("models.corpus", *args, "--kokoro-utterances", "2", "--kokoro-speakers", "2")
     rows = jsonl(corpus / "train.jsonl")
     kokoro = jsonl(corpus / "train_kokoro.jsonl")
@@ -199,6 +200,9 @@ def test_corpus_train_resume_export(tmp_path):
     assert extended[:2] == kokoro and len(extended) == 3 and (corpus / extended[2]["audio"]).is_file()
     assert extended[2]["voice"].split("/")[0] not in {r["voice"].split("/")[0] for r in kokoro}  # a new blend
     assert len(rows) == 12 and {"audio", "text", "duration", "source", "voice"} <= rows[0].keys()
+    english = jsonl(corpus / "train_english.jsonl")
+    assert len(english) == 3 and {r["source"] for r in english} <= {"espeak-ng", "flite"}
+    assert all(r["text"] in sentences.english_sentences() and not sentences.is_held_out(r["text"]) for r in english)
     unseen = jsonl(corpus / "valid_unseen_family.jsonl")
     assert {r["source"] for r in unseen} == {"festival"} and "festival" not in {r["source"] for r in rows}
     if fsdd:
