@@ -11,6 +11,8 @@ Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
   kal, kal16, awb, rms;
 - train_kokoro.jsonl: training-side sentences spoken by Kokoro-82M, a neural
   engine, in random blends of its five natural voices (models/kokoro.py);
+- train_kokoro_far.jsonl: the same engine in blends pushed past its five styles
+  (voices outside their mixes; only with --kokoro-far-utterances);
 - train_piper.jsonl: training-side sentences spoken by Piper's en_US "joe", a
   neural voice of a native speaker, at random pace and variability (models/piper.py);
 - train_english.jsonl: plain English sentences only (the training side of the
@@ -57,6 +59,7 @@ ESPEAK_STOCK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "
                          "travis", "victor", "zac"]
 FLITE_TRAIN_VOICES = ["kal", "kal16", "awb", "rms"]
 FESTIVAL_UNSEEN_VOICES = ["ked_diphone", "cmu_us_slt_arctic_hts"]
+KOKORO_FAR_REACH = (0.5, 1.0)  # how far past the five styles; still intelligible to 0.7.x (model card)
 DIGITS = sentences.DIGITS
 
 
@@ -172,20 +175,30 @@ def _jobs(out: Path, name: str, texts: list[str], voices: list[tuple[str, str]],
     return jobs
 
 
-def kokoro_jobs(out: Path, texts: list[str], speakers: int, rng: random.Random, start: int) -> list[Job]:
+def kokoro_jobs(out: Path, name: str, texts: list[str], speakers: int, rng: random.Random, start: int,
+                reach: tuple[float, float] = (0.0, 0.0)) -> list[Job]:
     """Kokoro renderings of `texts` by `speakers` new random blends of its voices, at random pace and
-    accent, numbered from utterance `start` (a rerun with more utterances adds a part with its own blends)."""
+    accent, numbered from utterance `start` (a rerun with more utterances adds a part with its own blends).
+    A `reach` above zero pushes each blend past the five styles, away from its least-weighted one:
+    (1 + t) * blend - t * (that style), t drawn from `reach` (>= 0.25 makes that weight negative), a voice
+    that no mix of them is (weights still sum to one)."""
     model = str(kokoro.assemble_model(out / "kokoro"))
     alpha = [0.5] * len(kokoro.VOICES)  # mostly one or two voices dominate a blend
-    blends = [tuple(float(w) for w in np.random.default_rng(rng.getrandbits(32)).dirichlet(alpha))
-              for _ in range(speakers)]
+    blends = []
+    for _ in range(speakers):
+        mix = np.random.default_rng(rng.getrandbits(32)).dirichlet(alpha)
+        if reach[1] > 0:  # only then: the convex parts' random draws stay as they were
+            t = rng.uniform(*reach)
+            mix = (1 + t) * mix - t * np.eye(len(mix))[np.argmin(mix)]
+        blends.append(tuple(float(w) for w in mix))
     part = f"@{start}" if start else ""  # blend names stay unique across parts
-    audio_dir = out / "audio" / "train_kokoro"
+    kind = "far" if reach[1] > 0 else "blend"
+    audio_dir = out / "audio" / name
     audio_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
     for i, text in enumerate(texts, start):
         speaker = rng.randrange(speakers)
-        jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, "kokoro", f"blend{speaker:03d}{part}",
+        jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, "kokoro", f"{kind}{speaker:03d}{part}",
                         speed=rng.randint(80, 125), kokoro_model=model, mix=blends[speaker],
                         accent=rng.choice(["en-us", "en-us", "en-us", "en-gb", "en-gb-x-rp"])))
     return jobs
@@ -232,7 +245,8 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
 
 
 def build(out: Path, train_utterances: int, valid_utterances: int, espeak_variants: int, english_share: float,
-          english_utterances: int, kokoro_utterances: int, kokoro_speakers: int, piper_utterances: int,
+          english_utterances: int, kokoro_utterances: int, kokoro_speakers: int, kokoro_far_utterances: int,
+          piper_utterances: int,
           fsdd: Path | None, seed: int, workers: int) -> None:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +273,11 @@ def build(out: Path, train_utterances: int, valid_utterances: int, espeak_varian
     if piper_utterances:
         splits["train_piper"] = piper_jobs(
             out, sentences.mixed(piper_utterances, seed + 4, False, english, english_share), random.Random(seed + 4))
+    if kokoro_far_utterances:
+        far_rng = random.Random(seed + 6)
+        splits["train_kokoro_far"] = kokoro_jobs(
+            out, "train_kokoro_far", sentences.mixed(kokoro_far_utterances, seed + 6, False, english, english_share),
+            kokoro_speakers, far_rng, 0, KOKORO_FAR_REACH)
     kept = {name: _raw_rows(out / f"{name}.jsonl") for name in [*splits, "train_kokoro"]
             if (out / f"{name}.jsonl").exists()}
     splits = {name: jobs for name, jobs in splits.items() if name not in kept}
@@ -266,7 +285,8 @@ def build(out: Path, train_utterances: int, valid_utterances: int, espeak_varian
     if kokoro_utterances > start:
         part_seed = seed + 3 + start  # each added part: new sentences and new blends
         texts = sentences.mixed(kokoro_utterances - start, part_seed, False, english, english_share)
-        splits["train_kokoro"] = kokoro_jobs(out, texts, kokoro_speakers, random.Random(part_seed), start)
+        splits["train_kokoro"] = kokoro_jobs(out, "train_kokoro", texts, kokoro_speakers, random.Random(part_seed),
+                                             start)
     for name in sorted(kept.keys() - splits.keys()):
         print(f"{out / name}.jsonl exists: kept ({len(kept[name])} utterances)")
     with ProcessPoolExecutor(workers) as pool:
@@ -291,6 +311,8 @@ def main() -> None:
                    help="plain English training sentences, each once, for train_english.jsonl (0: none)")
     p.add_argument("--kokoro-utterances", type=int, default=2000, help="Kokoro-82M utterances in all (0: none)")
     p.add_argument("--kokoro-speakers", type=int, default=200, help="random blends of Kokoro's voices (per added part)")
+    p.add_argument("--kokoro-far-utterances", type=int, default=0,
+                   help="Kokoro-82M utterances in --kokoro-speakers blends pushed past its five styles (0: none)")
     p.add_argument("--piper-utterances", type=int, default=1500, help='Piper "joe" utterances (0: none)')
     p.add_argument("--fsdd", type=Path, help="FSDD folder (with recordings/), e.g. ../shared/data/fsdd")
     p.add_argument("--seed", type=int, default=0)
@@ -298,10 +320,10 @@ def main() -> None:
     a = p.parse_args()
     if a.fsdd and not (a.fsdd / "recordings").is_dir():
         p.error(f"--fsdd {a.fsdd}: no recordings/ folder")
-    if a.kokoro_utterances and a.kokoro_speakers < 1:
+    if (a.kokoro_utterances or a.kokoro_far_utterances) and a.kokoro_speakers < 1:
         p.error("--kokoro-speakers must be at least 1")
     build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.english_utterances,
-          a.kokoro_utterances, a.kokoro_speakers, a.piper_utterances, a.fsdd, a.seed, a.workers)
+          a.kokoro_utterances, a.kokoro_speakers, a.kokoro_far_utterances, a.piper_utterances, a.fsdd, a.seed, a.workers)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 training with held-out CER/WER -> resume -> a checkpoint that exports."""
 
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import torch
 
 from conftest import BUNDLED, ROOT
 from models import sentences
+from models.corpus import KOKORO_FAR_REACH, kokoro_jobs
 from models.model import TOKENS, ModelConfig, StreamingCTC, init_from, save_checkpoint
 from models.train import (SR, Augment, _convert_voice, cached_features, load_config, read_rows, train_step,
                           typed_settings)
@@ -182,13 +184,17 @@ def test_corpus_train_resume_export(tmp_path):
     corpus = tmp_path / "corpus"
     fsdd = ["--fsdd", str(FSDD)] if FSDD.is_dir() else []
     args = ["--out", str(corpus), "--train-utterances", "12", "--valid-utterances", "4", "--espeak-variants", "3",
-            "--piper-utterances", "2", "--english-utterances", "3", *fsdd]
+            "--piper-utterances", "2", "--english-utterances", "3", "--kokoro-far-utterances", "2", *fsdd]
     run("models.corpus", *args, "--kokoro-utterances", "2", "--kokoro-speakers", "2")
     rows = jsonl(corpus / "train.jsonl")
     kokoro = jsonl(corpus / "train_kokoro.jsonl")
     assert {r["source"] for r in kokoro} == {"kokoro"} and all(r["duration"] > 0.5 for r in kokoro)
     audio, rate = sf.read(corpus / kokoro[0]["audio"])
     assert rate == 16000 and np.abs(audio).max() > 0.05  # speech, resampled to the corpus rate
+    far = jsonl(corpus / "train_kokoro_far.jsonl")
+    assert len(far) == 2 and {r["voice"][:3] for r in far} == {"far"} and all(r["duration"] > 0.5 for r in far)
+    mixes = [j.mix for j in kokoro_jobs(corpus, "far_probe", ["a"] * 8, 8, random.Random(0), 0, KOKORO_FAR_REACH)]
+    assert all(min(m) < 0 and abs(sum(m) - 1) < 1e-9 for m in mixes)  # past the styles, not a mix of them
     piper = jsonl(corpus / "train_piper.jsonl")
     audio, rate = sf.read(corpus / piper[0]["audio"])
     assert {r["source"] for r in piper} == {"piper"} and rate == 16000 and np.abs(audio).max() > 0.05
