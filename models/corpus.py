@@ -12,7 +12,8 @@ Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
 - train_kokoro.jsonl: training-side sentences spoken by Kokoro-82M, a neural
   engine, in random blends of its five natural voices (models/kokoro.py);
 - train_kokoro_far.jsonl: the same engine in blends pushed past its five styles
-  (voices outside their mixes; only with --kokoro-far-utterances);
+  (voices outside their mixes; only with --kokoro-far-utterances; an experiment,
+  models/configs/kokoro_far_experiment.toml);
 - train_piper.jsonl: training-side sentences spoken by Piper's en_US "joe", a
   neural voice of a native speaker, at random pace and variability (models/piper.py);
 - train_english.jsonl: plain English sentences only (the training side of the
@@ -59,7 +60,7 @@ ESPEAK_STOCK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "
                          "travis", "victor", "zac"]
 FLITE_TRAIN_VOICES = ["kal", "kal16", "awb", "rms"]
 FESTIVAL_UNSEEN_VOICES = ["ked_diphone", "cmu_us_slt_arctic_hts"]
-KOKORO_FAR_REACH = (0.5, 1.0)  # how far past the five styles; still intelligible to 0.7.x (model card)
+KOKORO_FAR_REACH = (0.5, 1.0)  # how far past the five styles: new voices, still intelligible speech (model card)
 DIGITS = sentences.DIGITS
 
 
