@@ -185,21 +185,22 @@ def kokoro_jobs(out: Path, name: str, texts: list[str], speakers: int, rng: rand
     that no mix of them is (weights still sum to one)."""
     model = str(kokoro.assemble_model(out / "kokoro"))
     alpha = [0.5] * len(kokoro.VOICES)  # mostly one or two voices dominate a blend
+    far = reach[1] > 0
     blends = []
     for _ in range(speakers):
         mix = np.random.default_rng(rng.getrandbits(32)).dirichlet(alpha)
-        if reach[1] > 0:  # only then: the convex parts' random draws stay as they were
+        if far:  # only then: the convex parts' random draws stay as they were
             t = rng.uniform(*reach)
             mix = (1 + t) * mix - t * np.eye(len(mix))[np.argmin(mix)]
         blends.append(tuple(float(w) for w in mix))
+    prefix = "far" if far else "blend"
     part = f"@{start}" if start else ""  # blend names stay unique across parts
-    kind = "far" if reach[1] > 0 else "blend"
     audio_dir = out / "audio" / name
     audio_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
     for i, text in enumerate(texts, start):
         speaker = rng.randrange(speakers)
-        jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, "kokoro", f"{kind}{speaker:03d}{part}",
+        jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, "kokoro", f"{prefix}{speaker:03d}{part}",
                         speed=rng.randint(80, 125), kokoro_model=model, mix=blends[speaker],
                         accent=rng.choice(["en-us", "en-us", "en-us", "en-gb", "en-gb-x-rp"])))
     return jobs
@@ -247,8 +248,7 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
 
 def build(out: Path, train_utterances: int, valid_utterances: int, espeak_variants: int, english_share: float,
           english_utterances: int, kokoro_utterances: int, kokoro_speakers: int, kokoro_far_utterances: int,
-          piper_utterances: int,
-          fsdd: Path | None, seed: int, workers: int) -> None:
+          piper_utterances: int, fsdd: Path | None, seed: int, workers: int) -> None:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     espeak_path, variants = install_espeak_variants(out, espeak_variants, rng)
@@ -275,10 +275,9 @@ def build(out: Path, train_utterances: int, valid_utterances: int, espeak_varian
         splits["train_piper"] = piper_jobs(
             out, sentences.mixed(piper_utterances, seed + 4, False, english, english_share), random.Random(seed + 4))
     if kokoro_far_utterances:
-        far_rng = random.Random(seed + 6)
         splits["train_kokoro_far"] = kokoro_jobs(
             out, "train_kokoro_far", sentences.mixed(kokoro_far_utterances, seed + 6, False, english, english_share),
-            kokoro_speakers, far_rng, 0, KOKORO_FAR_REACH)
+            kokoro_speakers, random.Random(seed + 6), 0, KOKORO_FAR_REACH)
     kept = {name: _raw_rows(out / f"{name}.jsonl") for name in [*splits, "train_kokoro"]
             if (out / f"{name}.jsonl").exists()}
     splits = {name: jobs for name, jobs in splits.items() if name not in kept}
@@ -324,7 +323,8 @@ def main() -> None:
     if (a.kokoro_utterances or a.kokoro_far_utterances) and a.kokoro_speakers < 1:
         p.error("--kokoro-speakers must be at least 1")
     build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.english_utterances,
-          a.kokoro_utterances, a.kokoro_speakers, a.kokoro_far_utterances, a.piper_utterances, a.fsdd, a.seed, a.workers)
+          a.kokoro_utterances, a.kokoro_speakers, a.kokoro_far_utterances, a.piper_utterances, a.fsdd, a.seed,
+          a.workers)
 
 
 if __name__ == "__main__":
