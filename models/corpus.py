@@ -16,6 +16,10 @@ Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
   models/configs/kokoro_far_experiment.toml);
 - train_piper.jsonl: training-side sentences spoken by Piper's en_US "joe", a
   neural voice of a native speaker, at random pace and variability (models/piper.py);
+- train_more_engines.jsonl: training-side sentences in three more engines from Debian's
+  contrib/non-free sections, at random pace and pitch: SVOX Pico (en-US, en-GB), RHVoice (alan,
+  bdl, clb: statistical parametric voices of CMU ARCTIC speakers) and MBROLA diphone voices
+  (us1, us2, us3, en1, driven by espeak-ng); only with --more-engines-utterances;
 - train_english.jsonl: plain English sentences only (the training side of the
   fortune files), each spoken once, in the espeak-ng and flite voices of
   train.jsonl: train.jsonl hears only a third of them, and spelling open
@@ -60,6 +64,11 @@ ESPEAK_STOCK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "
                          "travis", "victor", "zac"]
 FLITE_TRAIN_VOICES = ["kal", "kal16", "awb", "rms"]
 FESTIVAL_UNSEEN_VOICES = ["ked_diphone", "cmu_us_slt_arctic_hts"]
+PICO_VOICES = ["en-US", "en-GB"]
+# Not RHVoice's slt: festival's held-out slt HTS is the same speaker; evgeniy-eng and lyubov are CC BY-NC-ND.
+RHVOICE_VOICES = ["alan", "bdl", "clb"]
+MBROLA_VOICES = ["us1", "us2", "us3", "en1"]
+MORE_ENGINES = ("pico", "rhvoice", "mbrola")
 KOKORO_FAR_REACH = (0.5, 1.0)  # how far past the five styles: new voices, still intelligible speech (model card)
 DIGITS = sentences.DIGITS
 
@@ -68,11 +77,11 @@ DIGITS = sentences.DIGITS
 class Job:
     path: str
     text: str
-    source: str  # espeak-ng | flite | festival | kokoro | piper
+    source: str  # espeak-ng | flite | festival | kokoro | piper | pico | rhvoice | mbrola
     voice: str
     espeak_path: str = ""
-    speed: int = 175  # espeak-ng: words per minute; kokoro, piper: percent of the voice's pace
-    pitch: int = 50
+    speed: int = 175  # espeak-ng: words per minute; others: percent of the voice's pace
+    pitch: int = 50  # espeak-ng: 0-99; pico, rhvoice, mbrola: percent of the voice's pitch
     word_gap: int = 0
     kokoro_model: str = ""
     mix: tuple[float, ...] = ()  # kokoro: weight of each of kokoro.VOICES
@@ -87,6 +96,8 @@ class Job:
             return f"{self.voice}/s{self.speed}/n{self.noise[0]:.2f}/w{self.noise[1]:.2f}"
         if self.source == "espeak-ng":
             return f"{self.voice}/s{self.speed}/p{self.pitch}/g{self.word_gap}"
+        if self.source in MORE_ENGINES:
+            return f"{self.voice}/s{self.speed}/p{self.pitch}"
         return self.voice
 
 
@@ -144,6 +155,16 @@ def synthesize(job: Job) -> np.ndarray:
         elif job.source == "flite":
             subprocess.run(["flite", "-voice", job.voice, "-t", job.text, "-o", tmp.name], check=True,
                            capture_output=True)
+        elif job.source == "pico":
+            markup = f'<speed level="{job.speed}"><pitch level="{job.pitch}">{job.text}</pitch></speed>'
+            subprocess.run(["pico2wave", "-l", job.voice, "-w", tmp.name, markup], check=True, capture_output=True)
+        elif job.source == "rhvoice":
+            subprocess.run(["RHVoice-test", "-p", job.voice, "-r", str(job.speed), "-t", str(job.pitch), "-R",
+                            str(SAMPLE_RATE), "-o", tmp.name], input=job.text, text=True, check=True,
+                           capture_output=True)
+        elif job.source == "mbrola":
+            subprocess.run(["espeak-ng", "-v", f"mb-{job.voice}", "-s", str(175 * job.speed // 100), "-p",
+                            str(50 * job.pitch // 100), "-w", tmp.name, job.text], check=True, capture_output=True)
         else:
             subprocess.run(["text2wave", "-eval", f"(voice_{job.voice})", "-o", tmp.name], input=job.text,
                            text=True, check=True, capture_output=True)
@@ -172,6 +193,8 @@ def _jobs(out: Path, name: str, texts: list[str], voices: list[tuple[str, str]],
         if source == "espeak-ng":
             extra = dict(espeak_path=str(espeak_path), speed=rng.randint(120, 220), pitch=rng.randint(20, 80),
                          word_gap=rng.choice([0, 0, 0, 1, 2, 4, 8]))
+        elif source in MORE_ENGINES:
+            extra = dict(speed=rng.randint(80, 125), pitch=rng.randint(80, 125))
         jobs.append(Job(str(audio_dir / f"{i:06d}.flac"), text, source, voice, **extra))
     return jobs
 
@@ -248,7 +271,7 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
 
 def build(out: Path, train_utterances: int, valid_utterances: int, espeak_variants: int, english_share: float,
           english_utterances: int, kokoro_utterances: int, kokoro_speakers: int, kokoro_far_utterances: int,
-          piper_utterances: int, fsdd: Path | None, seed: int, workers: int) -> None:
+          piper_utterances: int, more_engines_utterances: int, fsdd: Path | None, seed: int, workers: int) -> None:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     espeak_path, variants = install_espeak_variants(out, espeak_variants, rng)
@@ -274,6 +297,13 @@ def build(out: Path, train_utterances: int, valid_utterances: int, espeak_varian
     if piper_utterances:
         splits["train_piper"] = piper_jobs(
             out, sentences.mixed(piper_utterances, seed + 4, False, english, english_share), random.Random(seed + 4))
+    if more_engines_utterances:
+        more_rng = random.Random(seed + 7)
+        voices = ([("pico", v) for v in PICO_VOICES] + [("rhvoice", v) for v in RHVOICE_VOICES]
+                  + [("mbrola", v) for v in MBROLA_VOICES])
+        splits["train_more_engines"] = _jobs(
+            out, "train_more_engines", sentences.mixed(more_engines_utterances, seed + 7, False, english,
+                                                       english_share), voices, espeak_path, more_rng)
     if kokoro_far_utterances:
         splits["train_kokoro_far"] = kokoro_jobs(
             out, "train_kokoro_far", sentences.mixed(kokoro_far_utterances, seed + 6, False, english, english_share),
@@ -314,6 +344,8 @@ def main() -> None:
     p.add_argument("--kokoro-far-utterances", type=int, default=0,
                    help="Kokoro-82M utterances in --kokoro-speakers blends pushed past its five styles (0: none)")
     p.add_argument("--piper-utterances", type=int, default=1500, help='Piper "joe" utterances (0: none)')
+    p.add_argument("--more-engines-utterances", type=int, default=0,
+                   help="utterances in SVOX Pico, RHVoice and MBROLA voices, Debian contrib/non-free (0: none)")
     p.add_argument("--fsdd", type=Path, help="FSDD folder (with recordings/), e.g. ../shared/data/fsdd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
@@ -322,9 +354,13 @@ def main() -> None:
         p.error(f"--fsdd {a.fsdd}: no recordings/ folder")
     if (a.kokoro_utterances or a.kokoro_far_utterances) and a.kokoro_speakers < 1:
         p.error("--kokoro-speakers must be at least 1")
+    missing = [tool for tool in ("pico2wave", "RHVoice-test", "mbrola") if not shutil.which(tool)]
+    if a.more_engines_utterances and missing:
+        p.error(f"--more-engines-utterances needs {', '.join(missing)}: Debian's libttspico-utils, rhvoice and "
+                "rhvoice-english, mbrola and its voices, from its contrib and non-free sections (README)")
     build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.english_utterances,
-          a.kokoro_utterances, a.kokoro_speakers, a.kokoro_far_utterances, a.piper_utterances, a.fsdd, a.seed,
-          a.workers)
+          a.kokoro_utterances, a.kokoro_speakers, a.kokoro_far_utterances, a.piper_utterances,
+          a.more_engines_utterances, a.fsdd, a.seed, a.workers)
 
 
 if __name__ == "__main__":

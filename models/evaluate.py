@@ -1,7 +1,7 @@
 """Accuracy of a served model directory on held-out manifests, greedy and beam + LM.
 
     python -m models.evaluate --model models/pretrained/default \\
-        --set seen_voices=data/corpus/valid_seen.jsonl --set unseen_voice=data/corpus/valid_unseen_voice.jsonl
+        --set seen_voices=data/corpus/valid_seen.jsonl --set unseen_family=data/corpus/valid_unseen_family.jsonl
 
 Runs the same ONNX Runtime session, front-end and decoder the service runs,
 and prints a Markdown table (WER/CER with jiwer, text normalized alike; exact

@@ -22,8 +22,8 @@ from models.train import (SR, Augment, _convert_voice, cached_features, load_con
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 needs_synthesis = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("espeak-ng", "flite", "text2wave")),
-    reason="needs espeak-ng, flite and festival (installed by .ci/run)")
+    not all(shutil.which(t) for t in ("espeak-ng", "flite", "text2wave", "pico2wave", "RHVoice-test", "mbrola")),
+    reason="needs espeak-ng, flite, festival, SVOX Pico, RHVoice and MBROLA (installed by .ci/run)")
 
 TINY = """
 seed = 0
@@ -184,7 +184,8 @@ def test_corpus_train_resume_export(tmp_path):
     corpus = tmp_path / "corpus"
     fsdd = ["--fsdd", str(FSDD)] if FSDD.is_dir() else []
     args = ["--out", str(corpus), "--train-utterances", "12", "--valid-utterances", "4", "--espeak-variants", "3",
-            "--piper-utterances", "2", "--english-utterances", "3", "--kokoro-far-utterances", "2", *fsdd]
+            "--piper-utterances", "2", "--english-utterances", "3", "--kokoro-far-utterances", "2",
+            "--more-engines-utterances", "9", *fsdd]
     run("models.corpus", *args, "--kokoro-utterances", "2", "--kokoro-speakers", "2")
     rows = jsonl(corpus / "train.jsonl")
     kokoro = jsonl(corpus / "train_kokoro.jsonl")
@@ -198,6 +199,11 @@ def test_corpus_train_resume_export(tmp_path):
     piper = jsonl(corpus / "train_piper.jsonl")
     audio, rate = sf.read(corpus / piper[0]["audio"])
     assert {r["source"] for r in piper} == {"piper"} and rate == 16000 and np.abs(audio).max() > 0.05
+    more = jsonl(corpus / "train_more_engines.jsonl")
+    assert {r["source"] for r in more} == {"pico", "rhvoice", "mbrola"}  # each engine speaks
+    for row in more:
+        audio, rate = sf.read(corpus / row["audio"])
+        assert rate == 16000 and row["duration"] > 0.5 and np.abs(audio).max() > 0.05, row
     built = (corpus / "train.jsonl").stat().st_mtime_ns
     rerun = run("models.corpus", *args, "--kokoro-utterances", "3", "--kokoro-speakers", "1").stdout
     assert "train.jsonl exists: kept (12 utterances)" in rerun  # a rerun builds only what is missing
