@@ -19,7 +19,8 @@ Writes JSONL manifests, one line per utterance: {"audio", "text", "duration",
 - train_more_engines.jsonl: training-side sentences in three more engines from Debian's
   contrib/non-free sections, at random pace and pitch: SVOX Pico (en-US, en-GB), RHVoice (alan,
   bdl, clb: statistical parametric voices of CMU ARCTIC speakers) and MBROLA diphone voices
-  (us1, us2, us3, en1, driven by espeak-ng); only with --more-engines-utterances;
+  (us1, us2, us3, en1, driven by espeak-ng) (only with --more-engines-utterances; an
+  experiment, models/configs/more_engines_experiment.toml);
 - train_english.jsonl: plain English sentences only (the training side of the
   fortune files), each spoken once, in the espeak-ng and flite voices of
   train.jsonl: train.jsonl hears only a third of them, and spelling open
