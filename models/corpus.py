@@ -65,11 +65,10 @@ ESPEAK_STOCK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "
                          "travis", "victor", "zac"]
 FLITE_TRAIN_VOICES = ["kal", "kal16", "awb", "rms"]
 FESTIVAL_UNSEEN_VOICES = ["ked_diphone", "cmu_us_slt_arctic_hts"]
-PICO_VOICES = ["en-US", "en-GB"]
 # Not RHVoice's slt: festival's held-out slt HTS is the same speaker; evgeniy-eng and lyubov are CC BY-NC-ND.
-RHVOICE_VOICES = ["alan", "bdl", "clb"]
-MBROLA_VOICES = ["us1", "us2", "us3", "en1"]
-MORE_ENGINES = ("pico", "rhvoice", "mbrola")
+MORE_ENGINE_VOICES = ([("pico", v) for v in ["en-US", "en-GB"]] + [("rhvoice", v) for v in ["alan", "bdl", "clb"]]
+                      + [("mbrola", v) for v in ["us1", "us2", "us3", "en1"]])
+MORE_ENGINES = {source for source, _ in MORE_ENGINE_VOICES}
 KOKORO_FAR_REACH = (0.5, 1.0)  # how far past the five styles: new voices, still intelligible speech (model card)
 DIGITS = sentences.DIGITS
 
@@ -299,12 +298,10 @@ def build(out: Path, train_utterances: int, valid_utterances: int, espeak_varian
         splits["train_piper"] = piper_jobs(
             out, sentences.mixed(piper_utterances, seed + 4, False, english, english_share), random.Random(seed + 4))
     if more_engines_utterances:
-        more_rng = random.Random(seed + 7)
-        voices = ([("pico", v) for v in PICO_VOICES] + [("rhvoice", v) for v in RHVOICE_VOICES]
-                  + [("mbrola", v) for v in MBROLA_VOICES])
         splits["train_more_engines"] = _jobs(
             out, "train_more_engines", sentences.mixed(more_engines_utterances, seed + 7, False, english,
-                                                       english_share), voices, espeak_path, more_rng)
+                                                       english_share), MORE_ENGINE_VOICES, espeak_path,
+            random.Random(seed + 7))
     if kokoro_far_utterances:
         splits["train_kokoro_far"] = kokoro_jobs(
             out, "train_kokoro_far", sentences.mixed(kokoro_far_utterances, seed + 6, False, english, english_share),
@@ -355,8 +352,8 @@ def main() -> None:
         p.error(f"--fsdd {a.fsdd}: no recordings/ folder")
     if (a.kokoro_utterances or a.kokoro_far_utterances) and a.kokoro_speakers < 1:
         p.error("--kokoro-speakers must be at least 1")
-    missing = [tool for tool in ("pico2wave", "RHVoice-test", "mbrola") if not shutil.which(tool)]
-    if a.more_engines_utterances and missing:
+    if a.more_engines_utterances and (missing := [t for t in ("pico2wave", "RHVoice-test", "mbrola")
+                                              if not shutil.which(t)]):
         p.error(f"--more-engines-utterances needs {', '.join(missing)}: Debian's libttspico-utils, rhvoice and "
                 "rhvoice-english, mbrola and its voices, from its contrib and non-free sections (README)")
     build(a.out, a.train_utterances, a.valid_utterances, a.espeak_variants, a.english_share, a.english_utterances,
