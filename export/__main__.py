@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from export.onnx_export import check_parity, write_model_dir
-from models.model import load_checkpoint
+from models import architectures
 
 
 def main() -> None:
@@ -20,20 +20,27 @@ def main() -> None:
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by python -m models.train")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--lm-dir", type=Path, help="directory with lm.bin and unigrams.txt (python -m models.lm)")
-    p.add_argument("--name", default="ctc-gru", help="model name reported by GetModelInfo and metrics")
+    p.add_argument("--name", help="model name reported by GetModelInfo and metrics (default: ctc-gru, ctc-whisper)")
     p.add_argument("--version", help="model version (default: the checkpoint's training step)")
-    p.add_argument("--chunk-frames", type=int, default=16, help="feature frames (10 ms) per streaming model step")
+    p.add_argument("--chunk-frames", type=int, help="feature frames (10 ms) per streaming model step "
+                   "(default: 16, or a whisper_ctc model's block)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |log-prob| difference")
     a = p.parse_args()
     if not a.ckpt.is_file():
         p.error(f"--ckpt {a.ckpt}: no such file")
     if a.lm_dir and not (a.lm_dir / "lm.bin").is_file():
         p.error(f"--lm-dir {a.lm_dir}: no lm.bin")
-    model, ckpt = load_checkpoint(a.ckpt)
+    model, ckpt = architectures.load(a.ckpt)
+    print(f"found: a {model.cfg.kind} checkpoint of models.train ({model.describe()})")
     version = a.version or f"step{ckpt.get('step', 0)}"
-    write_model_dir(model, ckpt, a.out, name=a.name, version=version, chunk_frames=a.chunk_frames, lm_dir=a.lm_dir)
+    name = a.name or f"ctc-{model.cfg.kind.split('_')[0]}"
+    chunk_frames = a.chunk_frames or getattr(model.cfg, "block_frames", 16)
+    try:
+        write_model_dir(model, ckpt, a.out, name=name, version=version, chunk_frames=chunk_frames, lm_dir=a.lm_dir)
+    except ValueError as e:
+        p.error(str(e))
     print(f"wrote {a.out}")
-    report = check_parity(model, a.out / "model.onnx", a.chunk_frames)
+    report = check_parity(model, a.out / "model.onnx", chunk_frames)
     for check, diff in report.items():
         print(f"parity {check}: max |diff| = {diff:.2e} ({'ok' if diff <= a.tolerance else 'FAIL'})")
     if max(report.values()) > a.tolerance:

@@ -13,52 +13,52 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from models.model import CONV_CONTEXT, SUBSAMPLING, StreamingCTC, num_parameters
+from models.model import num_parameters
+
+# What both model families offer export (models.model.StreamingCTC, models.encoder_ctc.EncoderCTC):
+# subsampling, cfg.lookahead_frames, initial_state(batch), state_names(), describe(), and
+# forward(audio_signal, length, *state) -> (logprobs, lengths, *next_state).
 
 OPSET = 17
 
 
-def state_names(model: StreamingCTC) -> tuple[list[str], list[str], list[int]]:
-    """The graph's state inputs, their outputs, and the batch axis of each."""
-    names, axes = ["conv1", "conv2", "gru"], [0, 0, 1]
-    if model.cfg.lookahead:
-        names, axes = [*names, "lookahead"], [*axes, 0]
-    return [f"cache_{n}" for n in names], [f"next_cache_{n}" for n in names], axes
-
-
-def export_onnx(model: StreamingCTC, path: Path) -> None:
+def export_onnx(model, path: Path) -> None:
     model.eval()
     state = model.initial_state(1)
-    inputs, outputs, axes = state_names(model)
-    x = torch.zeros(1, model.cfg.n_mels, 16)
+    inputs, outputs, axes = model.state_names()
+    x = torch.zeros(1, model.cfg.features.n_mels, 64)
     dynamic = {"audio_signal": {0: "batch", 2: "time"}, "length": {0: "batch"},
                "logprobs": {0: "batch", 1: "frames"}, "encoded_lengths": {0: "batch"}}
     for name, axis in zip(inputs + outputs, axes * 2):
         dynamic[name] = {axis: "batch"}
     with torch.no_grad():
-        torch.onnx.export(model, (x, torch.tensor([16]), *state), str(path), dynamo=False, opset_version=OPSET,
+        torch.onnx.export(model, (x, torch.tensor([64]), *state), str(path), dynamo=False, opset_version=OPSET,
                           input_names=["audio_signal", "length", *inputs],
                           output_names=["logprobs", "encoded_lengths", *outputs], dynamic_axes=dynamic)
 
 
-def write_model_dir(model: StreamingCTC, ckpt: dict, out: Path, *, name: str, version: str, chunk_frames: int,
+def write_model_dir(model, ckpt: dict, out: Path, *, name: str, version: str, chunk_frames: int,
                     lm_dir: Path | None) -> None:
-    if chunk_frames <= 0 or chunk_frames % SUBSAMPLING:
-        raise ValueError(f"chunk frames must be a positive multiple of {SUBSAMPLING}")
+    step = getattr(model.cfg, "block_frames", model.subsampling)  # chunks must fall on the window grid
+    if chunk_frames <= 0 or chunk_frames % step:
+        raise ValueError(f"chunk frames must be a positive multiple of {step}")
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(model, out / "model.onnx")
     tokens = ckpt["tokens"]
     (out / "tokens.txt").write_text("".join(f"{t} {i}\n" for i, t in enumerate(tokens)))
-    inputs, outputs, axes = state_names(model)
+    inputs, outputs, axes = model.state_names()
     states = [{"input": i, "output": o, "shape": list(s.shape), "batch_axis": a}
               for i, o, s, a in zip(inputs, outputs, model.initial_state(1), axes)]
-    lookahead = f" + look-ahead conv ({model.cfg.lookahead} frames)" if model.cfg.lookahead else ""
+    streaming = {"scheme": "explicit_state"}
+    if model.cfg.kind != "gru":  # a full-context encoder, windowed inside the graph (its state is the past)
+        streaming["window"] = {k: getattr(model.cfg, k) for k in ("left_frames", "block_frames", "right_frames")}
     meta = {
-        "name": name, "version": version, "language_code": "en",
-        "architecture": f"causal conv x2 (stride 2) + GRU {model.cfg.layers}x{model.cfg.hidden}{lookahead}, char CTC",
-        "features": ckpt["feature_config"], "subsampling_factor": SUBSAMPLING,
+        "name": name, "version": version, "language_code": "en", "kind": model.cfg.kind,
+        "architecture": model.describe(),
+        "features": ckpt["feature_config"], "subsampling_factor": model.subsampling,
         # in feature frames (10 ms), as chunk_frames; the outputs lag the input by as much
         "chunk_frames": chunk_frames, "lookahead_frames": model.cfg.lookahead_frames, "states": states,
+        "streaming": streaming,
         "tail_padding_ms": 320,  # quiet audio appended at the end of a stream (see service/recognizer.py)
         "parameters": num_parameters(model),
         "decoder": {"beam_width": 25, "lm_weight": 0.5, "word_bonus": 1.0},
@@ -73,8 +73,9 @@ def write_model_dir(model: StreamingCTC, ckpt: dict, out: Path, *, name: str, ve
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     onnx_model = onnx.load(str(out / "model.onnx"))
-    props = {"model_type": "streaming_ctc", "vocab_size": str(len(tokens)), "subsampling_factor": str(SUBSAMPLING),
-             "normalize_type": "", "chunk_frames": str(chunk_frames), "conv_context": str(CONV_CONTEXT),
+    props = {"model_type": "streaming_ctc", "vocab_size": str(len(tokens)),
+             "subsampling_factor": str(model.subsampling), "feature_kind": ckpt["feature_config"].get("kind", "htk"),
+             "normalize_type": "", "chunk_frames": str(chunk_frames),
              "lookahead_frames": str(meta["lookahead_frames"]),
              "name": name, "version": version, "sample_rate": str(ckpt["feature_config"]["sample_rate"])}
     onnx.helper.set_model_props(onnx_model, props)
@@ -82,22 +83,26 @@ def write_model_dir(model: StreamingCTC, ckpt: dict, out: Path, *, name: str, ve
     if not (out / "README.md").exists():
         (out / "README.md").write_text(
             f"# {name} {version}\n\n{meta['architecture']}; {meta['parameters']:,} parameters; "
-            f"trained on {ckpt.get('train_hours', 0):.1f} h of synthesized speech.\n")
+            f"trained on {ckpt.get('train_hours', 0):.1f} h of speech.\n")
 
 
-def _test_features(model: StreamingCTC, frames: int, seed: int) -> np.ndarray:
-    """Feature-like input: the model's own feature statistics, shaped (1, n_mels, T)."""
+def _test_features(model, frames: int, seed: int) -> np.ndarray:
+    """Feature-like input shaped (1, n_mels, T): the model's own feature statistics (GRU), or
+    speech-like Whisper log-mel (the silence level plus up to ~1.5, its range on speech)."""
     rng = np.random.default_rng(seed)
-    mean, std = model.feat_mean.numpy()[:, None], model.feat_std.numpy()[:, None]
-    return (mean + std * rng.standard_normal((model.cfg.n_mels, frames))).astype(np.float32)[None]
+    if model.cfg.kind == "gru":
+        mean, std = model.feat_mean.numpy()[:, None], model.feat_std.numpy()[:, None]
+    else:
+        mean, std = model.silence.numpy()[:, None] + 0.8, 0.4
+    return (mean + std * rng.standard_normal((len(mean), frames))).astype(np.float32)[None]
 
 
-def check_parity(model: StreamingCTC, onnx_path: Path, chunk_frames: int, frames: int = 400) -> dict[str, float]:
+def check_parity(model, onnx_path: Path, chunk_frames: int, frames: int = 400) -> dict[str, float]:
     """Max |log-prob| differences: ONNX vs PyTorch (whole utterance), ONNX chunked
     with carried state vs ONNX whole, and a batch of two vs each alone."""
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     state = [s.numpy() for s in model.initial_state(1)]
-    inputs, outputs, axes = state_names(model)
+    inputs, outputs, axes = model.state_names()
 
     def run(x: np.ndarray, st: list[np.ndarray]):
         feeds = {"audio_signal": x, "length": np.full(len(x), x.shape[2], np.int64), **dict(zip(inputs, st))}

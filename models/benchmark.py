@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.model import TOKENS, StreamingCTC, num_parameters
-from models.train import FEATURES, load_config, train_step, typed_settings
+from models import architectures
+from models.model import TOKENS, num_parameters
+from models.train import load_config, train_step, typed_settings
 from service.features import LogMel, StreamingFeatures
 from service.model_session import ModelSession, ModelSpec
 
@@ -33,11 +34,12 @@ def train_speed(config: Path, steps: int) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     batch = max(1, cfg["batch_frames"] // UTTERANCE_FRAMES)
-    utterance_s = UTTERANCE_FRAMES * FEATURES.hop_length / FEATURES.sample_rate
+    features = model_cfg.features
+    utterance_s = UTTERANCE_FRAMES * features.hop_length / features.sample_rate
     chars = round(CHARS_PER_SECOND * utterance_s)
-    data = (torch.randn(batch, model_cfg.n_mels, UTTERANCE_FRAMES), torch.full((batch,), UTTERANCE_FRAMES),
+    data = (torch.randn(batch, features.n_mels, UTTERANCE_FRAMES), torch.full((batch,), UTTERANCE_FRAMES),
             torch.randint(1, len(TOKENS), (batch * chars,)), torch.full((batch,), chars))
-    model = StreamingCTC(model_cfg).train()
+    model = architectures.build(model_cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ctc = torch.nn.CTCLoss(zero_infinity=True)
     print(f"{config}: {num_parameters(model):,} parameters, batches of {batch} x {utterance_s:g} s, "

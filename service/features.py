@@ -1,4 +1,10 @@
-"""Log-mel front-end, streaming.
+"""Log-mel front-ends, streaming.
+
+Two kinds, declared by a model directory's `features.kind`: `htk` (ours: HTK-scale
+filters, natural log over a floor, normalized inside the model) and `whisper`
+(Whisper's: Slaney-scale filters, log10, then (x + 4) / 4). Whisper floors each clip at
+its own maximum - 8, which a stream cannot know; ours floors at the fixed `whisper_floor`
+instead (models trained for this front-end learn with the same floor).
 
 Frame i covers samples [i*hop, i*hop + win). `StreamingFeatures` keeps the
 samples that do not yet complete a frame, so feeding audio in any chunking
@@ -11,8 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 
+KINDS = ("htk", "whisper")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
+    kind: str = "htk"
     sample_rate: int = 16000
     n_fft: int = 512
     win_length: int = 400  # 25 ms
@@ -20,13 +30,23 @@ class FeatureConfig:
     n_mels: int = 80
     fmin: float = 20.0
     fmax: float = 7600.0
-    log_floor: float = 1e-6
+    log_floor: float = 1e-6  # power floor (htk: added; whisper: clamped at)
+    whisper_floor: float = -6.5  # whisper kind: log10 floor in place of the clip maximum - 8
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"features.kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if not 0 < self.hop_length <= self.win_length <= self.n_fft:
             raise ValueError("need 0 < hop_length <= win_length <= n_fft")
         if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
             raise ValueError("need 0 <= fmin < fmax <= sample_rate/2")
+
+
+    @classmethod
+    def whisper(cls, **changes) -> "FeatureConfig":
+        """Whisper's front-end settings (n_fft 400, hop 160, 80 Slaney bins over 0-8 kHz)."""
+        return cls(**{"kind": "whisper", "n_fft": 400, "win_length": 400, "hop_length": 160, "n_mels": 80,
+                      "fmin": 0.0, "fmax": 8000.0, "log_floor": 1e-10, **changes})
 
 
 def _hz_to_mel(hz):
@@ -52,32 +72,71 @@ def mel_filterbank(cfg: FeatureConfig, warp: float = 1.0) -> np.ndarray:
     return np.maximum(0.0, np.minimum(rising, falling)).T.astype(np.float32)
 
 
+def _slaney_hz_to_mel(hz):
+    hz = np.asarray(hz, np.float64)
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz < 1000.0, 3.0 * hz / 200.0, log_part)
+
+
+def _slaney_mel_to_hz(mel):
+    mel = np.asarray(mel, np.float64)
+    return np.where(mel < 15.0, 200.0 * mel / 3.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0)))
+
+
+def slaney_filterbank(cfg: FeatureConfig) -> np.ndarray:
+    """(n_fft//2+1, n_mels) Slaney-scale, area-normalized filters: librosa's `filters.mel`
+    defaults, which Whisper's front-end uses."""
+    bins = np.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
+    edges = _slaney_mel_to_hz(np.linspace(_slaney_hz_to_mel(cfg.fmin), _slaney_hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - bins[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.T.astype(np.float32)
+
+
 class LogMel:
     """Stateless: whole frames of samples in, log-mel frames (n, n_mels) out."""
 
     def __init__(self, cfg: FeatureConfig, warp: float = 1.0) -> None:
         self.cfg = cfg
-        self._window = np.hanning(cfg.win_length + 2)[1:-1].astype(np.float32)
-        self._fbank = mel_filterbank(cfg, warp)
+        if cfg.kind == "whisper":  # torch.hann_window's periodic window, as Whisper's STFT
+            self._window = np.hanning(cfg.win_length + 1)[:-1].astype(np.float32)
+            self._fbank = slaney_filterbank(cfg) if warp == 1.0 else None
+            if self._fbank is None:
+                raise ValueError("VTLP warping applies to the htk front-end only")
+        else:
+            self._window = np.hanning(cfg.win_length + 2)[1:-1].astype(np.float32)
+            self._fbank = mel_filterbank(cfg, warp)
 
     def num_frames(self, num_samples: int) -> int:
         if num_samples < self.cfg.win_length:
             return 0
         return 1 + (num_samples - self.cfg.win_length) // self.cfg.hop_length
 
-    def __call__(self, samples: np.ndarray) -> np.ndarray:
+    def power(self, samples: np.ndarray) -> np.ndarray:
+        """Mel power spectrum (n, n_mels) of the whole frames in `samples`."""
         n = self.num_frames(len(samples))
-        if n == 0:
-            return np.zeros((0, self.cfg.n_mels), np.float32)
         idx = np.arange(self.cfg.win_length)[None, :] + self.cfg.hop_length * np.arange(n)[:, None]
         frames = samples[idx] * self._window
-        power = np.abs(np.fft.rfft(frames, n=self.cfg.n_fft, axis=1)) ** 2
-        return np.log(power.astype(np.float32) @ self._fbank + self.cfg.log_floor)
+        return (np.abs(np.fft.rfft(frames, n=self.cfg.n_fft, axis=1)) ** 2).astype(np.float32) @ self._fbank
+
+    def compress(self, power: np.ndarray) -> np.ndarray:
+        if self.cfg.kind == "whisper":
+            log_spec = np.log10(np.maximum(power, self.cfg.log_floor))
+            return ((np.maximum(log_spec, self.cfg.whisper_floor) + 4.0) / 4.0).astype(np.float32)
+        return np.log(power + self.cfg.log_floor)
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        if self.num_frames(len(samples)) == 0:
+            return np.zeros((0, self.cfg.n_mels), np.float32)
+        return self.compress(self.power(samples))
 
     @property
     def silence_frame(self) -> np.ndarray:
         """The frame of digital silence, used to pad the model's last chunk."""
-        return np.full(self.cfg.n_mels, np.log(self.cfg.log_floor), np.float32)
+        return self.compress(np.zeros(self.cfg.n_mels, np.float32))
 
 
 class StreamingFeatures:

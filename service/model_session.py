@@ -62,6 +62,12 @@ class ModelSpec:
         if not isinstance(beam_width, int) or not 1 <= beam_width <= MAX_BEAM_WIDTH:
             raise ValueError(f"{directory / 'model.json'}: decoder.beam_width must be a whole number from 1 "
                              f"to {MAX_BEAM_WIDTH}, not {beam_width!r}")
+        # A full-context encoder windowed inside the graph (`streaming.window`) keeps its blocks on one
+        # grid only when every chunk but a stream's last is a multiple of the block.
+        block = meta.get("streaming", {}).get("window", {}).get("block_frames", 1)
+        if meta["chunk_frames"] % block:
+            raise ValueError(f"{directory / 'model.json'}: chunk_frames {meta['chunk_frames']} is not a multiple "
+                             f"of the streaming window's block_frames {block}")
         lm = directory / decoder["lm"] if decoder.get("lm") else None
         unigrams = directory / decoder["unigrams"] if decoder.get("unigrams") else None
         return cls(

@@ -45,3 +45,14 @@ def test_decoding_settings_are_overridden_and_tuned_at_a_beam_width(tmp_path):
     assert "best at beam width 8:" in tuned
     chosen = json.loads((tmp_path / "decoder.json").read_text())
     assert chosen["beam_width"] == 8 and chosen["lm_weight"] in (0.3, 0.5, 0.8, 1.2)
+
+
+def test_whisper_tiny_en_is_measured_beside_ours_on_the_same_audio(tmp_path):
+    canaries = f"canaries={BUNDLED / 'canaries' / 'manifest.jsonl'}"
+    out = evaluate("--set", canaries, "--whisper", "--limit", "4", "--json", str(tmp_path / "t.json"))
+    rows = {r["decoding"]: r for r in json.loads((tmp_path / "t.json").read_text()) if r["set"] == "canaries"}
+    assert set(rows) == {"greedy", "beam+LM", "whisper tiny.en"}
+    assert all(r["utterances"] == 4 for r in rows.values())
+    # Clear synthetic sentences: Whisper gets most words (its digits spelled out, normalized as ours).
+    assert rows["whisper tiny.en"]["wer"] < 0.5
+    assert "whisper tiny.en" in out and "two threads" in out

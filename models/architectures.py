@@ -1,0 +1,44 @@
+"""The model families `models.train` trains and `export` writes, chosen by `kind` in a
+config's [model] table (and stored in every checkpoint): `gru` (models/model.py, from
+scratch) and `whisper_ctc` (models/encoder_ctc.py, a pretrained encoder with our head).
+Both offer what training and export use: cfg.features, cfg.lookahead_frames, subsampling,
+initial_state, state_names, describe, forward (the streaming graph), train_inputs,
+train_padding and train_forward."""
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from models import encoder_ctc, model
+
+FAMILIES = {
+    "gru": (model.ModelConfig, model.StreamingCTC),
+    "whisper_ctc": (encoder_ctc.EncoderCTCConfig, encoder_ctc.EncoderCTC),
+}
+
+
+def model_config(table: dict):
+    kind = table.get("kind", "gru")
+    if kind not in FAMILIES:
+        raise ValueError(f"[model] kind must be one of {', '.join(FAMILIES)}, not {kind!r}")
+    return FAMILIES[kind][0](**table)
+
+
+def build(cfg):
+    return FAMILIES[cfg.kind][1](cfg)
+
+
+def save(path: Path, net, extra: dict) -> None:
+    if net.cfg.kind == "gru":
+        model.save_checkpoint(path, net, asdict(net.cfg.features), extra)
+    else:
+        encoder_ctc.save_encoder_ctc(path, net, extra)
+
+
+def load(path: Path):
+    """(model in eval mode, the checkpoint's dict) of any family."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt["model_config"].get("kind", "gru") == "gru":
+        return model.load_checkpoint(path)
+    return encoder_ctc.load_encoder_ctc(ckpt), ckpt

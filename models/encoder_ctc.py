@@ -1,0 +1,178 @@
+"""A pretrained Whisper encoder with a CTC head over our characters, streamed in windows.
+
+Whisper's encoder attends over its whole input. It streams here as buffered inference
+(NeMo's buffered CTC, Riva's offline-model streaming), inside the graph: the stream is
+cut into blocks of `block_frames` feature frames; each block is encoded in a window of
+`left_frames` before it and `right_frames` after it, and only the block's own encoder
+outputs are kept. The window's past lives in the model state (the last left + right
+feature frames), so the service runs it exactly like the GRU model: chunk in, state in,
+log-probs and state out. The outputs lag the input by `right_frames` (the look-ahead),
+and the first block's window starts on silence, as every utterance did in training.
+
+Whole-utterance definition: one call over all frames from the zero state. Any chunking
+into multiples of `block_frames` computes the same, since the blocks fall on one grid.
+
+Training keeps the encoder frozen and caches its kept outputs per utterance
+(`encode_frozen`), so the head trains on them at the cost of a small network.
+"""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.model import TOKENS
+from models.whisper import WhisperEncoder, load_encoder
+from service.features import FeatureConfig, LogMel
+
+SUBSAMPLING = 4  # Whisper's conv stride 2, then two encoder frames stacked per output frame
+
+
+@dataclass(frozen=True)
+class EncoderCTCConfig:
+    kind: str = "whisper_ctc"
+    encoder: str = "tiny.en"
+    left_frames: int = 96  # feature frames (10 ms) of past in each window
+    block_frames: int = 32  # feature frames each window adds; the service's chunk is a multiple
+    right_frames: int = 16  # feature frames of future in each window: the look-ahead
+    head_hidden: int = 512
+    dropout: float = 0.1
+    whisper_floor: float = -7.0  # the front-end's fixed log10 floor (FeatureConfig.whisper_floor)
+    vocab_size: int = len(TOKENS)
+
+    def __post_init__(self) -> None:
+        for name in ("left_frames", "block_frames", "right_frames"):
+            value = getattr(self, name)
+            if value < 0 or value % SUBSAMPLING or (name == "block_frames" and value == 0):
+                raise ValueError(f"{name} must be a {'positive' if name == 'block_frames' else 'non-negative'} "
+                                 f"multiple of {SUBSAMPLING}, not {value}")
+        if (self.left_frames + self.block_frames + self.right_frames) // 2 > 1500:
+            raise ValueError("a window may hold at most 30 s (Whisper's positions)")
+
+    @property
+    def window_frames(self) -> int:
+        return self.left_frames + self.block_frames + self.right_frames
+
+    @property
+    def lookahead_frames(self) -> int:
+        return self.right_frames
+
+    @property
+    def features(self) -> FeatureConfig:
+        return FeatureConfig.whisper(whisper_floor=self.whisper_floor)
+
+
+class EncoderCTC(nn.Module):
+    subsampling = SUBSAMPLING
+
+    def __init__(self, cfg: EncoderCTCConfig, encoder: WhisperEncoder | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder if encoder is not None else load_encoder(cfg.encoder)
+        self.encoder.requires_grad_(False)
+        self.register_buffer("silence", torch.from_numpy(LogMel(cfg.features).silence_frame))
+        width = self.encoder.width
+        self.head = nn.Sequential(
+            nn.LayerNorm(2 * width), nn.Linear(2 * width, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.head_hidden, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.head_hidden, cfg.vocab_size))
+
+    # -- the streaming graph (what export writes) --------------------------------------------
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
+        """The window's past: the last left + right feature frames, less the silence frame
+        (so the zero state is silence)."""
+        return (torch.zeros(batch, self.silence.shape[0], self.cfg.left_frames + self.cfg.right_frames),)
+
+    def state_names(self) -> tuple[list[str], list[str], list[int]]:
+        return ["cache_window"], ["next_cache_window"], [0]
+
+    def describe(self) -> str:
+        c = self.cfg
+        return (f"Whisper {c.encoder} encoder (frozen) in windows of {c.left_frames * 10} ms past + "
+                f"{c.block_frames * 10} ms block + {c.right_frames * 10} ms look-ahead, two frames stacked, "
+                f"MLP head {c.head_hidden}x2, char CTC")
+
+    def _windows(self, buf: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """(B, n_mels, blocks * block + left + right) -> (B * blocks, n_mels, window) + silence."""
+        c = self.cfg
+        idx = torch.arange(blocks)[:, None] * c.block_frames + torch.arange(c.window_frames)[None, :]
+        win = buf[:, :, idx]  # (B, n_mels, blocks, window)
+        return win.permute(0, 2, 1, 3).reshape(-1, buf.shape[1], c.window_frames) + self.silence[:, None]
+
+    def kept_encoding(self, frames: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder outputs (B, T/2, width) of the blocks these T frames complete, and the next state."""
+        c = self.cfg
+        b, _, t = frames.shape
+        buf = torch.cat([cache, frames - self.silence[:, None]], dim=2)
+        next_cache = buf[:, :, buf.shape[2] - c.left_frames - c.right_frames:]
+        blocks = torch.div(t + c.block_frames - 1, c.block_frames, rounding_mode="floor")
+        buf = nn.functional.pad(buf, (0, blocks * c.block_frames - t))
+        enc = self.encoder(self._windows(buf, blocks))
+        kept = enc[:, c.left_frames // 2:(c.left_frames + c.block_frames) // 2]
+        return kept.reshape(b, -1, kept.shape[2])[:, : t // 2], next_cache
+
+    def head_logprobs(self, enc: torch.Tensor) -> torch.Tensor:
+        """(B, T/2, width) encoder frames -> (B, T/4, V) log-probs."""
+        b, t, w = enc.shape
+        return torch.log_softmax(self.head(enc.reshape(b, t // 2, 2 * w)), dim=-1, dtype=torch.float32)
+
+    def forward(self, audio_signal, length, cache_window):
+        """audio_signal (B, n_mels, T) Whisper-style log-mel, T a multiple of 4 (of block_frames but
+        for a stream's last chunk) -> logprobs (B, T/4, V), their lengths, the next state."""
+        enc, next_cache = self.kept_encoding(audio_signal, cache_window)
+        return self.head_logprobs(enc), length // SUBSAMPLING, next_cache
+
+    # -- training on cached encoder outputs --------------------------------------------------
+
+    @torch.no_grad()
+    def encode_frozen(self, utterances: list[np.ndarray], window_batch: int = 64) -> list[np.ndarray]:
+        """Each utterance's (T, n_mels) features, followed by look-ahead silence -> its kept encoder
+        outputs ((T + right)/2, width) as float16, exactly what the stream would compute."""
+        c = self.cfg
+        self.encoder.eval()
+        windows, counts = [], []
+        for feats in utterances:
+            x = torch.from_numpy(feats).T[None] - self.silence[:, None]
+            x = nn.functional.pad(x, (0, c.right_frames))
+            t = x.shape[2]
+            blocks = -(-t // c.block_frames)
+            buf = nn.functional.pad(x, (c.left_frames + c.right_frames, blocks * c.block_frames - t))
+            windows.append(self._windows(buf, torch.tensor(blocks)))
+            counts.append((blocks, t // 2))
+        flat = torch.cat(windows)
+        kept = torch.cat([self.encoder(flat[i:i + window_batch])[:, c.left_frames // 2:
+                                                                (c.left_frames + c.block_frames) // 2]
+                          for i in range(0, len(flat), window_batch)])
+        out, start = [], 0
+        for blocks, frames in counts:
+            out.append(kept[start:start + blocks].reshape(-1, kept.shape[2])[:frames].numpy().astype(np.float16))
+            start += blocks
+        return out
+
+    def train_inputs(self, features: list[np.ndarray]) -> list[np.ndarray]:
+        return self.encode_frozen(features)
+
+    def train_padding(self) -> tuple[np.ndarray, int]:
+        """Cached encodings pad with zeros; their look-ahead tail is inside them already."""
+        return np.zeros(self.encoder.width, np.float32), 0
+
+    def train_forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, width, T/2) cached encoder outputs, as collated -> log-probs (B, T/4, V), lengths."""
+        return self.head_logprobs(x.transpose(1, 2).float()), lengths // 2
+
+
+def save_encoder_ctc(path, model: EncoderCTC, extra: dict) -> None:
+    """Only the head is stored: the encoder comes from its wheel, checked against it on load."""
+    head = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    torch.save({"model_config": asdict(model.cfg), "feature_config": asdict(model.cfg.features), "tokens": TOKENS,
+                "state_dict": head, **extra}, path)
+
+
+def load_encoder_ctc(ckpt: dict) -> EncoderCTC:
+    model = EncoderCTC(EncoderCTCConfig(**ckpt["model_config"]))
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if unexpected or any(not k.startswith("encoder.") for k in missing):
+        raise ValueError(f"checkpoint does not fit {model.cfg.kind} (missing {missing}, unexpected {unexpected})")
+    return model.eval()
