@@ -1,16 +1,18 @@
-"""python -m export --ckpt PATH --out DIR [--lm-dir DIR] [--tolerance 1e-3]
+"""python -m export --ckpt PATH --out DIR [--lm-dir DIR] [--tolerance 1e-3] [--int8]
 
 Writes the model directory `python -m service --model DIR` serves (model.onnx,
 model.json, tokens.txt, optionally lm.bin + unigrams.txt, README.md) and checks
 that ONNX Runtime computes what PyTorch computes, whole-utterance and chunk by
 chunk with carried state. Exits 1 when a difference exceeds the tolerance.
+PATH is a checkpoint of `models.train`, of either family (models/architectures.py);
+what it is is printed. --int8 then quantizes the matrix products.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from export.onnx_export import check_parity, write_model_dir
+from export.onnx_export import check_parity, int8_difference, quantize_int8, write_model_dir
 from models import architectures
 
 
@@ -25,6 +27,8 @@ def main() -> None:
     p.add_argument("--chunk-frames", type=int, help="feature frames (10 ms) per streaming model step "
                    "(default: 16, or a whisper_ctc model's block)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |log-prob| difference")
+    p.add_argument("--int8", action="store_true", help="quantize the model's matrix products to int8 after "
+                   "the float32 parity checks pass (measure WER again: models.evaluate)")
     a = p.parse_args()
     if not a.ckpt.is_file():
         p.error(f"--ckpt {a.ckpt}: no such file")
@@ -46,6 +50,11 @@ def main() -> None:
     if max(report.values()) > a.tolerance:
         print(f"parity check failed: tolerance {a.tolerance:g}", file=sys.stderr)
         sys.exit(1)
+    if a.int8:
+        quantize_int8(a.out / "model.onnx")
+        diff = int8_difference(model, a.out / "model.onnx")
+        size = (a.out / "model.onnx").stat().st_size / 1e6
+        print(f"int8: model.onnx {size:.1f} MB; int8 vs float32 PyTorch: max |diff| = {diff:.2e} (not gated)")
 
 
 if __name__ == "__main__":

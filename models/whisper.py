@@ -127,13 +127,23 @@ class WhisperEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.ln_post = nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def bottom(self, x: torch.Tensor, layers: int) -> torch.Tensor:
+        """Log-mel (B, n_mels, T) -> the output of the first `layers` blocks (B, T/2, width)."""
         x = nn.functional.gelu(self.conv1(x))
         x = nn.functional.gelu(self.conv2(x)).transpose(1, 2)
         x = x + self.positions[: x.shape[1]]
-        for block in self.blocks:
+        for block in self.blocks[:layers]:
+            x = block(x)
+        return x
+
+    def top(self, x: torch.Tensor, layers: int) -> torch.Tensor:
+        """The blocks after the first `layers`, and the final LayerNorm."""
+        for block in self.blocks[layers:]:
             x = block(x)
         return self.ln_post(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(self.bottom(x, len(self.blocks)), len(self.blocks))
 
 
 def load_encoder(name: str = "tiny.en") -> WhisperEncoder:

@@ -99,6 +99,8 @@ def _merge_beams(beams: list) -> dict:
 
 class CtcDecoder:
     def __init__(self, spec: ModelSpec) -> None:
+        """`spec`: a model directory's ModelSpec, or anything with its tokens, lm, unigrams and
+        frame_seconds (training validates with this decoder before a directory exists)."""
         self.spec = spec
         self._labels = ctc_labels(spec.tokens)
         self._blank = spec.tokens.index(BLANK)
