@@ -38,7 +38,7 @@ def main() -> None:
     print(f"found: a {model.cfg.kind} checkpoint of models.train ({model.describe()})")
     version = a.version or f"step{ckpt.get('step', 0)}"
     name = a.name or f"ctc-{model.cfg.kind.split('_')[0]}"
-    chunk_frames = a.chunk_frames or getattr(model.cfg, "block_frames", 16)
+    chunk_frames = a.chunk_frames or model.default_chunk_frames
     try:
         write_model_dir(model, ckpt, a.out, name=name, version=version, chunk_frames=chunk_frames, lm_dir=a.lm_dir)
     except ValueError as e:

@@ -16,7 +16,8 @@ import torch
 from models.model import num_parameters
 
 # What both model families offer export (models.model.StreamingCTC, models.encoder_ctc.EncoderCTC):
-# subsampling, cfg.lookahead_frames, initial_state(batch), state_names(), describe(), and
+# subsampling, chunk_multiple, cfg.lookahead_frames, initial_state(batch), state_names(), describe(),
+# streaming(), parity_features(), and
 # forward(audio_signal, length, *state) -> (logprobs, lengths, *next_state).
 
 OPSET = 17
@@ -39,9 +40,8 @@ def export_onnx(model, path: Path) -> None:
 
 def write_model_dir(model, ckpt: dict, out: Path, *, name: str, version: str, chunk_frames: int,
                     lm_dir: Path | None) -> None:
-    step = getattr(model.cfg, "block_frames", model.subsampling)  # chunks must fall on the window grid
-    if chunk_frames <= 0 or chunk_frames % step:
-        raise ValueError(f"chunk frames must be a positive multiple of {step}")
+    if chunk_frames <= 0 or chunk_frames % model.chunk_multiple:
+        raise ValueError(f"chunk frames must be a positive multiple of {model.chunk_multiple}")
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(model, out / "model.onnx")
     tokens = ckpt["tokens"]
@@ -49,16 +49,13 @@ def write_model_dir(model, ckpt: dict, out: Path, *, name: str, version: str, ch
     inputs, outputs, axes = model.state_names()
     states = [{"input": i, "output": o, "shape": list(s.shape), "batch_axis": a}
               for i, o, s, a in zip(inputs, outputs, model.initial_state(1), axes)]
-    streaming = {"scheme": "explicit_state"}
-    if model.cfg.kind != "gru":  # a full-context encoder, windowed inside the graph (its state is the past)
-        streaming["window"] = {k: getattr(model.cfg, k) for k in ("left_frames", "block_frames", "right_frames")}
     meta = {
         "name": name, "version": version, "language_code": "en", "kind": model.cfg.kind,
         "architecture": model.describe(),
         "features": ckpt["feature_config"], "subsampling_factor": model.subsampling,
         # in feature frames (10 ms), as chunk_frames; the outputs lag the input by as much
         "chunk_frames": chunk_frames, "lookahead_frames": model.cfg.lookahead_frames, "states": states,
-        "streaming": streaming,
+        "streaming": model.streaming(),
         "tail_padding_ms": 320,  # quiet audio appended at the end of a stream (see service/recognizer.py)
         "parameters": num_parameters(model),
         "decoder": {"beam_width": 25, "lm_weight": 0.5, "word_bonus": 1.0},
@@ -87,14 +84,7 @@ def write_model_dir(model, ckpt: dict, out: Path, *, name: str, version: str, ch
 
 
 def _test_features(model, frames: int, seed: int) -> np.ndarray:
-    """Feature-like input shaped (1, n_mels, T): the model's own feature statistics (GRU), or
-    speech-like Whisper log-mel (the silence level plus up to ~1.5, its range on speech)."""
-    rng = np.random.default_rng(seed)
-    if model.cfg.kind == "gru":
-        mean, std = model.feat_mean.numpy()[:, None], model.feat_std.numpy()[:, None]
-    else:
-        mean, std = model.silence.numpy()[:, None] + 0.8, 0.4
-    return (mean + std * rng.standard_normal((len(mean), frames))).astype(np.float32)[None]
+    return model.parity_features(frames, np.random.default_rng(seed))
 
 
 def check_parity(model, onnx_path: Path, chunk_frames: int, frames: int = 400) -> dict[str, float]:

@@ -2,8 +2,9 @@
 config's [model] table (and stored in every checkpoint): `gru` (models/model.py, from
 scratch) and `whisper_ctc` (models/encoder_ctc.py, a pretrained encoder with our head).
 Both offer what training and export use: cfg.features, cfg.lookahead_frames, subsampling,
-initial_state, state_names, describe, forward (the streaming graph), train_inputs,
-train_padding and train_forward."""
+chunk_multiple, default_chunk_frames, initial_state, state_names, describe, streaming,
+parity_features, forward (the streaming graph), fit_normalization, train_inputs_key,
+train_inputs, train_padding and train_forward."""
 
 from dataclasses import asdict
 from pathlib import Path

@@ -106,6 +106,31 @@ class EncoderCTC(nn.Module):
                 f"{c.block_frames * 10} ms block + {c.right_frames * 10} ms look-ahead, two frames stacked, "
                 f"MLP head {c.head_hidden}x2, char CTC")
 
+    @property
+    def chunk_multiple(self) -> int:
+        return self.cfg.block_frames  # chunks must fall on the window grid
+
+    @property
+    def default_chunk_frames(self) -> int:
+        return self.cfg.block_frames
+
+    def streaming(self) -> dict:
+        """model.json's `streaming`: explicit state, which holds the windows' past."""
+        return {"scheme": "explicit_state",
+                "window": {k: getattr(self.cfg, k) for k in ("left_frames", "block_frames", "right_frames")}}
+
+    def parity_features(self, frames: int, rng: np.random.Generator) -> np.ndarray:
+        """Speech-like Whisper log-mel (1, n_mels, T): the silence level plus 0.8 +- 0.4, its range on speech."""
+        return (self.silence.numpy()[:, None] + 0.8 + 0.4 * rng.standard_normal((len(self.silence), frames))
+                ).astype(np.float32)[None]
+
+    def fit_normalization(self, features: list[np.ndarray]) -> None:
+        """Whisper's front-end normalizes already: nothing to measure."""
+
+    def train_inputs_key(self) -> dict:
+        """The cached encodings depend on the encoder, its windows and what is frozen (not the head)."""
+        return {k: v for k, v in asdict(self.cfg).items() if k not in ("head_hidden", "dropout")}
+
     def _windows(self, buf: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, blocks * block + left + right) -> (B * blocks, n_mels, window) + silence."""
         c = self.cfg

@@ -58,6 +58,8 @@ class ModelConfig:
 
 class StreamingCTC(nn.Module):
     subsampling = SUBSAMPLING
+    chunk_multiple = SUBSAMPLING  # a chunk of any multiple of the subsampling streams exactly
+    default_chunk_frames = 16
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -93,6 +95,25 @@ class StreamingCTC(nn.Module):
     def describe(self) -> str:
         lookahead = f" + look-ahead conv ({self.cfg.lookahead} frames)" if self.cfg.lookahead else ""
         return f"causal conv x2 (stride 2) + GRU {self.cfg.layers}x{self.cfg.hidden}{lookahead}, char CTC"
+
+    def streaming(self) -> dict:
+        """model.json's `streaming`: the state carries everything between chunks."""
+        return {"scheme": "explicit_state"}
+
+    def parity_features(self, frames: int, rng: np.random.Generator) -> np.ndarray:
+        """Feature-like input (1, n_mels, T) for export's parity checks: the training statistics."""
+        mean, std = self.feat_mean.numpy()[:, None], self.feat_std.numpy()[:, None]
+        return (mean + std * rng.standard_normal((len(mean), frames))).astype(np.float32)[None]
+
+    def fit_normalization(self, features: list[np.ndarray]) -> None:
+        """Training starts by measuring the normalization the graph applies to its input."""
+        stacked = np.concatenate(features)
+        self.feat_mean.copy_(torch.from_numpy(stacked.mean(0)))
+        self.feat_std.copy_(torch.from_numpy(stacked.std(0) + 1e-5))
+
+    def train_inputs_key(self) -> dict:
+        """What cached training inputs depend on beyond the front-end: nothing (they are its features)."""
+        return {}
 
     def train_inputs(self, features: list[np.ndarray]) -> list[np.ndarray]:
         """What training batches are made of: the log-mel features themselves."""

@@ -164,7 +164,7 @@ def load_set(rows: list[dict], desc: str, aug: Augment | None, seed: int, pool, 
     rows = rows * copies
     jobs = [(r, aug, seed * 1_000_003 + i, model.cfg.features, model.subsampling) for i, r in enumerate(rows)]
     feats = list(tqdm(pool.map(_features, jobs, chunksize=32), total=len(rows), desc=f"features {desc}"))
-    feats = [x for i in tqdm(range(0, len(feats), 128), desc=f"inputs {desc}", disable=model.cfg.kind == "gru")
+    feats = [x for i in tqdm(range(0, len(feats), 128), desc=f"inputs {desc}")
              for x in model.train_inputs(feats[i:i + 128])]  # in parts: an encoder may run over them
     return [(f, r["text"]) for f, r in zip(feats, rows)]
 
@@ -347,9 +347,7 @@ def main() -> None:
         print(f"initialized from {cfg['init']}" + (f" ({', '.join(new)} new, starting at zero)" if new else ""))
     # What the training features depend on; a manifest rebuilt since invalidates them.
     stats = [Path(e["path"]).stat() for e in entries]
-    inputs = {"features": asdict(model_cfg.features), "kind": model_cfg.kind}
-    if model_cfg.kind != "gru":  # the frozen encoder's outputs depend on its windowing
-        inputs["model"] = {k: v for k, v in asdict(model_cfg).items() if k not in ("head_hidden", "dropout")}
+    inputs = {"features": asdict(model_cfg.features), "kind": model_cfg.kind, **model.train_inputs_key()}
     key = {"train": [{**e, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns} for e, st in zip(entries, stats)],
            "augment": asdict(aug), "seed": seed, **inputs}
     with ProcessPoolExecutor(cfg.get("threads", 2)) as pool:
@@ -366,10 +364,8 @@ def main() -> None:
     hours = sum(r["duration"] * copies for _, rows, copies in train_rows for r in rows) / 3600
     print(f"train: {len(train)} utterances, {hours:.2f} h")
 
-    if not cfg.get("init") and model_cfg.kind == "gru":
-        stacked = np.concatenate([f for f, _ in train[:2000]])
-        model.feat_mean.copy_(torch.from_numpy(stacked.mean(0)))
-        model.feat_std.copy_(torch.from_numpy(stacked.std(0) + 1e-5))
+    if not cfg.get("init"):
+        model.fit_normalization([f for f, _ in train[:2000]])
     frame_seconds = model.subsampling * model_cfg.features.hop_length / model_cfg.features.sample_rate
     decoder = lm_decoder(Path(cfg["lm"]), frame_seconds, cfg.get("valid_beam_width")) if cfg.get("lm") else None
     best_key = "lm_wer" if decoder else "wer"
