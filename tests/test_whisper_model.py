@@ -1,11 +1,13 @@
 """The shipped Whisper encoder-CTC model (models/pretrained/whisper-ctc), served over a real channel
 like the bundled GRU model: unary, streamed with interim results, and its declared timing."""
 
+from dataclasses import replace
+
 import grpc
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, SAMPLES
+from conftest import ROOT, SAMPLES, TEST_CONFIG, ServerThread
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 
 WHISPER_CTC = ROOT / "models" / "pretrained" / "whisper-ctc"
@@ -14,8 +16,6 @@ Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 
 @pytest.fixture(scope="module")
 def whisper_stub():
-    from conftest import TEST_CONFIG, ServerThread
-    from dataclasses import replace
     srv = ServerThread(replace(TEST_CONFIG, model=WHISPER_CTC))
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as ch:
         yield asr_pb2_grpc.SpeechStub(ch)
