@@ -83,10 +83,6 @@ def write_model_dir(model, ckpt: dict, out: Path, *, name: str, version: str, ch
             f"trained on {ckpt.get('train_hours', 0):.1f} h of speech.\n")
 
 
-def _test_features(model, frames: int, seed: int) -> np.ndarray:
-    return model.parity_features(frames, np.random.default_rng(seed))
-
-
 def check_parity(model, onnx_path: Path, chunk_frames: int, frames: int = 400) -> dict[str, float]:
     """Max |log-prob| differences: ONNX vs PyTorch (whole utterance), ONNX chunked
     with carried state vs ONNX whole, and a batch of two vs each alone."""
@@ -99,7 +95,7 @@ def check_parity(model, onnx_path: Path, chunk_frames: int, frames: int = 400) -
         out = sess.run(["logprobs", *outputs], feeds)
         return out[0], out[1:]
 
-    x = _test_features(model, frames, 0)
+    x = model.parity_features(frames, np.random.default_rng(0))
     with torch.no_grad():
         ref = model(torch.from_numpy(x), torch.tensor([frames]), *model.initial_state(1))[0].numpy()
     whole, _ = run(x, state)
@@ -107,7 +103,7 @@ def check_parity(model, onnx_path: Path, chunk_frames: int, frames: int = 400) -
     for i in range(0, frames, chunk_frames):
         out, st = run(x[:, :, i:i + chunk_frames], st)
         chunks.append(out)
-    y = _test_features(model, frames, 1)
+    y = model.parity_features(frames, np.random.default_rng(1))
     pair, _ = run(np.concatenate([x, y]), [np.concatenate([s, s], axis=a) for s, a in zip(state, axes)])
     alone_y, _ = run(y, state)
     return {
@@ -137,7 +133,7 @@ def int8_difference(model, onnx_path: Path, frames: int = 400) -> float:
     moves log-probs by far more than export's tolerance; WER decides)."""
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inputs, _, _ = model.state_names()
-    x = _test_features(model, frames, 0)
+    x = model.parity_features(frames, np.random.default_rng(0))
     feeds = {"audio_signal": x, "length": np.array([frames], np.int64),
              **{n: s.numpy() for n, s in zip(inputs, model.initial_state(1))}}
     with torch.no_grad():

@@ -138,15 +138,21 @@ class EncoderCTC(nn.Module):
         win = buf[:, :, idx]  # (B, n_mels, blocks, window)
         return win.permute(0, 2, 1, 3).reshape(-1, buf.shape[1], c.window_frames) + self.silence[:, None]
 
+    def _buffer(self, frames: torch.Tensor, cache: torch.Tensor):
+        """The state followed by (B, n_mels, T) frames, less the silence frame; the same padded with
+        silence to whole blocks (the windows are cut from it); and the number of blocks."""
+        t = frames.shape[2]
+        buf = torch.cat([cache, frames - self.silence[:, None]], dim=2)
+        blocks = torch.div(t + self.cfg.block_frames - 1, self.cfg.block_frames, rounding_mode="floor")
+        return buf, nn.functional.pad(buf, (0, blocks * self.cfg.block_frames - t)), blocks
+
     def kept_encoding(self, frames: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder outputs (B, T/2, width) of the blocks these T frames complete, and the next state."""
         c = self.cfg
         b, _, t = frames.shape
-        buf = torch.cat([cache, frames - self.silence[:, None]], dim=2)
+        buf, padded, blocks = self._buffer(frames, cache)
         next_cache = buf[:, :, buf.shape[2] - c.left_frames - c.right_frames:]
-        blocks = torch.div(t + c.block_frames - 1, c.block_frames, rounding_mode="floor")
-        buf = nn.functional.pad(buf, (0, blocks * c.block_frames - t))
-        kept = self._kept(self.encoder(self._windows(buf, blocks)))
+        kept = self._kept(self.encoder(self._windows(padded, blocks)))
         return kept.reshape(b, -1, kept.shape[2])[:, : t // 2], next_cache
 
     def _kept(self, enc: torch.Tensor) -> torch.Tensor:
@@ -174,14 +180,12 @@ class EncoderCTC(nn.Module):
         c = self.cfg
         self.encoder.eval()
         windows, counts = [], []
+        tail = self.silence[None, :, None].expand(1, -1, c.right_frames)  # what the service's quiet tail gives
         for feats in utterances:
-            x = torch.from_numpy(feats).T[None] - self.silence[:, None]
-            x = nn.functional.pad(x, (0, c.right_frames))
-            t = x.shape[2]
-            blocks = -(-t // c.block_frames)
-            buf = nn.functional.pad(x, (c.left_frames + c.right_frames, blocks * c.block_frames - t))
-            windows.append(self._windows(buf, torch.tensor(blocks)))
-            counts.append((blocks, t // 2))
+            x = torch.cat([torch.from_numpy(feats).T[None], tail], dim=2)
+            _, padded, blocks = self._buffer(x, *self.initial_state(1))
+            windows.append(self._windows(padded, blocks))
+            counts.append((int(blocks), x.shape[2] // 2))
         flat = torch.cat(windows)
         if c.trainable_layers:
             enc = torch.cat([self.encoder.bottom(flat[i:i + window_batch], self.frozen_layers)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.features import FeatureConfig, LogMel
+
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 
@@ -182,7 +184,6 @@ def load_encoder(name: str = "tiny.en") -> WhisperEncoder:
 def whisper_log_mel(audio: np.ndarray) -> np.ndarray:
     """Whisper's own log-mel of a clip padded to 30 s (its clip-maximum floor included), (80, 3000):
     the input its checkpoints were trained on, for the parity check only."""
-    from service.features import FeatureConfig, LogMel
     logmel = LogMel(FeatureConfig.whisper())
     padded = np.zeros(480000 + 400, np.float32)
     padded[200:200 + min(len(audio), 480000)] = audio[:480000]  # Whisper centres its frames
