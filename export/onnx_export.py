@@ -12,8 +12,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+from models.corpus import read_audio, read_manifest, spread
 from models.model import num_parameters
+from service.features import LogMel, logmel_utterance, pad_to_multiple
+from service.model_session import ModelSession, ModelSpec
 
 # What both model families offer export (models.model.StreamingCTC, models.encoder_ctc.EncoderCTC):
 # subsampling, chunk_multiple, cfg.lookahead_frames, initial_state(batch), state_names(), describe(),
@@ -113,30 +117,48 @@ def check_parity(model, onnx_path: Path, chunk_frames: int, frames: int = 400) -
     }
 
 
-def quantize_int8(onnx_path: Path) -> None:
-    """Replaces the model with its int8 dynamic quantization (MatMul weights; convolutions stay
-    float32): ONNX Runtime's standard speed-up on CPUs. Accuracy must be measured again."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def calibration_feeds(directory: Path, manifest: Path, utterances: int) -> list[dict[str, np.ndarray]]:
+    """Model inputs of real speech as the service feeds them: each utterance's features chunk
+    by chunk, with the state the float32 graph in `directory` carries from chunk to chunk."""
+    spec = ModelSpec.load(directory)
+    session, logmel = ModelSession(spec, "cpu"), LogMel(spec.features)
+    feeds = []
+    for row in spread(read_manifest(manifest), utterances):
+        audio = read_audio(row["audio"], spec.features.sample_rate)
+        frames = pad_to_multiple(logmel, logmel_utterance(logmel, audio), spec.chunk_frames)
+        state = session.initial_state()
+        for i in range(0, len(frames), spec.chunk_frames):
+            chunk = frames[i:i + spec.chunk_frames]
+            feeds.append({"audio_signal": np.ascontiguousarray(chunk.T[None]), "length": np.array([len(chunk)]),
+                          **{s.input: x for s, x in zip(spec.states, state)}})
+            _, state = session.step(chunk, state)
+    return feeds
 
+
+class _Feeds(CalibrationDataReader):
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def quantize_int8(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    """Replaces the model with its static int8 quantization: products with a weight matrix
+    (weights per channel, activations at ranges calibrated on `feeds`); attention's products of
+    two activations and the convolutions stay float32. Static, not dynamic: dynamic quantization
+    scales activations by the whole batch, so a stream's results would change with the streams
+    batched beside it. Accuracy must be measured again."""
     fp32 = onnx_path.with_suffix(".fp32.onnx")
     onnx_path.replace(fp32)
-    quantize_dynamic(str(fp32), str(onnx_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    graph = onnx.load(str(fp32)).graph
+    weights = {w.name for w in graph.initializer}
+    products = [n.name for n in graph.node if n.op_type == "MatMul" and weights & set(n.input)]
+    quantize_static(str(fp32), str(onnx_path), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"],
+                    nodes_to_quantize=products, calibrate_method=CalibrationMethod.Percentile)
     model = onnx.load(str(onnx_path))
     props = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
-    onnx.helper.set_model_props(model, {**props, "quantization": "int8 dynamic (MatMul)"})
+    onnx.helper.set_model_props(model, {**props, "quantization": f"int8 static (MatMul), {len(feeds)} calibration steps"})
     onnx.save(model, str(onnx_path))
     fp32.unlink()
-
-
-def int8_difference(model, onnx_path: Path, frames: int = 400) -> float:
-    """Max |log-prob| difference between the int8 graph and PyTorch in float32 (informative: int8
-    moves log-probs by far more than export's tolerance; WER decides)."""
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    inputs, _, _ = model.state_names()
-    x = model.parity_features(frames, np.random.default_rng(0))
-    feeds = {"audio_signal": x, "length": np.array([frames], np.int64),
-             **{n: s.numpy() for n, s in zip(inputs, model.initial_state(1))}}
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x), torch.tensor([frames]), *model.initial_state(1))[0].numpy()
-    return float(np.abs(sess.run(["logprobs"], feeds)[0] - ref).max())
-

@@ -263,6 +263,13 @@ def spread(rows: list[dict], limit: int | None) -> list[dict]:
     return [rows[i * len(rows) // limit] for i in range(limit)]
 
 
+def read_audio(path: str | Path, rate: int) -> np.ndarray:
+    """A clip as mono float32 samples at `rate`."""
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    return soxr.resample(audio, sr, rate) if sr != rate else audio
+
+
 def _raw_rows(path: Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

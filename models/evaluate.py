@@ -26,22 +26,14 @@ import re
 import time
 
 import jiwer
-import soundfile as sf
-import soxr
 from tqdm import tqdm
 
 from models import sentences
-from models.corpus import read_manifest, spread
+from models.corpus import read_audio, read_manifest, spread
 from service.decoder import CtcDecoder, DecodeOptions
 from service.model_session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
 from service.recognizer import Recognizer
 from service.text import normalize
-
-
-def read_audio(path: str, rate: int):
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    return soxr.resample(audio, sr, rate) if sr != rate else audio
 
 
 def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, DecodeOptions], desc: str):

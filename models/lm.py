@@ -1,18 +1,31 @@
 """Build the KenLM n-gram language model and its unigram list from training text.
 
-    python -m models.lm --manifest data/corpus/train.jsonl --grammar-sentences 50000 --english --out DIR
+    python -m models.lm --manifest data/corpus/train.jsonl --grammar-sentences 50000 \
+        --english --wordnet --wordfreq 50000 --out DIR
 
-Text: the manifests' transcripts plus sentences drawn from the training side of
-the domain grammar and of the plain English sentences (never a held-out one).
+Text: the manifests' transcripts, sentences drawn from the training side of the
+domain grammar and of the fortune files (never a held-out one), WordNet's usage
+examples (Debian's wordnet-base) and the most frequent English words (wordfreq),
+each word on its own line so that a word the rest never used still has a
+unigram probability instead of the unknown word's.
 
-Writes DIR/lm.bin (KenLM binary) and DIR/unigrams.txt (one word a line, for
-pyctcdecode). `lmplz` and `build_binary` are compiled once from the `kenlm`
+A deployment's own domain (what Riva and Google call a custom language model or
+phrase set): --domain FILE adds its sentences or phrases, one a line, repeated
+--domain-weight times so that they outweigh the general text, and --model DIR
+writes a copy of that model directory with the new LM in it:
+
+    python -m models.lm --domain phrases.txt --grammar-sentences 50000 --english \
+        --wordnet --wordfreq 50000 --model models/pretrained/default --out my-model
+
+Writes OUT/lm.bin (KenLM binary) and OUT/unigrams.txt (one word a line, for the
+decoder). `lmplz` and `build_binary` are compiled once from the `kenlm`
 source package on PyPI into third_party/kenlm (needs cmake, a C++ compiler,
 Boost and zlib headers; see README).
 """
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +34,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from num2words import num2words
+
 from models import sentences
+from service.text import normalize
 
 KENLM_VERSION = "0.3.0"
 TOOLS_DIR = Path(__file__).resolve().parent.parent / "third_party" / "kenlm"
@@ -68,20 +84,59 @@ def build_lm(texts: list[str], out: Path, order: int) -> None:
     print(f"{out / 'lm.bin'}: order {order}, {len(texts)} sentences, {len(words)} words")
 
 
+def domain_sentences(path: Path) -> list[str]:
+    """A user's sentences or phrases, one a line, numbers spelled out as they are spoken."""
+    lines = (re.sub(r"\d+", lambda m: f" {num2words(int(m.group()))} ", line) for line in open(path))
+    return [text for text in map(normalize, lines) if text]
+
+
+def copy_model_dir(model: Path, out: Path) -> None:
+    """OUT becomes a copy of the model directory, ready for the new lm.bin and unigrams.txt."""
+    if not (model / "model.json").is_file():
+        sys.exit(f"--model {model}: not a model directory (no model.json)")
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"--out {out}: exists and is not empty; give a new directory")
+    shutil.copytree(model, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("lm.bin", "unigrams.txt"))
+    meta = json.loads((out / "model.json").read_text())
+    meta.setdefault("decoder", {}).update(lm="lm.bin", unigrams="unigrams.txt")
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", nargs="+", required=True, help="JSONL manifests whose text trains the LM")
+    p.add_argument("--manifest", nargs="+", default=[], help="JSONL manifests whose text trains the LM")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--grammar-sentences", type=int, default=0, help="add this many training-side grammar sentences")
     p.add_argument("--english", action="store_true",
                    help="add the training side of the plain English sentences (models.sentences)")
+    p.add_argument("--wordnet", action="store_true", help="add WordNet's usage examples (Debian: wordnet-base)")
+    p.add_argument("--wordfreq", type=int, default=0, metavar="N", help="add the N most frequent English words")
+    p.add_argument("--domain", type=Path, action="append", default=[], metavar="FILE",
+                   help="a deployment's sentences or phrases, one a line (repeatable)")
+    p.add_argument("--domain-weight", type=int, default=20, help="times each domain line counts (default 20)")
+    p.add_argument("--model", type=Path, help="write a copy of this model directory, with the new LM, to --out")
     p.add_argument("--order", type=int, default=4)
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
+    if a.domain_weight < 1:
+        p.error("--domain-weight must be at least 1")
     texts = [json.loads(line)["text"] for m in a.manifest for line in open(m) if line.strip()]
     texts += sentences.generate(a.grammar_sentences, a.seed, held_out=False)
     if a.english:
         texts += [t for t in sentences.english_sentences() if not sentences.is_held_out(t)]
+    if a.wordnet:
+        texts += sentences.wordnet_sentences()
+    texts += sentences.frequent_words(a.wordfreq) if a.wordfreq else []
+    for path in a.domain:
+        domain = domain_sentences(path)
+        if not domain:
+            p.error(f"--domain {path}: no words in it")
+        texts += domain * a.domain_weight
+        print(f"{path}: {len(domain)} lines, each counted {a.domain_weight} times")
+    if not texts:
+        p.error("no text: give --manifest, --grammar-sentences, --english, --wordnet, --wordfreq or --domain")
+    if a.model:
+        copy_model_dir(a.model, a.out)
     build_lm(texts, a.out, a.order)
 
 

@@ -1,6 +1,7 @@
 """Sentences of the voice-interface domain: digits, numbers, times, dates,
-amounts, commands, questions, plus plain English sentences (the fortune
-files Debian ships, read offline).
+amounts, commands, questions, plus plain English text read offline from
+Debian packages (the fortune files; WordNet's usage examples) and from the
+`wordfreq` package (the most frequent English words).
 
 Every sentence is normalized text over the model vocabulary. Whether a
 sentence is held out is a pure function of its text, so held-out sentences
@@ -149,6 +150,33 @@ def english_sentences(directory: str = FORTUNE_DIR, min_words: int = 3, max_word
                 if min_words <= len(text.split()) <= max_words:
                     out.add(text)
     return sorted(out)
+
+
+WORDNET_DIR = "/usr/share/wordnet"  # Debian package wordnet-base (WordNet 3.0 licence)
+
+
+def wordnet_sentences(directory: str = WORDNET_DIR, min_words: int = 2) -> list[str]:
+    """WordNet's usage examples (the quoted parts of its glosses, about 48,000 short sentences
+    and phrases of everyday English), normalized, numbers dropped, sorted and unique."""
+    out: set[str] = set()
+    for pos in ("noun", "verb", "adj", "adv"):
+        with open(Path(directory) / f"data.{pos}", encoding="latin-1") as f:
+            for line in f:
+                if line.startswith("  "):  # the licence header
+                    continue
+                for raw in re.findall(r'"([^"]+)"', line.partition(" | ")[2]):
+                    text = normalize(raw)
+                    if not re.search(r"[0-9]", raw) and len(text.split()) >= min_words:
+                        out.add(text)
+    return sorted(out)
+
+
+def frequent_words(n: int) -> list[str]:
+    """The n most frequent English words (wordfreq: Wikipedia, subtitles, news, books, web
+    text...) that are already normalized words of our vocabulary."""
+    from wordfreq import top_n_list  # a training extra: the service never needs it
+
+    return [w for w in top_n_list("en", n) if normalize(w) == w and " " not in w]
 
 
 def mixed(n: int, seed: int, held_out: bool, english: list[str], english_share: float) -> list[str]:

@@ -61,17 +61,24 @@ def exported(tmp_path_factory, encoder):
     architectures.save(tmp / "head.pt", model, {"step": 7})
     assert (tmp / "head.pt").stat().st_size < 2e6  # the encoder is not in it: it comes from its wheel
     result = subprocess.run([sys.executable, "-m", "export", "--ckpt", str(tmp / "head.pt"), "--out",
-                             str(tmp / "model"), "--lm-dir", str(BUNDLED)], cwd=ROOT, capture_output=True,
+                             str(tmp / "model"), "--lm-dir", str(BUNDLED), "--int8",
+                             str(BUNDLED / "canaries" / "manifest.jsonl"), "--calibration-utterances", "3"],
+                            cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return tmp / "model", result.stdout
 
 
-def test_export_finds_the_family_and_checks_parity(exported):
+def test_export_finds_the_family_and_checks_parity_in_float32_and_int8(exported):
     _, stdout = exported
     assert "found: a whisper_ctc checkpoint" in stdout
     for check in ("onnx_vs_pytorch", "chunked_vs_whole", "batched_vs_single"):
         line = next(l for l in stdout.splitlines() if l.startswith(f"parity {check}"))
+        assert line.endswith("(ok)"), line
+    assert "int8: model.onnx" in stdout and "calibrated on" in stdout
+    # static int8: a stream's outputs do not depend on the streams batched beside it
+    for check in ("chunked_vs_whole", "batched_vs_single"):
+        line = next(l for l in stdout.splitlines() if l.startswith(f"int8 parity {check}"))
         assert line.endswith("(ok)"), line
 
 
