@@ -15,9 +15,9 @@ settings (model.json); the CPU time each decoding took is printed too.
 weights from the installed wheel, offline) on the same audio as an anchor: its digits
 are spelled out (num2words) and then normalized like ours. --limit N takes N of each
 set's utterances, evenly spaced (as a training config's `limit` does).
-With --tune FILE it instead searches LM weight and word bonus on the first set
-at that width and writes all three to FILE (put it beside lm.bin as
-decoder.json and export picks it up).
+With --tune FILE it instead searches LM weight and word bonus on all the sets
+together (--limit of each) at that width and writes all three to FILE (put it
+beside lm.bin as decoder.json and export picks it up).
 """
 
 import argparse
@@ -84,8 +84,8 @@ def score(name: str, mode: str, refs: list[str], hyps: list[str]) -> dict:
             "cer": jiwer.cer(refs, hyps), "exact": sum(r == h for r, h in zip(refs, hyps)) / len(refs)}
 
 
-def tune(recognizer: Recognizer, manifest: str, beam_width: int, out: str) -> None:
-    rows = read_manifest(manifest)
+def tune(recognizer: Recognizer, manifests: list[str], limit: int | None, beam_width: int, out: str) -> None:
+    rows = [r for m in manifests for r in spread(read_manifest(m), limit)]
     refs = [normalize(r["text"]) for r in rows]
     grid = {(w, b): DecodeOptions(beam_width=beam_width, lm_weight=w, word_bonus=b)
             for w in (0.3, 0.5, 0.8, 1.2) for b in (0.0, 1.0, 2.0)}
@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--beam-width", type=int, help="beam+LM beam width (default: the model's)")
     p.add_argument("--lm-weight", type=float, help="beam+LM LM weight (default: the model's)")
     p.add_argument("--word-bonus", type=float, help="beam+LM word bonus (default: the model's)")
-    p.add_argument("--tune", help="grid-search LM weight and word bonus on the first set; write them here")
+    p.add_argument("--tune", help="grid-search LM weight and word bonus on the sets; write them here")
     p.add_argument("--whisper", action="store_true", help="also run Whisper tiny.en (faster-whisper) on each set")
     p.add_argument("--limit", type=int, help="N of each set's utterances, evenly spaced")
     a = p.parse_args()
@@ -121,7 +121,7 @@ def main() -> None:
             beam_width=beam_width, lm_weight=spec.lm_weight if a.lm_weight is None else a.lm_weight,
             word_bonus=spec.word_bonus if a.word_bonus is None else a.word_bonus)
     if a.tune:
-        tune(recognizer, a.set[0].split("=", 1)[1], beam_width, a.tune)
+        tune(recognizer, [s.split("=", 1)[1] for s in a.set], a.limit, beam_width, a.tune)
         return
     anchor = WhisperAnchor() if a.whisper else None
     english = set(sentences.english_sentences())

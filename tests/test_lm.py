@@ -47,8 +47,8 @@ def test_a_domain_lm_goes_into_a_copy_of_the_model_and_helps_on_its_domain(tmp_p
     words = set((out / "unigrams.txt").read_text().split())
     assert {"tropism", "lifeform", "seven", "apples"} <= words  # numbers spelled as they are said
     assert json.loads((out / "model.json").read_text())["decoder"]["lm"] == "lm.bin"
-    before, after = (jiwer.wer(CANARY["text"], transcript(d)) for d in (BUNDLED, out))
-    assert after < before, (before, after)
+    assert jiwer.wer(CANARY["text"], transcript(BUNDLED)) > 0.2  # the general LM: "mygratorylifiform", "tripe"
+    assert transcript(out) == CANARY["text"]
 
 
 def not_empty(tmp_path):
