@@ -3,12 +3,14 @@ the scores its `_get_lm_beams` gives, on the bundled model's LM and real log-pro
 and a model directory's default beam width is checked when the model is loaded."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import soundfile as sf
 from pyctcdecode.decoder import NULL_FRAMES
 
-from conftest import BUNDLED
+from conftest import BUNDLED, ROOT
 from service.decoder import CtcDecoder, DecodeOptions, _merge_beams
 from service.model_session import ModelSession, ModelSpec
 from service.recognizer import Recognizer
@@ -53,3 +55,14 @@ def test_a_model_directory_with_an_impossible_beam_width_is_refused(tmp_path, wi
     meta["decoder"]["beam_width"] = 64  # an operator's narrower or wider default is taken
     (tmp_path / "model.json").write_text(json.dumps(meta))
     assert ModelSpec.load(tmp_path).beam_width == 64
+
+
+def test_the_decoder_benchmark_prints_cost_and_thread_scaling_per_beam_width():
+    result = subprocess.run([sys.executable, "-m", "service.decoder_benchmark", "--limit", "3", "--beam-widths",
+                             "8,16", "--threads", "1,2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "3 clips" in result.stdout and "chunks of 8 output frames (320 ms)" in result.stdout
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| 8 ", "| 16 "))]
+    assert len(rows) == 2
+    for _, cpu_ms, one, two in rows:
+        assert float(cpu_ms) > 0 and float(one) > 0 and two.strip().endswith("x)")
