@@ -18,7 +18,7 @@ class ServerConfig:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8000
     provider: str = "auto"
-    intra_op_threads: int = 1
+    intra_op_threads: int = 2
     workers: int = 2
     max_unary_audio_seconds: float = 60.0
     max_stream_audio_seconds: float = 300.0
