@@ -151,14 +151,14 @@ def quantize_int8(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
     batched beside it. Accuracy must be measured again."""
     fp32 = onnx_path.with_suffix(".fp32.onnx")
     onnx_path.replace(fp32)
-    graph = onnx.load(str(fp32)).graph
-    weights = {w.name for w in graph.initializer}
-    products = [n.name for n in graph.node if n.op_type == "MatMul" and weights & set(n.input)]
+    original = onnx.load(str(fp32))
+    weights = {w.name for w in original.graph.initializer}
+    products = [n.name for n in original.graph.node if n.op_type == "MatMul" and weights & set(n.input)]
     quantize_static(str(fp32), str(onnx_path), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"],
                     nodes_to_quantize=products, calibrate_method=CalibrationMethod.Percentile)
     model = onnx.load(str(onnx_path))
-    props = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    props = {p.key: p.value for p in original.metadata_props}
     onnx.helper.set_model_props(model, {**props, "quantization": f"int8 static (MatMul), {len(feeds)} calibration steps"})
     onnx.save(model, str(onnx_path))
     fp32.unlink()

@@ -22,7 +22,6 @@ beside lm.bin as decoder.json and export picks it up).
 
 import argparse
 import json
-import re
 import time
 
 import jiwer
@@ -58,12 +57,9 @@ class WhisperAnchor:
 
     def __init__(self) -> None:
         from faster_whisper import WhisperModel
-        from num2words import num2words
-
         from models.whisper import source_files
         self._model = WhisperModel(str(source_files("tiny.en")[0].parent), device="cpu", compute_type="int8",
                                    cpu_threads=2)
-        self._spell = lambda text: re.sub(r"\d+", lambda m: f" {num2words(int(m[0]))} ", text.replace(",", ""))
 
     def transcribe(self, rows: list[dict], desc: str) -> tuple[list[str], float]:
         """Normalized transcripts, and the CPU time in ms per second of audio."""
@@ -74,7 +70,7 @@ class WhisperAnchor:
             started = time.process_time()
             segments, _ = self._model.transcribe(audio, language="en", beam_size=5, vad_filter=False,
                                                  condition_on_previous_text=False, without_timestamps=True)
-            hyps.append(normalize(self._spell(" ".join(s.text for s in segments))))
+            hyps.append(normalize(sentences.spell_numbers(" ".join(s.text for s in segments))))
             cpu += time.process_time() - started
         return hyps, 1000 * cpu / audio_s
 

@@ -25,7 +25,6 @@ Boost and zlib headers; see README).
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -33,8 +32,6 @@ import tarfile
 import tempfile
 from collections import Counter
 from pathlib import Path
-
-from num2words import num2words
 
 from models import sentences
 from service.text import normalize
@@ -86,16 +83,11 @@ def build_lm(texts: list[str], out: Path, order: int) -> None:
 
 def domain_sentences(path: Path) -> list[str]:
     """A user's sentences or phrases, one a line, numbers spelled out as they are spoken."""
-    lines = (re.sub(r"\d+", lambda m: f" {num2words(int(m.group()))} ", line) for line in open(path))
-    return [text for text in map(normalize, lines) if text]
+    return [text for text in (normalize(sentences.spell_numbers(line)) for line in open(path)) if text]
 
 
 def copy_model_dir(model: Path, out: Path) -> None:
     """OUT becomes a copy of the model directory, ready for the new lm.bin and unigrams.txt."""
-    if not (model / "model.json").is_file():
-        sys.exit(f"--model {model}: not a model directory (no model.json)")
-    if out.exists() and any(out.iterdir()):
-        sys.exit(f"--out {out}: exists and is not empty; give a new directory")
     shutil.copytree(model, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("lm.bin", "unigrams.txt"))
     meta = json.loads((out / "model.json").read_text())
     meta.setdefault("decoder", {}).update(lm="lm.bin", unigrams="unigrams.txt")
@@ -120,6 +112,10 @@ def main() -> None:
     a = p.parse_args()
     if a.domain_weight < 1:
         p.error("--domain-weight must be at least 1")
+    if a.model and not (a.model / "model.json").is_file():
+        p.error(f"--model {a.model}: not a model directory (no model.json)")
+    if a.model and a.out.exists() and any(a.out.iterdir()):
+        p.error(f"--out {a.out}: exists and is not empty; give a new directory")
     texts = [json.loads(line)["text"] for m in a.manifest for line in open(m) if line.strip()]
     texts += sentences.generate(a.grammar_sentences, a.seed, held_out=False)
     if a.english:

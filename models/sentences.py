@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 from num2words import num2words
+from wordfreq import top_n_list
 
 from service.text import normalize
 
@@ -113,6 +114,11 @@ TEMPLATES = [
 ]
 
 
+def spell_numbers(text: str) -> str:
+    """Digits written out as they are said ("7" -> " seven ", "1,000" -> " one thousand ")."""
+    return re.sub(r"\d+", lambda m: f" {num2words(int(m[0]))} ", text.replace(",", ""))
+
+
 def is_held_out(sentence: str, percent: int = 10) -> bool:
     return zlib.crc32(sentence.encode()) % 100 < percent
 
@@ -174,8 +180,6 @@ def wordnet_sentences(directory: str = WORDNET_DIR, min_words: int = 2) -> list[
 def frequent_words(n: int) -> list[str]:
     """The n most frequent English words (wordfreq: Wikipedia, subtitles, news, books, web
     text...) that are already normalized words of our vocabulary."""
-    from wordfreq import top_n_list  # a training extra: the service never needs it
-
     return [w for w in top_n_list("en", n) if normalize(w) == w and " " not in w]
 
 

@@ -32,9 +32,9 @@ def test_beam_scores_are_pyctcdecodes():
         parts = ["sister", "sis", "twel", "qzx", "qzxqzxq", "remind", "x"]
         beams = state.beams + [(text, "", part, part[-1], [], (0, 1), -3.0) for part in parts]
         beams += [(text, part, "", " ", [], NULL_FRAMES, -3.0) for part in parts]
-        beams = list(_merge_beams(beams).values())  # a case the search already holds is scored once
+        merged = _merge_beams(beams)  # a case the search already holds is scored once
+        beams = list(merged.values())
         lm_cache = dict(state.lm_cache)
-        merged = _merge_beams(beams)
         ours = decoder._scored(state, merged)
         theirs = state.search._get_lm_beams(beams, state.hotwords, lm_cache, {})
         assert [b[:-1] for b in ours] == [b[:-1] for b in theirs]
