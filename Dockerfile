@@ -12,7 +12,10 @@ COPY ctc_asr /src/ctc_asr
 COPY service /src/service
 COPY models/__init__.py /src/models/__init__.py
 COPY export/__init__.py /src/export/__init__.py
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir /src
+# The native beam search is compiled in the source tree, then installed with it.
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir /src \
+    && cd /src && /opt/venv/bin/python -m service.native.build \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall /src
 
 FROM ${BASE}
 RUN apt-get update && apt-get install -y --no-install-recommends python3 libgomp1 \

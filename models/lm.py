@@ -28,34 +28,21 @@ import json
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 from models import sentences
+from service.native.build import kenlm_source
 from service.text import normalize
-
-KENLM_VERSION = "0.3.0"
-TOOLS_DIR = Path(__file__).resolve().parent.parent / "third_party" / "kenlm"
-
 
 def kenlm_tools() -> Path:
     """The directory holding lmplz and build_binary, compiling them if needed."""
-    bin_dir = TOOLS_DIR / "build" / "bin"
+    source = kenlm_source()
+    bin_dir = source / "build" / "bin"
     if (bin_dir / "lmplz").exists() and (bin_dir / "build_binary").exists():
         return bin_dir
-    TOOLS_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        print(f"fetching the kenlm {KENLM_VERSION} source package", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "kenlm",
-                        "-d", tmp, f"kenlm=={KENLM_VERSION}"], check=True)
-        with tarfile.open(next(Path(tmp).glob("kenlm-*.tar.gz"))) as tar:
-            tar.extractall(tmp, filter="data")
-        src = next(p for p in Path(tmp).iterdir() if p.is_dir() and p.name.startswith("kenlm-"))
-        if not TOOLS_DIR.exists():
-            shutil.move(src, TOOLS_DIR)
-    build = TOOLS_DIR / "build"
+    build = source / "build"
     build.mkdir(exist_ok=True)
     print("compiling lmplz and build_binary (about a minute)", file=sys.stderr)
     subprocess.run(["cmake", "..", "-DCMAKE_BUILD_TYPE=Release"], cwd=build, check=True)

@@ -1,37 +1,48 @@
 """Load benchmark: concurrent real-time streams and unary throughput, over loopback.
 
     python -m service.benchmark [--streams 1,8,16,32,64] [--seconds 10] [--target HOST:PORT]
+        [--clips MANIFEST] [--decoder native,python] [-- SERVER FLAGS]
 
 Without --target it starts `python -m service` on free loopback ports (extra
-server flags after `--`) and reads that process's CPU time. Each stream sends
-a sample clip (looped, with pauses) as 100 ms LINEAR16 messages at real-time
-pace with interim results on, then half-closes. Measured per stream count:
+server flags after `--`) and reads that process's CPU time; with --decoder it
+does so once per beam search engine and measures them side by side, in one run.
+Each stream sends audio as 100 ms LINEAR16 messages at real-time pace with
+interim results on, then half-closes: the sample clips, or with --clips the
+first 40 clips of a JSONL manifest ({"audio": path} a line; real speech, about
+which a model is less sure than about the samples, makes the beam search work
+harder), looped with pauses, each stream starting at another clip. Measured per
+stream count:
 
 - partial latency: the message that completes a model chunk (its last 25 ms
   window) is sent -> the first interim or final result whose result_end_time
-  covers that chunk's output (chunks in pauses, which get no interim, wait for
-  the next result). With a look-ahead model a chunk's output ends the look-ahead
-  before the chunk does; the chunk length and look-ahead are algorithmic delay
-  on top of what this measures;
+  covers that chunk's output, for the last chunk a result newly covers (chunks
+  in pauses get no interim result: the next result covers them too, but their
+  wait is the pause, not the server's work). With a look-ahead model a chunk's
+  output ends the look-ahead before the chunk does; the chunk length and
+  look-ahead are algorithmic delay on top of what this measures;
 - final latency: half-close -> the last final result;
 - server CPU seconds per second of audio, and errors.
 
-Then unary throughput: Recognize on the clips, 4 at a time. Prints a Markdown table.
+Then unary throughput: Recognize on the sample clips, 4 at a time. Prints a Markdown
+table, and per engine the most streams held: p95 partial latency within
+--held-ms (150) and no errors.
 """
 
 import argparse
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.loadgen import RATE, SAMPLES, cpu_seconds, start_server, test_audio
+from service.loadgen import RATE, SAMPLES, cpu_seconds, read_clips, start_server, test_audio
 
 MESSAGE_S = 0.1
+CLIP_LIMIT = 40  # clips read from --clips
 WINDOW_LOOKAHEAD_S = 0.015  # a 25 ms window every 10 ms: a frame needs 15 ms past its hop
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 
@@ -58,14 +69,14 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
             now = time.perf_counter()
             for result in response.results:
                 end = result.result_end_time.ToTimedelta().total_seconds()
-                # every model chunk whose output this result newly covers
+                # the last model chunk whose output this result newly covers
+                newly = False
                 while covered + chunk_s - delay_s <= end + 1e-6:
-                    covered += chunk_s
-                    # the chunk is complete once its last window is: 15 ms past its end
-                    sent = next((t for audio_s, t in sent_at if audio_s >= covered + WINDOW_LOOKAHEAD_S - 1e-6),
-                                None)
-                    if sent is not None and "half_close" not in out:
-                        out["partial"].append(now - sent)
+                    covered, newly = covered + chunk_s, True
+                # the chunk is complete once its last window is: 15 ms past its end
+                sent = next((t for audio_s, t in sent_at if audio_s >= covered + WINDOW_LOOKAHEAD_S - 1e-6), None)
+                if newly and sent is not None and "half_close" not in out:
+                    out["partial"].append(now - sent)
                 if result.is_final:
                     out["last_final"] = now
     except grpc.aio.AioRpcError as e:
@@ -75,13 +86,14 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
         out["final"] = out["last_final"] - out["half_close"]
 
 
-async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay_s: float) -> dict:
-    pcm = test_audio(seconds).astype("<i2").tobytes()
+async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay_s: float,
+                      clips: list[np.ndarray] | None) -> dict:
+    pcms = [test_audio(seconds, clips, first=i).astype("<i2").tobytes() for i in range(n if clips else 1)]
     results = [{"partial": [], "errors": []} for _ in range(n)]
     async with grpc.aio.insecure_channel(target) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         # Spread stream starts over one message so they do not all arrive in lockstep.
-        await asyncio.gather(*(one_stream(stub, pcm, chunk_s, delay_s, i * MESSAGE_S / n, r)
+        await asyncio.gather(*(one_stream(stub, pcms[i % len(pcms)], chunk_s, delay_s, i * MESSAGE_S / n, r)
                                for i, r in enumerate(results)))
     partial = np.array([x for r in results for x in r["partial"]])
     final = np.array([r["final"] for r in results if "final" in r])
@@ -109,24 +121,34 @@ def pct(values: np.ndarray, q: float) -> str:
     return f"{1000 * np.percentile(values, q):.0f}" if len(values) else "-"
 
 
-async def main_async(a, server_pid: int | None) -> None:
-    async with grpc.aio.insecure_channel(a.target) as channel:
+async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.ndarray] | None) -> None:
+    """Rows for each (label, target, server pid): the stream counts, then unary throughput."""
+    async with grpc.aio.insecure_channel(servers[0][1]) as channel:
         info = await asr_pb2_grpc.SpeechStub(channel).GetModelInfo(asr_pb2.GetModelInfoRequest(), timeout=30)
     chunk_s = info.chunk_duration.ToTimedelta().total_seconds()
     delay_s = info.lookahead.ToTimedelta().total_seconds()
     print(f"model {info.name} {info.version} on {info.provider}; {chunk_s * 1000:.0f} ms chunks, "
-          f"{delay_s * 1000:.0f} ms look-ahead; "
-          f"{a.seconds:.0f} s per stream; {os.cpu_count()} CPUs", flush=True)
-    print("\n| streams | partial p50 / p95 / p99 (ms) | final p50 / p95 (ms) | server CPU s per audio s | errors |")
-    print("| --- | --- | --- | --- | --- |")
-    for n in a.streams:
-        cpu0 = cpu_seconds(server_pid) if server_pid else None
-        r = await run_streams(a.target, n, a.seconds, chunk_s, delay_s)
-        cpu = f"{(cpu_seconds(server_pid) - cpu0) / r['audio_s']:.3f}" if server_pid else "-"
-        print(f"| {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
-              f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['errors']} |", flush=True)
-    rate = await unary_throughput(a.target, a.unary_requests, 4)
-    print(f"\nunary Recognize, 4 concurrent: {rate:.1f} audio seconds per wall second")
+          f"{delay_s * 1000:.0f} ms look-ahead; {a.seconds:.0f} s per stream of "
+          f"{f'{len(clips)} clips of {a.clips}' if clips else 'the sample clips'}; {os.cpu_count()} CPUs", flush=True)
+    print("\n| decoder | streams | partial p50 / p95 / p99 (ms) | final p50 / p95 (ms) | server CPU s per audio s "
+          "| errors |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    held, unary = {}, {}
+    for label, target, pid in servers:
+        held[label] = 0
+        for n in a.streams:
+            cpu0 = cpu_seconds(pid) if pid else None
+            r = await run_streams(target, n, a.seconds, chunk_s, delay_s, clips)
+            cpu = f"{(cpu_seconds(pid) - cpu0) / r['audio_s']:.3f}" if pid else "-"
+            print(f"| {label} | {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
+                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['errors']} |", flush=True)
+            if not r["errors"] and len(r["partial"]) and np.percentile(r["partial"], 95) * 1000 <= a.held_ms:
+                held[label] = max(held[label], n)
+        unary[label] = await unary_throughput(target, a.unary_requests, 4)
+    print()
+    for label in held:
+        print(f"{label}: most streams held (p95 partial <= {a.held_ms:g} ms, no errors): {held[label]}; "
+              f"unary Recognize, 4 concurrent: {unary[label]:.1f} audio seconds per wall second")
 
 
 def main() -> None:
@@ -136,17 +158,30 @@ def main() -> None:
     p.add_argument("--streams", default="1,8,16,32,64", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--seconds", type=float, default=10.0, help="audio per stream")
     p.add_argument("--unary-requests", type=int, default=200)
-    p.add_argument("server_args", nargs="*", help="after --: flags for the server it starts")
+    p.add_argument("--clips", type=Path, help="JSONL manifest of the audio to stream (default: the sample clips)")
+    p.add_argument("--decoder", help="beam search engines to compare, each on its own server (e.g. native,python)")
+    p.add_argument("--held-ms", type=float, default=150.0, help="p95 partial latency a held stream count keeps")
+    p.add_argument("server_args", nargs="*", help="after --: flags for the servers it starts")
     a = p.parse_args()
-    server = None
-    if not a.target:
-        server, a.target = start_server(["--max-concurrent-streams", str(max(a.streams)), *a.server_args])
+    if a.target and a.decoder:
+        p.error("--decoder starts its own servers: not with --target")
+    clips = read_clips(a.clips, CLIP_LIMIT) if a.clips else None
+    engines = a.decoder.split(",") if a.decoder else [None]
+    servers, processes = [], []
     try:
-        asyncio.run(main_async(a, server.pid if server else None))
+        for engine in engines:
+            if a.target:
+                servers.append(("-", a.target, None))
+                continue
+            flags = ["--max-concurrent-streams", str(max(a.streams)), *a.server_args]
+            process, target = start_server(flags + (["--decoder", engine] if engine else []))
+            processes.append(process)
+            servers.append((engine or "default", target, process.pid))
+        asyncio.run(table(servers, a, clips))
     finally:
-        if server:
-            server.terminate()
-            server.wait(30)
+        for process in processes:
+            process.terminate()
+            process.wait(30)
 
 
 if __name__ == "__main__":

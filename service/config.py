@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from service.decoder import ENGINES
 from service.endpointing import EndpointConfig
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
@@ -18,6 +19,7 @@ class ServerConfig:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8000
     provider: str = "auto"
+    decoder: str = "auto"
     intra_op_threads: int = 2
     workers: int = 2
     max_unary_audio_seconds: float = 60.0
@@ -50,6 +52,8 @@ class ServerConfig:
         _ = self.endpoint  # EndpointConfig checks the endpoint settings
         if self.provider not in ("auto", "cuda", "cpu"):
             raise ValueError(f"--provider must be auto, cuda or cpu, not {self.provider!r}")
+        if self.decoder not in ENGINES:
+            raise ValueError(f"--decoder must be {', '.join(ENGINES)}, not {self.decoder!r}")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
@@ -77,6 +81,8 @@ HELP = {
     "metrics_host": "address of the /metrics HTTP server (e.g. 127.0.0.1 to keep it local)",
     "metrics_port": "port of the /metrics HTTP server",
     "provider": "ONNX Runtime execution provider: auto (CUDA when it loads, else CPU), cuda or cpu",
+    "decoder": "beam search engine: auto (native where built, else python), native (compiled; fail if not "
+               "built) or python (the reference)",
     "intra_op_threads": "ONNX Runtime threads per model call",
     "workers": "threads running model steps and decoding",
     "max_unary_audio_seconds": "longest audio Recognize accepts (OUT_OF_RANGE past it)",

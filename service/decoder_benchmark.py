@@ -1,19 +1,25 @@
 """Decoder benchmark: the beam search alone, on the same model outputs, as the service runs it.
 
     python -m service.decoder_benchmark [--model DIR] [--set NAME=MANIFEST ...] [--limit N] \\
-        [--beam-widths 128,64,32] [--threads 1,2]
+        [--beam-widths 128,32] [--threads 1,2] [--decoder python,native] [--repeat 3] \\
+        [--save-logprobs FILE.npz | --logprobs FILE.npz]
 
 Computes each clip's log-probabilities once (default clips: the model directory's
-canaries), then decodes them chunk by chunk as a stream is decoded: advance by one
-model chunk, take the interim hypothesis and its stability, and finish with the
-final n-best. Prints, per beam width, the CPU time per second of audio on one
-thread, and the audio seconds decoded per wall-clock second by N threads each
+canaries; --logprobs: ones recorded with --save-logprobs, such as the parity test's
+tests/data/canary_logprobs.npz), frees the model, then decodes them chunk by chunk as a stream is decoded:
+advance by one model chunk, take the interim hypothesis and its stability, and
+finish with the final n-best. Prints, per beam width and decoder engine, the CPU
+time per second of audio on one thread (the least of --repeat runs), how many times less than the first engine
+listed last, and the audio seconds decoded per wall-clock second by N threads each
 decoding every clip (their scaling against one thread shows how much of the
-decoder holds the GIL). A development tool: it reads manifests with the training
-recipe's code, so it needs the training extra (`make test` installs it).
+decoder holds the GIL); and whether every engine's interim and final results were
+the same. A development tool: it reads manifests with the training recipe's code,
+so it needs the training extra (`make test` installs it).
 """
 
 import argparse
+import gc
+import math
 import threading
 import time
 
@@ -25,27 +31,36 @@ from service.decoder import CtcDecoder, DecodeOptions
 from service.model_session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
 from service.recognizer import Recognizer
 
+WALL_SECONDS = 2.0  # each thread-scaling run decodes at least this long
 
-def decode_stream(decoder: CtcDecoder, logprobs: np.ndarray, opts: DecodeOptions, chunk: int) -> str:
-    state = decoder.start(opts)
+
+def load_logprobs(path) -> list[np.ndarray]:
+    """Clips recorded with --save-logprobs, in order."""
+    with np.load(path) as f:
+        return [f[k] for k in sorted(f.files)]
+
+
+def decode_stream(decoder: CtcDecoder, logprobs: np.ndarray, opts: DecodeOptions, chunk: int) -> list:
+    """Every interim text and the final n-best texts."""
+    state, out = decoder.start(opts), []
     for i in range(0, len(logprobs), chunk):
         decoder.advance(state, logprobs[i:i + chunk])
-        decoder.partial(state)
-        decoder.stability(state)
-    return decoder.finish(state)[0].text
+        out.append(decoder.interim(state)[0].text)
+    return out + [h.text for h in decoder.finish(state)]
 
 
 def wall_throughput(decoder: CtcDecoder, clips: list[np.ndarray], opts: DecodeOptions, chunk: int,
-                    threads: int, audio_s: float) -> float:
-    """Audio seconds decoded per wall second by `threads` threads, each decoding every clip."""
-    workers = [threading.Thread(target=lambda: [decode_stream(decoder, c, opts, chunk) for c in clips])
+                    threads: int, audio_s: float, rounds: int) -> float:
+    """Audio seconds decoded per wall second by `threads` threads, each decoding every clip `rounds` times."""
+    work = [c for _ in range(rounds) for c in clips]
+    workers = [threading.Thread(target=lambda: [decode_stream(decoder, c, opts, chunk) for c in work])
                for _ in range(threads)]
     started = time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    return threads * audio_s / (time.perf_counter() - started)
+    return threads * rounds * audio_s / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -54,37 +69,64 @@ def main() -> None:
     p.add_argument("--set", action="append", metavar="NAME=MANIFEST",
                    help="clips to decode (default: the model directory's canaries)")
     p.add_argument("--limit", type=int, help="N of each set's clips, evenly spaced")
-    p.add_argument("--beam-widths", default="128,64,32")
+    p.add_argument("--beam-widths", default="128,32")
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--decoder", default="python,native", help="engines to compare, the reference first")
+    p.add_argument("--save-logprobs", metavar="FILE.npz", help="also write the clips' log-probabilities")
+    p.add_argument("--logprobs", metavar="FILE.npz", help="decode log-probabilities recorded with --save-logprobs")
+    p.add_argument("--repeat", type=int, default=3, help="CPU time is the least of this many runs (a shared "
+                   "machine's noise only ever adds time)")
     a = p.parse_args()
     widths, thread_counts = ([int(x) for x in s.split(",")] for s in (a.beam_widths, a.threads))
+    engines = a.decoder.split(",")
     if not all(1 < w <= MAX_BEAM_WIDTH for w in widths) or not all(n >= 1 for n in thread_counts):
         p.error(f"beam widths must be 2-{MAX_BEAM_WIDTH} and thread counts at least 1")
+    if a.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if not set(engines) <= {"python", "native"}:
+        p.error("--decoder takes python and/or native")
     spec = ModelSpec.load(a.model)
-    recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
-    if not recognizer.decoder.has_lm:
+    decoders = [CtcDecoder(spec, e) for e in engines]
+    if not decoders[0].has_lm:
         p.error(f"{a.model}: no language model: beam search would not run")
     manifests = [s.split("=", 1)[1] for s in a.set] if a.set else [spec.directory / "canaries" / "manifest.jsonl"]
-    rows = [r for m in manifests for r in spread(read_manifest(m), a.limit)]
-    clips = [recognizer.utterance_logprobs(read_audio(r["audio"], spec.features.sample_rate)) for r in rows]
+    if a.logprobs:
+        clips = load_logprobs(a.logprobs)
+    else:
+        rows = [r for m in manifests for r in spread(read_manifest(m), a.limit)]
+        recognizer = Recognizer(ModelSession(spec, "cpu"), decoders[0])
+        clips = [recognizer.utterance_logprobs(read_audio(r["audio"], spec.features.sample_rate)) for r in rows]
+        del recognizer  # ONNX Runtime's idle threads would otherwise count as the decoder's CPU time
+        gc.collect()
+    if a.save_logprobs:
+        np.savez_compressed(a.save_logprobs, **{f"clip{i:03d}": c for i, c in enumerate(clips)})
+        print(f"wrote {len(clips)} clips' log-probabilities to {a.save_logprobs}")
     audio_s = sum(len(c) for c in clips) * spec.frame_seconds
     chunk = spec.chunk_frames // spec.subsampling_factor
     print(f"model {spec.name} {spec.version}: {len(clips)} clips, {audio_s:.1f} s of audio, "
           f"decoded in chunks of {chunk} output frames ({chunk * spec.frame_seconds * 1000:.0f} ms), "
           f"LM weight {spec.lm_weight}, word bonus {spec.word_bonus}\n")
-    print("| beam | CPU ms per audio s (1 thread) | " + " | ".join(f"audio s per wall s, {n} thread(s)"
-                                                          for n in thread_counts) + " |")
-    print("| --- " * (2 + len(thread_counts)) + "|")
+    print("| beam | decoder | CPU ms per audio s (1 thread) | " + " | ".join(
+        f"audio s per wall s, {n} thread(s)" for n in thread_counts) + " | same results |")
+    print("| --- " * (4 + len(thread_counts)) + "|")
     for width in widths:
         opts = DecodeOptions(beam_width=width, lm_weight=spec.lm_weight, word_bonus=spec.word_bonus)
-        decode_stream(recognizer.decoder, clips[0], opts, chunk)  # warm: the LM's pages, the decoder's caches
-        started = time.process_time()
-        for c in clips:
-            decode_stream(recognizer.decoder, c, opts, chunk)
-        cpu_ms = 1000 * (time.process_time() - started) / audio_s
-        rates = [wall_throughput(recognizer.decoder, clips, opts, chunk, n, audio_s) for n in thread_counts]
-        cells = [f"{r:.0f}" + (f" ({r / rates[0]:.2f}x)" if i else "") for i, r in enumerate(rates)]
-        print(f"| {width} | {cpu_ms:.1f} | " + " | ".join(cells) + " |")
+        reference, first_ms = None, None
+        for decoder in decoders:
+            decode_stream(decoder, clips[0], opts, chunk)  # warm: the LM's pages, the decoder's caches
+            times = []
+            for _ in range(a.repeat):
+                started = time.process_time()
+                results = [decode_stream(decoder, c, opts, chunk) for c in clips]
+                times.append(time.process_time() - started)
+            cpu_ms = 1000 * min(times) / audio_s
+            reference, first_ms = reference or results, first_ms or cpu_ms
+            rounds = max(1, math.ceil(WALL_SECONDS / (min(times) or 1e-3)))  # long enough to outlast thread starts
+            rates = [wall_throughput(decoder, clips, opts, chunk, n, audio_s, rounds) for n in thread_counts]
+            cells = [f"{r:.0f}" + (f" ({r / rates[0]:.2f}x)" if i else "") for i, r in enumerate(rates)]
+            ratio = f" ({first_ms / cpu_ms:.1f}x less)" if decoder is not decoders[0] else ""
+            same = "reference" if decoder is decoders[0] else "yes" if results == reference else "NO"
+            print(f"| {width} | {decoder.engine.name} | {cpu_ms:.2f}{ratio} | " + " | ".join(cells) + f" | {same} |")
 
 
 if __name__ == "__main__":

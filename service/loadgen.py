@@ -1,6 +1,7 @@
 """Pieces shared by the load commands (benchmark, soak): a local server, test
 audio, and the server process's CPU, memory and open files from /proc."""
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import soxr
 import soundfile as sf
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -33,14 +35,26 @@ def start_server(extra_args: list[str]) -> tuple[subprocess.Popen, str]:
     return server, target
 
 
-def test_audio(seconds: float) -> np.ndarray:
-    """The sample clips looped with 0.6 s pauses, 16 kHz int16."""
-    clips = [sf.read(SAMPLES / name, dtype="int16")[0] for name in ("what_time.wav", "phone.flac")]
+def read_clips(manifest: Path, limit: int) -> list[np.ndarray]:
+    """The first `limit` clips of a JSONL manifest (one {"audio": path} a line), 16 kHz mono int16."""
+    clips = []
+    for line in manifest.read_text().splitlines()[:limit]:
+        audio, rate = sf.read(json.loads(line)["audio"], dtype="float32", always_2d=True)
+        mono = soxr.resample(audio.mean(axis=1), rate, RATE) if rate != RATE else audio.mean(axis=1)
+        clips.append((np.clip(mono, -1, 1) * 32767).astype(np.int16))
+    if not clips:
+        raise ValueError(f"{manifest}: no clips")
+    return clips
+
+
+def test_audio(seconds: float, clips: list[np.ndarray] | None = None, first: int = 0) -> np.ndarray:
+    """Clips (default: the sample clips) looped from clip `first` with 0.6 s pauses, 16 kHz int16."""
+    clips = clips or [sf.read(SAMPLES / name, dtype="int16")[0] for name in ("what_time.wav", "phone.flac")]
     pause = np.zeros(int(0.6 * RATE), np.int16)
-    parts, total, i = [], 0, 0
+    parts, total, i = [], 0, first
     while total < seconds * RATE:
-        parts += [clips[i % 2], pause]
-        total += len(clips[i % 2]) + len(pause)
+        parts += [clips[i % len(clips)], pause]
+        total += len(clips[i % len(clips)]) + len(pause)
         i += 1
     return np.concatenate(parts)[: int(seconds * RATE)]
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.audio import PcmStream
-from service.decoder import BLANK, CtcDecoder, DecodeOptions, DecodeState, Hypothesis
+from service.beam_search import BLANK
+from service.decoder import CtcDecoder, DecodeOptions, DecodeState, Hypothesis
 from service.endpointing import SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
 from service.features import LogMel, StreamingFeatures, logmel_utterance, pad_to_multiple
 from service.model_session import ModelSession
@@ -148,7 +149,7 @@ class Recognizer:
 
     def partial(self, stream: StreamState) -> tuple[Hypothesis, float]:
         """The open utterance's best hypothesis so far and its stability."""
-        return self.decoder.partial(stream.decode), self.decoder.stability(stream.decode)
+        return self.decoder.interim(stream.decode)
 
     def heard(self, stream: StreamState) -> float:
         """Seconds from the stream's start that its model outputs so far describe: the

@@ -47,14 +47,15 @@ async def start(cfg: ServerConfig) -> RunningServer:
     metrics = Metrics()
     session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
     inference = metrics.inference.labels(session.provider)
-    recognizer = Recognizer(session, CtcDecoder(spec), on_inference=inference.observe,
+    recognizer = Recognizer(session, CtcDecoder(spec, cfg.decoder), on_inference=inference.observe,
                             on_decode=metrics.decode.observe)
     metrics.model_info.labels(spec.name, spec.version, session.provider).set(1)
     metrics.provider_fallbacks.inc(0)  # the series exists from the start, so alerts can compare it
     if cfg.provider == "auto" and session.provider == CPU:
         metrics.provider_fallbacks.inc()
-    log.info("model %s %s on %s (%d parameters, LM: %s)", spec.name, spec.version, session.provider,
-             spec.parameters, "yes" if recognizer.decoder.has_lm else "no")
+    log.info("model %s %s on %s (%d parameters, LM: %s, beam search: %s)", spec.name, spec.version,
+             session.provider, spec.parameters, "yes" if recognizer.decoder.has_lm else "no",
+             recognizer.decoder.engine_description)
 
     interceptors = [BearerTokenInterceptor(read_tokens(cfg.auth_tokens_file))] if cfg.auth_tokens_file else []
     server = grpc.aio.server(interceptors=interceptors,

@@ -259,4 +259,4 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                 subsampling_factor=s.subsampling_factor, chunk_duration=_duration(s.chunk_frames * step),
                 lookahead=_duration(s.lookahead_frames * step), provider=self.recognizer.session.provider,
                 has_language_model=self.recognizer.decoder.has_lm, parameters=s.parameters,
-                language_code=s.language_code)
+                language_code=s.language_code, decoder=self.recognizer.decoder.engine_description)
