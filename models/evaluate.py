@@ -21,6 +21,7 @@ beside lm.bin as decoder.json and export picks it up).
 """
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -102,11 +103,17 @@ def main() -> None:
     p.add_argument("--beam-width", type=int, help="beam+LM beam width (default: the model's)")
     p.add_argument("--lm-weight", type=float, help="beam+LM LM weight (default: the model's)")
     p.add_argument("--word-bonus", type=float, help="beam+LM word bonus (default: the model's)")
+    p.add_argument("--blank-skip", type=float, help="skip frames whose blank probability reaches this "
+                   "(default: the model directory's decoder.blank_skip; 0: off)")
     p.add_argument("--tune", help="grid-search LM weight and word bonus on the sets; write them here")
     p.add_argument("--whisper", action="store_true", help="also run Whisper tiny.en (faster-whisper) on each set")
     p.add_argument("--limit", type=int, help="N of each set's utterances, evenly spaced")
     a = p.parse_args()
     spec = ModelSpec.load(a.model)
+    if a.blank_skip is not None:
+        if not 0 <= a.blank_skip < 1:
+            p.error("--blank-skip is a probability below 1 (0: off)")
+        spec = dataclasses.replace(spec, blank_skip=a.blank_skip or None)
     beam_width = a.beam_width or spec.beam_width
     if not 1 < beam_width <= MAX_BEAM_WIDTH:
         p.error(f"--beam-width must be between 2 and {MAX_BEAM_WIDTH}")

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from models import architectures
 from models.corpus import read_manifest, spread
 from models.model import TOKENS, encode_text, init_from, num_parameters
-from service.decoder import CtcDecoder, DecodeOptions
+from service.decoder import CtcDecoder, DecodeOptions, DecoderInputs
 from service.features import FeatureConfig, LogMel, logmel_utterance, pad_to_multiple
 
 SR = 16000
@@ -254,15 +254,6 @@ def greedy_text(logprobs: np.ndarray) -> str:
     ids = logprobs.argmax(-1)
     keep = [int(i) for j, i in enumerate(ids) if i != 0 and (j == 0 or i != ids[j - 1])]
     return "".join(" " if TOKENS[i] == "▁" else TOKENS[i] for i in keep).strip()
-
-
-@dataclass(frozen=True)
-class DecoderInputs:
-    """What the served decoder reads of a model directory, for a run that has none yet."""
-    tokens: tuple[str, ...]
-    lm: Path
-    unigrams: Path
-    frame_seconds: float
 
 
 def lm_decoder(lm_dir: Path, frame_seconds: float, beam_width: int | None) -> tuple[CtcDecoder, DecodeOptions]:

@@ -12,6 +12,7 @@ models emit), or a piece that continues one (every letter of a character vocabul
 """
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +48,11 @@ def token_kinds(tokens: list[str]) -> tuple[list[int], list[str]]:
         else:
             kinds.append(KIND_PIECE), texts.append(t)
     return kinds, texts
+
+
+def blank_skip_logp(blank_skip: float | None) -> float:
+    """The log-probability of the blank from which a frame is skipped (inf: never)."""
+    return math.log(blank_skip) if blank_skip else math.inf
 
 
 @dataclass(frozen=True)
@@ -193,8 +199,10 @@ class PythonBeamSearch:
     """The reference engine."""
     name = "python"
 
-    def __init__(self, tokens: list[str], lm_path, unigrams: list[str]) -> None:
+    def __init__(self, tokens: list[str], lm_path, unigrams: list[str], blank_skip: float | None = None) -> None:
         self.kinds, self.texts = token_kinds(tokens)
+        self.blank = self.kinds.index(KIND_BLANK)
+        self.skip_logp = blank_skip_logp(blank_skip)
         self._kenlm = kenlm.Model(str(lm_path)) if lm_path else None
         self._unigrams = unigrams
         # Every prefix of a known word: pyctcdecode walks a trie for this check, per new partial word,
@@ -225,12 +233,17 @@ class PythonSearch(_PythonSearch):
 
     def advance(self, logprobs: np.ndarray) -> None:
         kinds, texts, beams, first_frame = self.engine.kinds, self.engine.texts, self.beams, self.probs.frames
+        blank, skip_logp = self.engine.blank, self.engine.skip_logp
         self.probs.add(logprobs)
         for t, column in enumerate(np.clip(logprobs, LOG_CLIP, 0), start=first_frame):
+            logp = column.tolist()  # Python floats: numpy scalars are several times slower to add
+            if logp[blank] >= skip_logp:  # blank dominates: every beam takes the blank, nothing else moves
+                p = logp[blank]
+                beams = [(text, nw, part, blank, tf, pf, score + p) for text, nw, part, _, tf, pf, score in beams]
+                continue
             expand = np.flatnonzero(column >= TOKEN_MIN_LOGP).tolist()
             if (best := int(column.argmax())) not in expand:
                 expand = sorted(expand + [best])
-            logp = column.tolist()  # Python floats: numpy scalars are several times slower to add
             candidates = []
             for idx in expand:
                 p, kind, piece = logp[idx], kinds[idx], texts[idx]

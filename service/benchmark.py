@@ -1,7 +1,7 @@
 """Load benchmark: concurrent real-time streams and unary throughput, over loopback.
 
     python -m service.benchmark [--streams 1,8,16,32,64] [--seconds 10] [--target HOST:PORT]
-        [--clips MANIFEST] [--decoder native,python] [-- SERVER FLAGS]
+        [--clips MANIFEST] [--decoder native,python] [--beam-width N] [-- SERVER FLAGS]
 
 Without --target it starts `python -m service` on free loopback ports (extra
 server flags after `--`) and reads that process's CPU time; with --decoder it
@@ -47,14 +47,16 @@ WINDOW_LOOKAHEAD_S = 0.015  # a 25 ms window every 10 ms: a frame needs 15 ms pa
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 
 
-async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_delay: float, out: dict) -> None:
+async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_delay: float, beam_width: int,
+                     out: dict) -> None:
     await asyncio.sleep(start_delay)
     step = int(MESSAGE_S * RATE) * 2
     sent_at: list[tuple[float, float]] = []  # (audio seconds sent so far, send time)
 
     async def requests():
         yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
-            config=asr_pb2.RecognitionConfig(encoding=Encoding.LINEAR16, sample_rate_hertz=RATE),
+            config=asr_pb2.RecognitionConfig(encoding=Encoding.LINEAR16, sample_rate_hertz=RATE,
+                                             decoder=asr_pb2.DecoderOptions(beam_width=beam_width)),
             interim_results=True))
         started = time.perf_counter()
         for i, offset in enumerate(range(0, len(pcm), step)):
@@ -87,13 +89,13 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
 
 
 async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay_s: float,
-                      clips: list[np.ndarray] | None) -> dict:
+                      clips: list[np.ndarray] | None, beam_width: int) -> dict:
     pcms = [test_audio(seconds, clips, first=i).astype("<i2").tobytes() for i in range(n if clips else 1)]
     results = [{"partial": [], "errors": []} for _ in range(n)]
     async with grpc.aio.insecure_channel(target) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         # Spread stream starts over one message so they do not all arrive in lockstep.
-        await asyncio.gather(*(one_stream(stub, pcms[i % len(pcms)], chunk_s, delay_s, i * MESSAGE_S / n, r)
+        await asyncio.gather(*(one_stream(stub, pcms[i % len(pcms)], chunk_s, delay_s, i * MESSAGE_S / n, beam_width, r)
                                for i, r in enumerate(results)))
     partial = np.array([x for r in results for x in r["partial"]])
     final = np.array([r["final"] for r in results if "final" in r])
@@ -128,7 +130,8 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
     chunk_s = info.chunk_duration.ToTimedelta().total_seconds()
     delay_s = info.lookahead.ToTimedelta().total_seconds()
     print(f"model {info.name} {info.version} on {info.provider}; {chunk_s * 1000:.0f} ms chunks, "
-          f"{delay_s * 1000:.0f} ms look-ahead; {a.seconds:.0f} s per stream of "
+          f"{delay_s * 1000:.0f} ms look-ahead; beam {a.beam_width or 'of the model directory'}; "
+          f"{a.seconds:.0f} s per stream of "
           f"{f'{len(clips)} clips of {a.clips}' if clips else 'the sample clips'}; {os.cpu_count()} CPUs", flush=True)
     print("\n| decoder | streams | partial p50 / p95 / p99 (ms) | final p50 / p95 (ms) | server CPU s per audio s "
           "| errors |")
@@ -138,7 +141,7 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
         held[label] = 0
         for n in a.streams:
             cpu0 = cpu_seconds(pid) if pid else None
-            r = await run_streams(target, n, a.seconds, chunk_s, delay_s, clips)
+            r = await run_streams(target, n, a.seconds, chunk_s, delay_s, clips, a.beam_width)
             cpu = f"{(cpu_seconds(pid) - cpu0) / r['audio_s']:.3f}" if pid else "-"
             print(f"| {label} | {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
                   f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['errors']} |", flush=True)
@@ -160,6 +163,7 @@ def main() -> None:
     p.add_argument("--unary-requests", type=int, default=200)
     p.add_argument("--clips", type=Path, help="JSONL manifest of the audio to stream (default: the sample clips)")
     p.add_argument("--decoder", help="beam search engines to compare, each on its own server (e.g. native,python)")
+    p.add_argument("--beam-width", type=int, default=0, help="streams ask for this beam (0: the server's default)")
     p.add_argument("--held-ms", type=float, default=150.0, help="p95 partial latency a held stream count keeps")
     p.add_argument("server_args", nargs="*", help="after --: flags for the servers it starts")
     a = p.parse_args()

@@ -9,6 +9,7 @@ stays flat on long streams.
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -50,6 +51,17 @@ class Hypothesis(NamedTuple):
     score: float = 0.0  # a final's total log score (acoustic + LM + hotwords) that ranks the n-best; greedy: 0
 
 
+@dataclass(frozen=True)
+class DecoderInputs:
+    """What the decoder reads of a model directory (a ModelSpec has the same fields), for
+    decoding without one: a training run that has none yet, a test's other vocabulary."""
+    tokens: tuple[str, ...]
+    lm: Path | None
+    unigrams: Path | None
+    frame_seconds: float
+    blank_skip: float | None = None
+
+
 @dataclass
 class DecodeState:
     """One utterance's decoding state."""
@@ -60,9 +72,8 @@ class DecodeState:
 
 
 class CtcDecoder:
-    def __init__(self, spec: ModelSpec, engine: str = "auto") -> None:
-        """`spec`: a model directory's ModelSpec, or anything with its tokens, lm, unigrams and
-        frame_seconds (training validates with this decoder before a directory exists).
+    def __init__(self, spec: ModelSpec | DecoderInputs, engine: str = "auto") -> None:
+        """`spec`: a model directory's ModelSpec, or DecoderInputs.
         `engine`: "native" (the compiled beam search; an error where it is not built), "python"
         (the reference), or "auto" (native where built, else Python with a warning)."""
         if engine not in ENGINES:
@@ -74,7 +85,7 @@ class CtcDecoder:
             log.warning("beam search: Python (the native engine is %s)", NATIVE_ERROR)
             engine = "python"
         self.engine: BeamSearch = (NativeBeamSearch if engine != "python" else PythonBeamSearch)(
-            list(spec.tokens), spec.lm, unigrams)
+            list(spec.tokens), spec.lm, unigrams, spec.blank_skip)
         self._greedy = GreedySearch(list(spec.tokens))
 
     @property

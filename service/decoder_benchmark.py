@@ -18,6 +18,7 @@ so it needs the training extra (`make test` installs it).
 """
 
 import argparse
+import dataclasses
 import gc
 import math
 import threading
@@ -72,6 +73,8 @@ def main() -> None:
     p.add_argument("--beam-widths", default="128,32")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--decoder", default="python,native", help="engines to compare, the reference first")
+    p.add_argument("--blank-skip", type=float, help="skip frames whose blank probability reaches this "
+                   "(default: the model directory's decoder.blank_skip; 0: off)")
     p.add_argument("--save-logprobs", metavar="FILE.npz", help="also write the clips' log-probabilities")
     p.add_argument("--logprobs", metavar="FILE.npz", help="decode log-probabilities recorded with --save-logprobs")
     p.add_argument("--repeat", type=int, default=3, help="CPU time is the least of this many runs (a shared "
@@ -86,6 +89,10 @@ def main() -> None:
     if not set(engines) <= {"python", "native"}:
         p.error("--decoder takes python and/or native")
     spec = ModelSpec.load(a.model)
+    if a.blank_skip is not None:
+        if not 0 <= a.blank_skip < 1:
+            p.error("--blank-skip is a probability below 1 (0: off)")
+        spec = dataclasses.replace(spec, blank_skip=a.blank_skip or None)
     decoders = [CtcDecoder(spec, e) for e in engines]
     if not decoders[0].has_lm:
         p.error(f"{a.model}: no language model: beam search would not run")
@@ -105,7 +112,8 @@ def main() -> None:
     chunk = spec.chunk_frames // spec.subsampling_factor
     print(f"model {spec.name} {spec.version}: {len(clips)} clips, {audio_s:.1f} s of audio, "
           f"decoded in chunks of {chunk} output frames ({chunk * spec.frame_seconds * 1000:.0f} ms), "
-          f"LM weight {spec.lm_weight}, word bonus {spec.word_bonus}\n")
+          f"LM weight {spec.lm_weight}, word bonus {spec.word_bonus}, blank frames skipped from "
+          f"{spec.blank_skip or 'never'}\n")
     print("| beam | decoder | CPU ms per audio s (1 thread) | " + " | ".join(
         f"audio s per wall s, {n} thread(s)" for n in thread_counts) + " | same results |")
     print("| --- " * (4 + len(thread_counts)) + "|")

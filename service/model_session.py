@@ -47,6 +47,7 @@ class ModelSpec:
     word_bonus: float
     beam_width: int
     tail_padding_ms: int
+    blank_skip: float | None = None  # frames whose blank probability reaches this advance beams by the blank alone
 
     @classmethod
     def load(cls, directory: Path) -> "ModelSpec":
@@ -68,6 +69,11 @@ class ModelSpec:
         if meta["chunk_frames"] % block:
             raise ValueError(f"{directory / 'model.json'}: chunk_frames {meta['chunk_frames']} is not a multiple "
                              f"of the streaming window's block_frames {block}")
+        blank_skip = decoder.get("blank_skip")
+        if blank_skip is not None and (isinstance(blank_skip, bool) or not isinstance(blank_skip, (int, float))
+                                       or not 0 < blank_skip < 1):
+            raise ValueError(f"{directory / 'model.json'}: decoder.blank_skip must be a probability between 0 "
+                             f"and 1 (or null: off), not {blank_skip!r}")
         lm = directory / decoder["lm"] if decoder.get("lm") else None
         unigrams = directory / decoder["unigrams"] if decoder.get("unigrams") else None
         return cls(
@@ -80,7 +86,7 @@ class ModelSpec:
                          for s in meta["states"]),
             parameters=meta.get("parameters", 0), lm=lm, unigrams=unigrams,
             lm_weight=decoder.get("lm_weight", 0.5), word_bonus=decoder.get("word_bonus", 1.0),
-            beam_width=beam_width, tail_padding_ms=meta.get("tail_padding_ms", 320),
+            beam_width=beam_width, tail_padding_ms=meta.get("tail_padding_ms", 320), blank_skip=blank_skip,
         )
 
     @property

@@ -6,10 +6,10 @@ canaries (speech this project synthesized), written by
 """
 
 import math
+from dataclasses import replace
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -18,7 +18,7 @@ import pytest
 
 from conftest import BUNDLED, ROOT
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.decoder import CtcDecoder, DecodeOptions
+from service.decoder import CtcDecoder, DecodeOptions, DecoderInputs
 from service.decoder_benchmark import load_logprobs
 from service.loadgen import free_port
 from service.model_session import ModelSpec
@@ -34,16 +34,7 @@ OPTIONS = {
 }
 
 
-@dataclass(frozen=True)
-class WordPieces:
-    """A model directory's decoding inputs with a sentencepiece-style vocabulary."""
-    tokens: tuple[str, ...]
-    lm: Path
-    unigrams: Path
-    frame_seconds: float
-
-
-def word_piece_corpus(spec: ModelSpec, clips: list[np.ndarray]) -> tuple[WordPieces, list[np.ndarray]]:
+def word_piece_corpus(spec: ModelSpec, clips: list[np.ndarray]) -> tuple[DecoderInputs, list[np.ndarray]]:
     """The recorded outputs recast in word pieces: each letter also as a word-start piece `▁x`
     (which takes the probability of a space before it), and a few multi-letter pieces; no
     delimiter token, as in sentencepiece vocabularies."""
@@ -61,7 +52,7 @@ def word_piece_corpus(spec: ModelSpec, clips: list[np.ndarray]) -> tuple[WordPie
         cols += [p[:, tokens.index(src)] * 0.3 for src in pieces.values() if src]
         q = np.stack(cols, axis=1)
         out.append(np.log(q / q.sum(axis=1, keepdims=True)).astype(np.float32))
-    return WordPieces(tuple(vocab), spec.lm, spec.unigrams, spec.frame_seconds), out
+    return DecoderInputs(tuple(vocab), spec.lm, spec.unigrams, spec.frame_seconds), out
 
 
 def transcript(decoder: CtcDecoder, logprobs: np.ndarray, opts: DecodeOptions, cuts: list[int]) -> list:
@@ -90,11 +81,13 @@ def corpus():
     return spec, load_logprobs(CORPUS)
 
 
-@pytest.mark.parametrize("vocabulary", ["characters", "word pieces"])
+@pytest.mark.parametrize("vocabulary", ["characters", "word pieces", "characters, blank frames skipped"])
 def test_native_and_python_decoders_agree_on_recorded_model_outputs(corpus, vocabulary):
     spec, clips = corpus
     if vocabulary == "word pieces":
         spec, clips = word_piece_corpus(spec, clips)
+    if vocabulary.endswith("skipped"):
+        spec = replace(spec, blank_skip=0.95)
     native, python = CtcDecoder(spec, "native"), CtcDecoder(spec, "python")
     assert (native.engine.name, python.engine.name) == ("native", "python")
     rng = np.random.default_rng(20)
@@ -137,3 +130,16 @@ def test_without_the_compiled_library_the_server_says_so_and_decodes_with_python
         server.terminate()
         log = server.communicate(timeout=30)[1]
     assert "beam search: python (native not built" in log
+
+
+def test_the_service_benchmark_measures_both_engines_side_by_side(tmp_path):
+    manifest = tmp_path / "clips.jsonl"  # real-speech manifests have this layout; here the sample clips
+    manifest.write_text("".join(f'{{"audio": "{ROOT / "samples" / n}"}}\n' for n in ("phone.flac", "what_time.wav")))
+    result = subprocess.run([sys.executable, "-m", "service.benchmark", "--streams", "2", "--seconds", "3",
+                             "--unary-requests", "2", "--beam-width", "16", "--decoder", "native,python",
+                             "--clips", str(manifest)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| native", "| python"))]
+    assert [(r[0].strip(), r[1].strip(), r[-1].strip()) for r in rows] == [("native", "2", "0"), ("python", "2", "0")]
+    assert "beam 16" in result.stdout and "2 clips of" in result.stdout
+    assert "native: most streams held (p95 partial <= 150 ms, no errors): " in result.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyctcdecode.constants import AVG_TOKEN_LEN, DEFAULT_UNK_LOGP_OFFSET, LOG_BASE_CHANGE_FACTOR
 
-from service.beam_search import LOG_CLIP, BEAM_PRUNE_LOGP, TOKEN_MIN_LOGP, Search, SearchOptions, token_kinds
+from service.beam_search import LOG_CLIP, BEAM_PRUNE_LOGP, blank_skip_logp, TOKEN_MIN_LOGP, Search, SearchOptions, token_kinds
 
 _SOURCE = Path(__file__).with_name("beam_search.cpp")
 
@@ -29,14 +29,15 @@ _native, NATIVE_ERROR = _load()
 class NativeBeamSearch:
     name = "native"
 
-    def __init__(self, tokens: list[str], lm_path, unigrams: list[str]) -> None:
+    def __init__(self, tokens: list[str], lm_path, unigrams: list[str], blank_skip: float | None = None) -> None:
         if _native is None:
             raise RuntimeError(f"the native beam search is {NATIVE_ERROR}")
         kinds, texts = token_kinds(tokens)
         self._decoder = _native.Decoder(kinds, texts, str(lm_path) if lm_path else "", unigrams,
                                         token_min_logp=TOKEN_MIN_LOGP, beam_prune_logp=BEAM_PRUNE_LOGP,
                                         unk_offset=DEFAULT_UNK_LOGP_OFFSET, log_base_change=LOG_BASE_CHANGE_FACTOR,
-                                        avg_token_len=float(AVG_TOKEN_LEN), log_clip=LOG_CLIP)
+                                        avg_token_len=float(AVG_TOKEN_LEN), log_clip=LOG_CLIP,
+                                        blank_skip_logp=blank_skip_logp(blank_skip))
 
     def start(self, opts: SearchOptions) -> Search:
         """An utterance's search: a compiled object whose `advance` and `finish` release the GIL."""

@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
-#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -43,7 +42,7 @@ size_t code_points(const std::string &s) {
 // Every prefix of `word` that ends on a character boundary, the whole word included.
 template <class F> void for_each_prefix(const std::string &word, F f) {
   for (size_t i = 1; i <= word.size(); ++i)
-    if (i == word.size() || (static_cast<unsigned char>(word[i]) & 0xC0) != 0x80) f(word.substr(0, i), i);
+    if (i == word.size() || (static_cast<unsigned char>(word[i]) & 0xC0) != 0x80) f(word.substr(0, i));
 }
 
 // pyctcdecode's _sum_log_scores, with the same operations (so the same floats).
@@ -53,6 +52,7 @@ double sum_log_scores(double s1, double s2) {
 
 struct Constants {
   double token_min_logp, beam_prune_logp, unk_offset, log_base_change, avg_token_len, log_clip;
+  double blank_skip_logp;  // a frame whose blank reaches this only extends every beam by it (inf: never)
 };
 
 // The known words (the unigram list, as far as the LM knows them) as a byte trie: a word in
@@ -122,6 +122,8 @@ class Decoder {
     // With one character per token and no word-start pieces, a word in progress has one spelling:
     // each is made once, by its parent and token, and needs no lookup by text.
     one_spelling_ = true;
+    blank_ = static_cast<int>(std::find(kinds_.begin(), kinds_.end(), BLANK) - kinds_.begin());
+    if (blank_ == static_cast<int>(kinds_.size())) throw std::invalid_argument("the vocabulary has no blank");
     for (size_t t = 0; t < kinds_.size(); ++t)
       if (kinds_[t] == WORD_START || (kinds_[t] == PIECE && code_points(texts_[t]) != 1)) one_spelling_ = false;
     if (lm_path.empty()) return;
@@ -144,6 +146,7 @@ class Decoder {
   const Constants &constants() const { return c_; }
   const WordTrie &known() const { return known_; }
   bool one_spelling() const { return one_spelling_; }
+  int blank() const { return blank_; }
 
   // A word as the LM sees it (`node`: its node in the known-word trie): its index, and whether
   // pyctcdecode's LanguageModel.score calls it unknown (not a known word, or not in the LM at all).
@@ -175,6 +178,7 @@ class Decoder {
   std::unique_ptr<lm::base::Model> lm_;
   WordTrie known_;
   bool one_spelling_;
+  int blank_;
 };
 
 struct TextNode {
@@ -280,7 +284,7 @@ class Utterance {
     for (const std::string &w : hotwords) {
       hot_.insert(w);
       size_t n = code_points(w);
-      for_each_prefix(w, [&](std::string p, size_t) {
+      for_each_prefix(w, [&](std::string p) {
         auto it = hot_prefix_.find(p);
         if (it == hot_prefix_.end() || it->second > n) hot_prefix_[std::move(p)] = n;
       });
@@ -382,12 +386,14 @@ class Utterance {
     return out;
   }
 
-  size_t texts() const { return nodes_.size(); }
-  size_t parts() const { return parts_.size(); }
-
  private:
   void step(const float *col, int vocab, int t) {
     const Constants &k = d_->constants();
+    const int blank = d_->blank();
+    if (static_cast<double>(col[blank]) >= k.blank_skip_logp) {  // blank dominates: nothing else moves
+      for (Beam &b : beams_) b.logit += col[blank], b.last = blank;
+      return;
+    }
     int argmax = 0;
     for (int i = 1; i < vocab; ++i)
       if (col[i] > col[argmax]) argmax = i;
@@ -620,14 +626,16 @@ PYBIND11_MODULE(_beam_search, m) {
   py::class_<Decoder, std::shared_ptr<Decoder>>(m, "Decoder")
       .def(py::init([](std::vector<int> kinds, std::vector<std::string> texts, const std::string &lm,
                        const std::vector<std::string> &unigrams, double token_min_logp, double beam_prune_logp,
-                       double unk_offset, double log_base_change, double avg_token_len, double log_clip) {
+                       double unk_offset, double log_base_change, double avg_token_len, double log_clip,
+                       double blank_skip_logp) {
              py::gil_scoped_release release;  // loading an LM takes a while
              return std::make_shared<Decoder>(std::move(kinds), std::move(texts), lm, unigrams,
                                               Constants{token_min_logp, beam_prune_logp, unk_offset,
-                                                        log_base_change, avg_token_len, log_clip});
+                                                        log_base_change, avg_token_len, log_clip, blank_skip_logp});
            }),
            py::arg("kinds"), py::arg("texts"), py::arg("lm"), py::arg("unigrams"), py::arg("token_min_logp"),
-           py::arg("beam_prune_logp"), py::arg("unk_offset"), py::arg("log_base_change"), py::arg("avg_token_len"), py::arg("log_clip"))
+           py::arg("beam_prune_logp"), py::arg("unk_offset"), py::arg("log_base_change"), py::arg("avg_token_len"), py::arg("log_clip"),
+           py::arg("blank_skip_logp"))
       .def_property_readonly("has_lm", &Decoder::has_lm);
   py::class_<Utterance>(m, "Utterance")
       .def(py::init<std::shared_ptr<const Decoder>, int, double, double, bool, const std::vector<std::string> &,
@@ -638,7 +646,5 @@ PYBIND11_MODULE(_beam_search, m) {
       .def("best", &Utterance::best)
       .def("stability", &Utterance::stability)
       .def("interim", &Utterance::interim)
-      .def("finish", &Utterance::finish, py::arg("n"))
-      .def_property_readonly("texts", &Utterance::texts)
-      .def_property_readonly("parts", &Utterance::parts);
+      .def("finish", &Utterance::finish, py::arg("n"));
 }
