@@ -74,3 +74,17 @@ def test_the_decoder_benchmark_prints_both_engines_cost_scaling_and_agreement():
         assert float(cpu_ms.split()[0]) > 0 and float(one) > 0 and two.strip().endswith("x)")
         assert same.strip() == ("reference" if engine.strip() == "python" else "yes")
         assert engine.strip() == "python" or cpu_ms.strip().endswith("x less)")
+
+
+@pytest.mark.parametrize("skip", [0, 1, 1.5, "0.9", True])
+def test_a_model_directory_with_an_impossible_blank_skip_is_refused(tmp_path, skip):
+    for name in ("model.onnx", "tokens.txt"):
+        (tmp_path / name).symlink_to(BUNDLED / name)
+    meta = json.loads((BUNDLED / "model.json").read_text())
+    meta["decoder"] = {**meta["decoder"], "blank_skip": skip, "lm": None, "unigrams": None}
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="decoder.blank_skip must be a probability between 0 and 1"):
+        ModelSpec.load(tmp_path)
+    meta["decoder"]["blank_skip"] = 0.9
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    assert ModelSpec.load(tmp_path).blank_skip == 0.9
