@@ -139,13 +139,35 @@ def create_session(path: Path, provider: str, threads: int) -> tuple[ort.Inferen
     return ort.InferenceSession(str(path), opts, providers=[CPU]), CPU
 
 
-class ModelSession:
-    """One shared session; `step` is thread-safe (InferenceSession.run is)."""
+def batch_bucket(n: int) -> int:
+    """The padded batch size for n streams: the next power of two."""
+    return 1 << (n - 1).bit_length()
 
-    def __init__(self, spec: ModelSpec, provider: str = "auto", threads: int = 1) -> None:
+
+class ModelSession:
+    """One shared session; `step` is thread-safe (InferenceSession.run is).
+
+    `pad_batches` (default: on CUDA) rounds every batch up to a power of two with silent
+    streams, so the provider meets a few batch shapes instead of one per stream count: on
+    CUDA each new shape costs a convolution algorithm search (5-10 ms, a stall for every
+    stream in the batch), and `warm_up` pays for all of them at start-up. On the CPU the
+    padding would be real work, so it is off there."""
+
+    def __init__(self, spec: ModelSpec, provider: str = "auto", threads: int = 1,
+                 pad_batches: bool | None = None) -> None:
         self.spec = spec
         self.session, self.provider = create_session(spec.directory / "model.onnx", provider, threads)
         self._outputs = ["logprobs", "encoded_lengths", *(s.output for s in spec.states)]
+        self.pad_batches = self.provider == CUDA if pad_batches is None else pad_batches
+
+    def warm_up(self, max_batch: int) -> list[int]:
+        """Runs one model chunk at every batch size a call can have (with padding, each bucket up to
+        `max_batch`'s; else 1 only); returns the sizes run."""
+        sizes = sorted({batch_bucket(n) for n in range(1, max_batch + 1)}) if self.pad_batches else [1]
+        chunk = np.zeros((self.spec.chunk_frames, self.spec.features.n_mels), np.float32)
+        for size in sizes:
+            self.step_batch([chunk] * size, [self.initial_state() for _ in range(size)])
+        return sizes
 
     def initial_state(self) -> list[np.ndarray]:
         return [np.zeros(s.shape, np.float32) for s in self.spec.states]
@@ -158,10 +180,15 @@ class ModelSession:
     def step_batch(self, features: list[np.ndarray], states: list[list[np.ndarray]]
                    ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
         """One model call for several streams' chunks of equal length T."""
+        n = len(features)
+        if self.pad_batches and batch_bucket(n) > n:
+            pad = batch_bucket(n) - n
+            features = list(features) + [np.zeros_like(features[0])] * pad
+            states = list(states) + [self.initial_state() for _ in range(pad)]
         batch = np.stack(features).transpose(0, 2, 1).astype(np.float32, copy=False)
         feeds = {"audio_signal": batch, "length": np.full(len(features), batch.shape[2], np.int64)}
         for i, spec in enumerate(self.spec.states):
             feeds[spec.input] = np.concatenate([st[i] for st in states], axis=spec.batch_axis)
         logprobs, _, *next_states = self.session.run(self._outputs, feeds)
         return [(logprobs[b], [np.take(x, [b], axis=spec.batch_axis) for x, spec in zip(next_states, self.spec.states)])
-                for b in range(len(features))]
+                for b in range(n)]

@@ -46,6 +46,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
     spec = ModelSpec.load(cfg.model)
     metrics = Metrics()
     session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
+    warmed = session.warm_up(cfg.max_batch)
     inference = metrics.inference.labels(session.provider)
     recognizer = Recognizer(session, CtcDecoder(spec, cfg.decoder), on_inference=inference.observe,
                             on_decode=metrics.decode.observe)
@@ -53,9 +54,9 @@ async def start(cfg: ServerConfig) -> RunningServer:
     metrics.provider_fallbacks.inc(0)  # the series exists from the start, so alerts can compare it
     if cfg.provider == "auto" and session.provider == CPU:
         metrics.provider_fallbacks.inc()
-    log.info("model %s %s on %s (%d parameters, LM: %s, beam search: %s)", spec.name, spec.version,
-             session.provider, spec.parameters, "yes" if recognizer.decoder.has_lm else "no",
-             recognizer.decoder.engine_description)
+    log.info("model %s %s on %s (%d parameters, LM: %s, beam search: %s; warmed up at batch sizes %s)",
+             spec.name, spec.version, session.provider, spec.parameters, "yes" if recognizer.decoder.has_lm else "no",
+             recognizer.decoder.engine_description, ", ".join(map(str, warmed)))
 
     interceptors = [BearerTokenInterceptor(read_tokens(cfg.auth_tokens_file))] if cfg.auth_tokens_file else []
     server = grpc.aio.server(interceptors=interceptors,
