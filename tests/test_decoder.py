@@ -48,18 +48,23 @@ def test_beam_scores_are_pyctcdecodes():
         assert len({b[-1] for b in in_progress}) >= 3  # penalties and bonuses were compared, not only zeros
 
 
+def model_directory(path, **decoder):
+    """The bundled model directory with other decoder settings in its model.json (no LM)."""
+    for name in ("model.onnx", "tokens.txt"):
+        if not (path / name).exists():
+            (path / name).symlink_to(BUNDLED / name)
+    meta = json.loads((BUNDLED / "model.json").read_text())
+    meta["decoder"] = {**meta["decoder"], "lm": None, "unigrams": None, **decoder}
+    (path / "model.json").write_text(json.dumps(meta))
+    return path
+
+
 @pytest.mark.parametrize("width", [0, 257, 12.5])
 def test_a_model_directory_with_an_impossible_beam_width_is_refused(tmp_path, width):
-    for name in ("model.onnx", "tokens.txt"):
-        (tmp_path / name).symlink_to(BUNDLED / name)
-    meta = json.loads((BUNDLED / "model.json").read_text())
-    meta["decoder"] = {**meta["decoder"], "beam_width": width, "lm": None, "unigrams": None}
-    (tmp_path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="decoder.beam_width must be a whole number from 1 to 256"):
-        ModelSpec.load(tmp_path)
-    meta["decoder"]["beam_width"] = 64  # an operator's narrower or wider default is taken
-    (tmp_path / "model.json").write_text(json.dumps(meta))
-    assert ModelSpec.load(tmp_path).beam_width == 64
+        ModelSpec.load(model_directory(tmp_path, beam_width=width))
+    # an operator's narrower or wider default is taken
+    assert ModelSpec.load(model_directory(tmp_path, beam_width=64)).beam_width == 64
 
 
 def test_the_decoder_benchmark_prints_both_engines_cost_scaling_and_agreement():
@@ -78,13 +83,6 @@ def test_the_decoder_benchmark_prints_both_engines_cost_scaling_and_agreement():
 
 @pytest.mark.parametrize("skip", [0, 1, 1.5, "0.9", True])
 def test_a_model_directory_with_an_impossible_blank_skip_is_refused(tmp_path, skip):
-    for name in ("model.onnx", "tokens.txt"):
-        (tmp_path / name).symlink_to(BUNDLED / name)
-    meta = json.loads((BUNDLED / "model.json").read_text())
-    meta["decoder"] = {**meta["decoder"], "blank_skip": skip, "lm": None, "unigrams": None}
-    (tmp_path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="decoder.blank_skip must be a probability between 0 and 1"):
-        ModelSpec.load(tmp_path)
-    meta["decoder"]["blank_skip"] = 0.9
-    (tmp_path / "model.json").write_text(json.dumps(meta))
-    assert ModelSpec.load(tmp_path).blank_skip == 0.9
+        ModelSpec.load(model_directory(tmp_path, blank_skip=skip))
+    assert ModelSpec.load(model_directory(tmp_path, blank_skip=0.9)).blank_skip == 0.9

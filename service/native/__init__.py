@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pyctcdecode.constants import AVG_TOKEN_LEN, DEFAULT_UNK_LOGP_OFFSET, LOG_BASE_CHANGE_FACTOR
 
-from service.beam_search import LOG_CLIP, BEAM_PRUNE_LOGP, blank_skip_logp, TOKEN_MIN_LOGP, Search, SearchOptions, token_kinds
+from service.beam_search import (BEAM_PRUNE_LOGP, LOG_CLIP, TOKEN_MIN_LOGP, Search, SearchOptions, blank_skip_logp,
+                                 token_kinds)
 
 _SOURCE = Path(__file__).with_name("beam_search.cpp")
 
@@ -19,7 +20,7 @@ def _load():
     except ImportError as e:
         return None, f"not built ({e}); run `python -m service.native.build`"
     if Path(_beam_search.__file__).stat().st_mtime < _SOURCE.stat().st_mtime:
-        return None, "the built library is older than beam_search.cpp; run `python -m service.native.build`"
+        return None, "out of date (built before beam_search.cpp changed); run `python -m service.native.build`"
     return _beam_search, None
 
 
