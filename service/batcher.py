@@ -2,10 +2,11 @@
 
 Streams await `step`; a single loop takes every chunk queued by the time the
 model is free (waiting at most `max_wait_s` for more, up to `max_batch`),
-runs equal-length chunks as one ONNX Runtime call on the worker pool, and
-hands each stream its log-probs and next state. One batch is in flight at a
-time: on CPU the intra-op threads use the cores, on CUDA the provider has a
-single compute stream anyway.
+runs equal-length chunks as one ONNX Runtime call on the worker pool, then
+(with `decode`) decodes the batch's log-probs in one call, and hands each
+stream its log-probs and next state. One batch is in flight at a time: on CPU
+the intra-op threads use the cores, on CUDA the provider has a single compute
+stream anyway.
 """
 
 import asyncio
@@ -24,8 +25,12 @@ log = logging.getLogger(__name__)
 
 class ModelBatcher:
     def __init__(self, session: ModelSession, executor: Executor, max_batch: int, max_wait_s: float,
-                 on_batch: Callable[[float, int], None] = lambda seconds, size: None) -> None:
+                 on_batch: Callable[[float, int], None] = lambda seconds, size: None,
+                 decode: Callable[[list, list[np.ndarray]], None] | None = None) -> None:
+        """`decode(payloads, logprobs)`: called after each model call, on the same thread, with the
+        `decode` payloads its streams passed to `step` and their log-probs."""
         self.session = session
+        self._decode = decode
         self._executor = executor
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
@@ -42,10 +47,20 @@ class ModelBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def step(self, features: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    async def step(self, features: np.ndarray, state: list[np.ndarray], decode: object = None
+                   ) -> tuple[np.ndarray, list[np.ndarray]]:
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((features, state, future))
+        await self._queue.put((features, state, future, decode))
         return await future
+
+    def _run(self, items: list) -> tuple[list, float]:
+        """The model call (and its seconds), then the decoding of its outputs."""
+        started = time.perf_counter()
+        outputs = self.session.step_batch([it[0] for it in items], [it[1] for it in items])
+        seconds = time.perf_counter() - started
+        if self._decode:
+            self._decode([it[3] for it in items], [out[0] for out in outputs])
+        return outputs, seconds
 
     async def _collect(self) -> list:
         batch = [await self._queue.get()]
@@ -74,17 +89,15 @@ class ModelBatcher:
                 items = [it for it in items if not it[2].done()]  # callers that gave up (cancelled)
                 if not items:
                     continue
-                started = time.perf_counter()
                 try:
-                    outputs = await loop.run_in_executor(self._executor, self.session.step_batch,
-                                                         [it[0] for it in items], [it[1] for it in items])
+                    outputs, seconds = await loop.run_in_executor(self._executor, self._run, items)
                 except Exception as e:  # every waiting stream learns of it; the loop goes on
                     log.exception("model batch of %d failed", len(items))
                     for it in items:
                         if not it[2].done():
                             it[2].set_exception(e)
                     continue
-                self._on_batch(time.perf_counter() - started, len(items))
+                self._on_batch(seconds, len(items))
                 for it, out in zip(items, outputs):
                     if not it[2].done():
                         it[2].set_result(out)

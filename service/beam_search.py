@@ -81,7 +81,8 @@ class Search(Protocol):
 
 
 class BeamSearch(Protocol):
-    """An engine: what all utterances share (vocabulary, LM)."""
+    """An engine: what all utterances share (vocabulary, LM). One that can advance several
+    utterances at once in parallel also has `advance_many(searches, logprobs, threads)`."""
     name: str
 
     def start(self, opts: SearchOptions) -> Search: ...

@@ -84,7 +84,8 @@ HELP = {
     "decoder": "beam search engine: auto (native where built, else python), native (compiled; fail if not "
                "built) or python (the reference)",
     "intra_op_threads": "ONNX Runtime threads per model call",
-    "workers": "threads running model steps and decoding",
+    "workers": "threads for unary requests and stream bookkeeping; the native beam search decodes a model "
+               "batch's streams this many at a time",
     "max_unary_audio_seconds": "longest audio Recognize accepts (OUT_OF_RANGE past it)",
     "max_stream_audio_seconds": "longest audio one StreamingRecognize call accepts (OUT_OF_RANGE past it)",
     "max_message_bytes": "largest gRPC message accepted (RESOURCE_EXHAUSTED past it)",

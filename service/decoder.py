@@ -72,10 +72,11 @@ class DecodeState:
 
 
 class CtcDecoder:
-    def __init__(self, spec: ModelSpec | DecoderInputs, engine: str = "auto") -> None:
+    def __init__(self, spec: ModelSpec | DecoderInputs, engine: str = "auto", threads: int = 1) -> None:
         """`spec`: a model directory's ModelSpec, or DecoderInputs.
         `engine`: "native" (the compiled beam search; an error where it is not built), "python"
-        (the reference), or "auto" (native where built, else Python with a warning)."""
+        (the reference), or "auto" (native where built, else Python with a warning).
+        `threads`: how many utterances `advance_many` decodes at once (native engine)."""
         if engine not in ENGINES:
             raise ValueError(f"decoder engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         self.spec = spec
@@ -87,6 +88,7 @@ class CtcDecoder:
         self.engine: BeamSearch = (NativeBeamSearch if engine != "python" else PythonBeamSearch)(
             list(spec.tokens), spec.lm, unigrams, spec.blank_skip)
         self._greedy = GreedySearch(list(spec.tokens))
+        self.threads = threads
 
     @property
     def engine_description(self) -> str:
@@ -108,6 +110,19 @@ class CtcDecoder:
         if len(logprobs):
             state.search.advance(logprobs)
             state.frames += len(logprobs)
+
+    def advance_many(self, states: list[DecodeState], logprobs: list[np.ndarray]) -> None:
+        """`advance` for several utterances (a model batch's streams): the native engine's in one
+        call, `threads` at a time; the rest one after another."""
+        batch = [(st, lp) for st, lp in zip(states, logprobs) if len(lp)]
+        together = [(st, lp) for st, lp in batch if not st.opts.greedy] if hasattr(self.engine, "advance_many") else []
+        if together:
+            self.engine.advance_many([st.search for st, _ in together], [lp for _, lp in together], self.threads)
+        done = {id(st) for st, _ in together}
+        for st, lp in batch:
+            if id(st) not in done:
+                st.search.advance(lp)
+            st.frames += len(lp)
 
     def partial(self, state: DecodeState) -> Hypothesis:
         """The best hypothesis so far, the word in progress included; the state is unchanged."""

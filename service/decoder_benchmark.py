@@ -6,22 +6,23 @@
 
 Computes each clip's log-probabilities once (default clips: the model directory's
 canaries; --logprobs: ones recorded with --save-logprobs, such as the parity test's
-tests/data/canary_logprobs.npz), frees the model, then decodes them chunk by chunk as a stream is decoded:
-advance by one model chunk, take the interim hypothesis and its stability, and
-finish with the final n-best. Prints, per beam width and decoder engine, the CPU
-time per second of audio on one thread (the least of --repeat runs), how many times less than the first engine
-listed last, and the audio seconds decoded per wall-clock second by N threads each
-decoding every clip (their scaling against one thread shows how much of the
-decoder holds the GIL); and whether every engine's interim and final results were
-the same. A development tool: it reads manifests with the training recipe's code,
-so it needs the training extra (`make test` installs it).
+tests/data/canary_logprobs.npz), frees the model, then decodes them as the server
+decodes streams: 32 at a time advanced together chunk by chunk (one decoder call
+per model batch), an interim result per stream and chunk (text and stability),
+then the final n-best. Prints, per beam width and decoder engine, the CPU time per
+second of audio with one decoding thread (the least of --repeat runs), how many
+times less than the first engine listed that is, the audio seconds decoded per
+wall-clock second with N decoding threads (the native engine decodes a batch's
+streams N at a time; the Python one, under the GIL, one after another), and
+whether every engine's interim and final results were the same. A development
+tool: it reads manifests with the training recipe's code, so it needs the training
+extra (`make test` installs it).
 """
 
 import argparse
 import dataclasses
 import gc
 import math
-import threading
 import time
 
 import numpy as np
@@ -33,6 +34,7 @@ from service.model_session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
 from service.recognizer import Recognizer
 
 WALL_SECONDS = 2.0  # each thread-scaling run decodes at least this long
+BATCH = 32  # streams decoded together, as the server's default --max-batch
 
 
 def load_logprobs(path) -> list[np.ndarray]:
@@ -41,27 +43,33 @@ def load_logprobs(path) -> list[np.ndarray]:
         return [f[k] for k in sorted(f.files)]
 
 
-def decode_stream(decoder: CtcDecoder, logprobs: np.ndarray, opts: DecodeOptions, chunk: int) -> list:
-    """Every interim text and the final n-best texts."""
-    state, out = decoder.start(opts), []
-    for i in range(0, len(logprobs), chunk):
-        decoder.advance(state, logprobs[i:i + chunk])
-        out.append(decoder.interim(state)[0].text)
-    return out + [h.text for h in decoder.finish(state)]
+def decode_batches(decoder: CtcDecoder, clips: list[np.ndarray], opts: DecodeOptions, chunk: int) -> list:
+    """Each clip's interim texts and final n-best texts, the clips decoded as the server decodes
+    its streams: up to BATCH at once, advanced together chunk by chunk (one `advance_many` per
+    model batch), an interim result per stream and chunk, then the finals."""
+    out = []
+    for first in range(0, len(clips), BATCH):
+        group = clips[first:first + BATCH]
+        states, texts = [decoder.start(opts) for _ in group], [[] for _ in group]
+        for i in range(0, max(len(c) for c in group), chunk):
+            live = [j for j, c in enumerate(group) if i < len(c)]
+            decoder.advance_many([states[j] for j in live], [group[j][i:i + chunk] for j in live])
+            for j in live:
+                texts[j].append(decoder.interim(states[j])[0].text)
+        out += [t + [h.text for h in decoder.finish(st)] for t, st in zip(texts, states)]
+    return out
 
 
 def wall_throughput(decoder: CtcDecoder, clips: list[np.ndarray], opts: DecodeOptions, chunk: int,
                     threads: int, audio_s: float, rounds: int) -> float:
-    """Audio seconds decoded per wall second by `threads` threads, each decoding every clip `rounds` times."""
-    work = [c for _ in range(rounds) for c in clips]
-    workers = [threading.Thread(target=lambda: [decode_stream(decoder, c, opts, chunk) for c in work])
-               for _ in range(threads)]
+    """Audio seconds decoded per wall second with `threads` decoding threads, every clip `rounds` times."""
+    decoder.threads = threads
     started = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return threads * rounds * audio_s / (time.perf_counter() - started)
+    for _ in range(rounds):
+        decode_batches(decoder, clips, opts, chunk)
+    rate = rounds * audio_s / (time.perf_counter() - started)
+    decoder.threads = 1
+    return rate
 
 
 def main() -> None:
@@ -121,11 +129,11 @@ def main() -> None:
         opts = DecodeOptions(beam_width=width, lm_weight=spec.lm_weight, word_bonus=spec.word_bonus)
         reference, first_ms = None, None
         for decoder in decoders:
-            decode_stream(decoder, clips[0], opts, chunk)  # warm: the LM's pages, the decoder's caches
+            decode_batches(decoder, clips[:1], opts, chunk)  # warm: the LM's pages, the decoder's caches
             times = []
             for _ in range(a.repeat):
                 started = time.process_time()
-                results = [decode_stream(decoder, c, opts, chunk) for c in clips]
+                results = decode_batches(decoder, clips, opts, chunk)
                 times.append(time.process_time() - started)
             cpu_ms = 1000 * min(times) / audio_s
             reference, first_ms = reference or results, first_ms or cpu_ms

@@ -32,7 +32,7 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("asr_batch_size", "Stream chunks per batched model call",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
-        self.decode = Histogram("asr_decode_seconds", "One decoder call", buckets=LATENCY_BUCKETS, registry=r)
+        self.decode = Histogram("asr_decode_seconds", "One decoder call (a model batch's streams, or a final)", buckets=LATENCY_BUCKETS, registry=r)
         canary = ["set", "model"]
         self.canary_requests = Counter("asr_canary_requests_total", "Labelled canaries scored", canary, registry=r)
         self.canary_word_errors = Counter("asr_canary_word_errors_total", "Word edits against canary references",

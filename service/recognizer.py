@@ -80,6 +80,13 @@ class Recognizer:
                            self.decoder.start(opts, offset=self._heard_frames(0)),
                            Endpointer(endpointing, self.spec.frame_seconds, self._blank))
 
+    def decode_many(self, states: list[DecodeState], logprobs: list[np.ndarray]) -> None:
+        """Decoding of a model batch's outputs in one call, its streams in parallel (then `consume`
+        each with decoded=True)."""
+        started = time.perf_counter()
+        self.decoder.advance_many(states, logprobs)
+        self._on_decode(time.perf_counter() - started)
+
     def take_chunks(self, stream: StreamState, samples: np.ndarray) -> list[np.ndarray]:
         """Front-end: the feature chunks now ready for the model, one per model
         chunk while endpointing (so an endpoint falls on its chunk), else one block."""
@@ -101,13 +108,14 @@ class Recognizer:
         return last
 
     def consume(self, stream: StreamState, logprobs: np.ndarray, model_state: list[np.ndarray],
-                progress: Progress) -> None:
-        """Decoding and endpointing of one model output."""
+                progress: Progress, decoded: bool = False) -> None:
+        """Decoding (unless `decode_many` did it already) and endpointing of one model output."""
         stream.model_state = model_state
-        started = time.perf_counter()
         had_speech = stream.endpointer.speech
-        self.decoder.advance(stream.decode, logprobs)
-        self._on_decode(time.perf_counter() - started)
+        if not decoded:
+            started = time.perf_counter()
+            self.decoder.advance(stream.decode, logprobs)
+            self._on_decode(time.perf_counter() - started)
         stream.frames += len(logprobs)
         progress.frames += len(logprobs)
         reason = stream.endpointer.update(logprobs)

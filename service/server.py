@@ -48,7 +48,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
     session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
     warmed = session.warm_up(cfg.max_batch)
     inference = metrics.inference.labels(session.provider)
-    recognizer = Recognizer(session, CtcDecoder(spec, cfg.decoder), on_inference=inference.observe,
+    recognizer = Recognizer(session, CtcDecoder(spec, cfg.decoder, threads=cfg.workers), on_inference=inference.observe,
                             on_decode=metrics.decode.observe)
     metrics.model_info.labels(spec.name, spec.version, session.provider).set(1)
     metrics.provider_fallbacks.inc(0)  # the series exists from the start, so alerts can compare it
@@ -65,7 +65,8 @@ async def start(cfg: ServerConfig) -> RunningServer:
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
     batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix="asr-model"), cfg.max_batch,
                            cfg.max_batch_wait_ms / 1000, on_batch=lambda s, n: (inference.observe(s),
-                                                                                 metrics.batch_size.observe(n)))
+                                                                                 metrics.batch_size.observe(n)),
+                           decode=recognizer.decode_many)
     batcher.start()
     servicer = SpeechServicer(recognizer, batcher, pool, metrics, cfg)
     asr_pb2_grpc.add_SpeechServicer_to_server(servicer, server)

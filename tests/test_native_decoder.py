@@ -143,3 +143,21 @@ def test_the_service_benchmark_measures_both_engines_side_by_side(tmp_path):
     assert [(r[0].strip(), r[1].strip(), r[-1].strip()) for r in rows] == [("native", "2", "0"), ("python", "2", "0")]
     assert "beam 16" in result.stdout and "2 clips of" in result.stdout
     assert "native: most streams held (p95 partial <= 150 ms, no errors): " in result.stdout
+
+
+def test_a_batch_decoded_in_one_call_on_two_threads_is_decoded_as_one_by_one(corpus):
+    spec, clips = corpus
+    decoder = CtcDecoder(spec, "native", threads=2)
+    opts = [LM, OPTIONS["hotwords"], DecodeOptions(beam_width=1, lm_weight=0.8, word_bonus=2.0)]  # greedy too
+    together = [decoder.start(opts[i % 3]) for i in range(len(clips))]
+    alone = [decoder.start(opts[i % 3]) for i in range(len(clips))]
+    for start in range(0, max(len(c) for c in clips), 8):
+        decoder.advance_many(together, [c[start:start + 8] for c in clips])  # finished clips get empty chunks
+        for state, c in zip(alone, clips):
+            decoder.advance(state, c[start:start + 8])
+        assert [decoder.interim(s) for s in together] == [decoder.interim(s) for s in alone]
+    assert [decoder.finish(s) for s in together] == [decoder.finish(s) for s in alone]
+    with pytest.raises(ValueError, match="log-probabilities must be"):  # checked before any is advanced
+        decoder.advance_many(together[:2], [clips[0][:8], clips[1][:8, :5]])
+    with pytest.raises(ValueError, match="appears twice"):
+        decoder.advance_many([together[0], together[0]], [clips[0][:8], clips[0][:8]])

@@ -6,6 +6,8 @@ not built (no compiler when `make` ran), or it predates its source.
 
 from pathlib import Path
 
+import numpy as np
+
 from pyctcdecode.constants import AVG_TOKEN_LEN, DEFAULT_UNK_LOGP_OFFSET, LOG_BASE_CHANGE_FACTOR
 
 from service.beam_search import (BEAM_PRUNE_LOGP, LOG_CLIP, TOKEN_MIN_LOGP, Search, SearchOptions, blank_skip_logp,
@@ -44,3 +46,8 @@ class NativeBeamSearch:
         """An utterance's search: a compiled object whose `advance` and `finish` release the GIL."""
         return _native.Utterance(self._decoder, opts.beam_width, opts.lm_weight, opts.word_bonus, opts.use_lm,
                                  opts.hotword_unigrams, opts.hotword_weight)
+
+    @staticmethod
+    def advance_many(searches: list[Search], logprobs: list[np.ndarray], threads: int) -> None:
+        """Each search by its own log-probabilities, up to `threads` at once, the GIL released once."""
+        _native.advance_many(searches, logprobs, threads)

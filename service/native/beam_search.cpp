@@ -12,11 +12,15 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -271,6 +275,7 @@ class PairMap {
 
 // (word, first frame, last frame + 1, confidence: the mean of its frames' best-token probabilities)
 using Words = std::vector<std::tuple<std::string, int, int, double>>;
+using Frames = py::array_t<float, py::array::c_style | py::array::forcecast>;
 constexpr int NO_WORD = -2;
 
 // One utterance: beams, interned texts and words in progress, score caches. One thread at a time.
@@ -298,13 +303,21 @@ class Utterance {
   }
 
   // Consumes the utterance's next (T, V) log-probabilities.
-  void advance(py::array_t<float, py::array::c_style | py::array::forcecast> logprobs) {
+  void advance(const Frames &logprobs) {
+    check(logprobs);
+    py::gil_scoped_release release;
+    advance(logprobs.data(), static_cast<int>(logprobs.shape(0)));
+  }
+
+  void check(const Frames &logprobs) const {
     if (logprobs.ndim() != 2 || static_cast<size_t>(logprobs.shape(1)) != d_->vocab_size())
       throw std::invalid_argument("log-probabilities must be (frames, vocabulary size)");
-    const float *data = logprobs.data();
-    const int frames = static_cast<int>(logprobs.shape(0)), vocab = static_cast<int>(logprobs.shape(1));
+  }
+
+  // The frame loop: no Python object is touched.
+  void advance(const float *data, int frames) {
+    const int vocab = static_cast<int>(d_->vocab_size());
     const float clip = static_cast<float>(d_->constants().log_clip);  // as numpy clips float32 by a float
-    py::gil_scoped_release release;
     column_.resize(vocab);
     for (int i = 0; i < frames; ++i) {
       const float *raw = data + static_cast<size_t>(i) * vocab;
@@ -619,6 +632,37 @@ class Utterance {
   std::vector<int> slots_;
 };
 
+// Each utterance advanced by its own log-probabilities, on up to `threads` threads at once
+// (sherpa-onnx's shape: a model batch's streams decoded together), the GIL released once.
+void advance_many(const std::vector<Utterance *> &utterances, const std::vector<Frames> &logprobs, int threads) {
+  if (utterances.size() != logprobs.size()) throw std::invalid_argument("one array of log-probabilities per utterance");
+  for (size_t i = 0; i < utterances.size(); ++i) {
+    utterances[i]->check(logprobs[i]);
+    for (size_t j = 0; j < i; ++j)
+      if (utterances[j] == utterances[i]) throw std::invalid_argument("an utterance appears twice");
+  }
+  py::gil_scoped_release release;
+  std::atomic<size_t> next{0};
+  std::exception_ptr failure;
+  std::mutex failure_lock;
+  auto work = [&] {
+    for (size_t i; (i = next++) < utterances.size();) {
+      try {
+        utterances[i]->advance(logprobs[i].data(), static_cast<int>(logprobs[i].shape(0)));
+      } catch (...) {
+        std::lock_guard<std::mutex> guard(failure_lock);
+        if (!failure) failure = std::current_exception();
+      }
+    }
+  };
+  const size_t n = std::min(utterances.size(), static_cast<size_t>(std::max(threads, 1)));
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < n; ++t) pool.emplace_back(work);
+  work();
+  for (std::thread &t : pool) t.join();
+  if (failure) std::rethrow_exception(failure);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_beam_search, m) {
@@ -642,9 +686,10 @@ PYBIND11_MODULE(_beam_search, m) {
                     double>(),
            py::arg("decoder"), py::arg("beam_width"), py::arg("alpha"), py::arg("beta"), py::arg("use_lm"),
            py::arg("hotwords"), py::arg("hotword_weight"))
-      .def("advance", &Utterance::advance, py::arg("logprobs"))
+      .def("advance", py::overload_cast<const Frames &>(&Utterance::advance), py::arg("logprobs"))
       .def("best", &Utterance::best)
       .def("stability", &Utterance::stability)
       .def("interim", &Utterance::interim)
       .def("finish", &Utterance::finish, py::arg("n"));
+  m.def("advance_many", &advance_many, py::arg("utterances"), py::arg("logprobs"), py::arg("threads"));
 }
