@@ -81,11 +81,18 @@ class Search(Protocol):
 
 
 class BeamSearch(Protocol):
-    """An engine: what all utterances share (vocabulary, LM). One that can advance several
-    utterances at once in parallel also has `advance_many(searches, logprobs, threads)`."""
+    """An engine: what all utterances share (vocabulary, LM)."""
     name: str
 
     def start(self, opts: SearchOptions) -> Search: ...
+    # Several utterances, each by its own log-probabilities, up to `threads` at once where it can.
+    def advance_many(self, searches: list[Search], logprobs: list[np.ndarray], threads: int) -> None: ...
+
+
+def advance_each(searches: list[Search], logprobs: list[np.ndarray], threads: int) -> None:
+    """`BeamSearch.advance_many` one after another: Python engines hold the GIL anyway."""
+    for search, lp in zip(searches, logprobs):
+        search.advance(lp)
 
 
 class FrameProbs:
@@ -133,6 +140,8 @@ class GreedySearch:
 
     def start(self, opts: SearchOptions) -> "_Greedy":
         return _Greedy(self)
+
+    advance_many = staticmethod(advance_each)
 
 
 class _Greedy(_PythonSearch):
@@ -215,6 +224,8 @@ class PythonBeamSearch:
     def _lm(self, lm_weight: float, word_bonus: float) -> LanguageModel:
         """One LM per (weight, bonus): per-request overrides never mutate a shared one."""
         return LanguageModel(self._kenlm, self._unigrams, alpha=lm_weight, beta=word_bonus)
+
+    advance_many = staticmethod(advance_each)
 
     def start(self, opts: SearchOptions) -> "PythonSearch":
         return PythonSearch(self, opts, self._lm(opts.lm_weight, opts.word_bonus) if opts.use_lm and self._kenlm else None)

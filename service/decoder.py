@@ -100,8 +100,7 @@ class CtcDecoder:
     def start(self, opts: DecodeOptions, offset: int = 0) -> DecodeState:
         """A fresh utterance whose first frame describes the audio `offset` frames into the stream
         (negative at the start of a stream for a model whose first outputs are a look-ahead pre-roll)."""
-        engine = self._greedy if opts.greedy else self.engine
-        return DecodeState(opts, engine.start(SearchOptions(
+        return DecodeState(opts, self._engine(opts).start(SearchOptions(
             opts.beam_width, opts.use_lm and self.has_lm, opts.lm_weight, opts.word_bonus, opts.hotwords,
             opts.hotword_weight)), offset=offset)
 
@@ -111,17 +110,18 @@ class CtcDecoder:
             state.search.advance(logprobs)
             state.frames += len(logprobs)
 
+    def _engine(self, opts: DecodeOptions) -> BeamSearch:
+        return self._greedy if opts.greedy else self.engine
+
     def advance_many(self, states: list[DecodeState], logprobs: list[np.ndarray]) -> None:
         """`advance` for several utterances (a model batch's streams): the native engine's in one
-        call, `threads` at a time; the rest one after another."""
+        call, `threads` at a time; the Python engines' one after another."""
         batch = [(st, lp) for st, lp in zip(states, logprobs) if len(lp)]
-        together = [(st, lp) for st, lp in batch if not st.opts.greedy] if hasattr(self.engine, "advance_many") else []
-        if together:
-            self.engine.advance_many([st.search for st, _ in together], [lp for _, lp in together], self.threads)
-        done = {id(st) for st, _ in together}
+        for engine in (self.engine, self._greedy):
+            mine = [(st, lp) for st, lp in batch if self._engine(st.opts) is engine]
+            if mine:
+                engine.advance_many([st.search for st, _ in mine], [lp for _, lp in mine], self.threads)
         for st, lp in batch:
-            if id(st) not in done:
-                st.search.advance(lp)
             st.frames += len(lp)
 
     def partial(self, state: DecodeState) -> Hypothesis:

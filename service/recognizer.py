@@ -81,8 +81,7 @@ class Recognizer:
                            Endpointer(endpointing, self.spec.frame_seconds, self._blank))
 
     def decode_many(self, states: list[DecodeState], logprobs: list[np.ndarray]) -> None:
-        """Decoding of a model batch's outputs in one call, its streams in parallel (then `consume`
-        each with decoded=True)."""
+        """Decoding of a model batch's outputs in one call, its streams in parallel (then `consume` each)."""
         started = time.perf_counter()
         self.decoder.advance_many(states, logprobs)
         self._on_decode(time.perf_counter() - started)
@@ -108,14 +107,10 @@ class Recognizer:
         return last
 
     def consume(self, stream: StreamState, logprobs: np.ndarray, model_state: list[np.ndarray],
-                progress: Progress, decoded: bool = False) -> None:
-        """Decoding (unless `decode_many` did it already) and endpointing of one model output."""
+                progress: Progress) -> None:
+        """Endpointing of one model output that `decode_many` has decoded."""
         stream.model_state = model_state
         had_speech = stream.endpointer.speech
-        if not decoded:
-            started = time.perf_counter()
-            self.decoder.advance(stream.decode, logprobs)
-            self._on_decode(time.perf_counter() - started)
         stream.frames += len(logprobs)
         progress.frames += len(logprobs)
         reason = stream.endpointer.update(logprobs)
@@ -153,6 +148,7 @@ class Recognizer:
         started = time.perf_counter()
         logprobs, state = self.session.step(chunk, stream.model_state)
         self._on_inference(time.perf_counter() - started)
+        self.decode_many([stream.decode], [logprobs])
         self.consume(stream, logprobs, state, progress)
 
     def partial(self, stream: StreamState) -> tuple[Hypothesis, float]:

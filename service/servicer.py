@@ -150,7 +150,7 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
         """Model steps through the batcher, decoding on the worker pool, chunk after chunk."""
         for chunk in chunks:  # the batcher decodes each batch's outputs (Recognizer.decode_many)
             logprobs, state = await self.batcher.step(chunk, stream.model_state, stream.decode)
-            await self._run(self.recognizer.consume, stream, logprobs, state, progress, True)
+            await self._run(self.recognizer.consume, stream, logprobs, state, progress)
         return progress
 
     async def _with_idle_timeout(self, requests):

@@ -49,5 +49,5 @@ class NativeBeamSearch:
 
     @staticmethod
     def advance_many(searches: list[Search], logprobs: list[np.ndarray], threads: int) -> None:
-        """Each search by its own log-probabilities, up to `threads` at once, the GIL released once."""
+        """On up to `threads` C++ threads, the GIL released once."""
         _native.advance_many(searches, logprobs, threads)
