@@ -36,10 +36,11 @@ def start_server(extra_args: list[str]) -> tuple[subprocess.Popen, str]:
 
 
 def read_clips(manifest: Path, limit: int) -> list[np.ndarray]:
-    """The first `limit` clips of a JSONL manifest (one {"audio": path} a line), 16 kHz mono int16."""
+    """The first `limit` clips of a JSONL manifest (one {"audio": path} a line, a relative path from the
+    manifest's folder, as the recipe writes them), 16 kHz mono int16."""
     clips = []
-    for line in manifest.read_text().splitlines()[:limit]:
-        audio, rate = sf.read(json.loads(line)["audio"], dtype="float32", always_2d=True)
+    for line in [line for line in manifest.read_text().splitlines() if line.strip()][:limit]:
+        audio, rate = sf.read(manifest.parent / json.loads(line)["audio"], dtype="float32", always_2d=True)
         mono = soxr.resample(audio.mean(axis=1), rate, RATE) if rate != RATE else audio.mean(axis=1)
         clips.append((np.clip(mono, -1, 1) * 32767).astype(np.int16))
     if not clips:
