@@ -4,8 +4,6 @@ Names follow the NeMo CTC export convention (`audio_signal` (B, n_mels, T),
 `length`, `logprobs` (B, T', V)) plus explicit streaming state in and out.
 """
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+from export.directory import write_directory
 from models.corpus import read_audio, read_manifest, spread
 from models.model import num_parameters
 from service.features import LogMel, logmel_utterance, pad_to_multiple
@@ -49,7 +48,6 @@ def write_model_dir(model, ckpt: dict, out: Path, *, name: str, version: str, ch
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(model, out / "model.onnx")
     tokens = ckpt["tokens"]
-    (out / "tokens.txt").write_text("".join(f"{t} {i}\n" for i, t in enumerate(tokens)))
     inputs, outputs, axes = model.state_names()
     states = [{"input": i, "output": o, "shape": list(s.shape), "batch_axis": a}
               for i, o, s, a in zip(inputs, outputs, model.initial_state(1), axes)]
@@ -62,17 +60,7 @@ def write_model_dir(model, ckpt: dict, out: Path, *, name: str, version: str, ch
         "streaming": model.streaming(),
         "tail_padding_ms": 320,  # quiet audio appended at the end of a stream (see service/recognizer.py)
         "parameters": num_parameters(model),
-        "decoder": {"beam_width": 25, "lm_weight": 0.5, "word_bonus": 1.0},
     }
-    if lm_dir:
-        for f in ("lm.bin", "unigrams.txt"):
-            shutil.copyfile(lm_dir / f, out / f)
-        meta["decoder"].update(lm="lm.bin", unigrams="unigrams.txt")
-        tuned = lm_dir / "decoder.json"  # written by LM tuning, if it ran
-        if tuned.is_file():
-            meta["decoder"].update(json.loads(tuned.read_text()))
-    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-
     onnx_model = onnx.load(str(out / "model.onnx"))
     props = {"model_type": "streaming_ctc", "vocab_size": str(len(tokens)),
              "subsampling_factor": str(model.subsampling), "feature_kind": ckpt["feature_config"].get("kind", "htk"),
@@ -81,10 +69,8 @@ def write_model_dir(model, ckpt: dict, out: Path, *, name: str, version: str, ch
              "name": name, "version": version, "sample_rate": str(ckpt["feature_config"]["sample_rate"])}
     onnx.helper.set_model_props(onnx_model, props)
     onnx.save(onnx_model, str(out / "model.onnx"))
-    if not (out / "README.md").exists():
-        (out / "README.md").write_text(
-            f"# {name} {version}\n\n{meta['architecture']}; {meta['parameters']:,} parameters; "
-            f"trained on {ckpt.get('train_hours', 0):.1f} h of speech.\n")
+    write_directory(out, meta, tokens, lm_dir, f"{meta['architecture']}; {meta['parameters']:,} parameters; "
+                    f"trained on {ckpt.get('train_hours', 0):.1f} h of speech.")
 
 
 def check_parity(model, onnx_path: Path, chunk_frames: int, frames: int = 400) -> dict[str, float]:

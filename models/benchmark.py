@@ -72,9 +72,9 @@ def main() -> None:
     audio = (np.random.default_rng(0).standard_normal(int(a.seconds * rate)) * 0.05).astype(np.float32)
     chunk = spec.chunk_frames * spec.features.hop_length
     for _ in range(20):  # warm-up
-        session.step(np.zeros((spec.chunk_frames, spec.features.n_mels), np.float32), session.initial_state())
+        session.step(np.zeros((spec.chunk_frames, spec.features.width), np.float32), session.initial_state())
     features, state, model_time = StreamingFeatures(LogMel(spec.features)), session.initial_state(), 0.0
-    pending = np.zeros((0, spec.features.n_mels), np.float32)
+    pending = np.zeros((0, spec.features.width), np.float32)
     started = time.perf_counter()
     for i in range(0, len(audio), chunk):
         pending = np.concatenate([pending, features.accept(audio[i:i + chunk])])

@@ -9,6 +9,8 @@ built on its language model, hotword scorer and beam helpers. The compiled engin
 Vocabularies: a token is the blank, a word delimiter (`▁` alone, a space, or `|`),
 a word piece that starts a word (`▁the`: what sentencepiece, NeMo and sherpa-onnx
 models emit), or a piece that continues one (every letter of a character vocabulary).
+Special tokens in angle brackets (`<unk>`, `<s>`, `</s>`, `<sos/eos>`) add no text, as the
+formats' own decoders skip them (transformers' skip_special_tokens).
 """
 
 import functools
@@ -41,6 +43,8 @@ def token_kinds(tokens: list[str]) -> tuple[list[int], list[str]]:
     for t in tokens:
         if t == BLANK:
             kinds.append(KIND_BLANK), texts.append("")
+        elif is_special(t):
+            kinds.append(KIND_PIECE), texts.append("")
         elif t in DELIMITERS:
             kinds.append(KIND_DELIMITER), texts.append("")
         elif t.startswith(WORD_START):
@@ -48,6 +52,19 @@ def token_kinds(tokens: list[str]) -> tuple[list[int], list[str]]:
         else:
             kinds.append(KIND_PIECE), texts.append(t)
     return kinds, texts
+
+
+def is_special(token: str) -> bool:
+    return len(token) > 2 and token.startswith("<") and token.endswith(">")
+
+
+def vocabulary_kind(tokens: list[str]) -> str:
+    """What GetModelInfo and export say of a vocabulary: word pieces, or characters (and their delimiter)."""
+    kinds, _ = token_kinds(tokens)
+    if KIND_WORD_START in kinds:
+        return "word pieces (▁ starts a word)"
+    delimiters = [t for t, k in zip(tokens, kinds) if k == KIND_DELIMITER]
+    return f"characters ({' '.join(repr(d) for d in delimiters)} between words)" if delimiters else "characters"
 
 
 def blank_skip_logp(blank_skip: float | None) -> float:

@@ -41,6 +41,14 @@ class ServerConfig:
     endpoint_silence_no_speech_seconds: float = 2.4
     endpoint_max_utterance_seconds: float = 20.0
     endpoint_blank_threshold: float = 0.8
+    left_context_ms: int | None = None
+    chunk_ms: int | None = None
+    right_context_ms: int | None = None
+
+    @property
+    def window_ms(self) -> tuple[int | None, int | None, int | None]:
+        """A buffered model's (left context, chunk, right context) overrides."""
+        return self.left_context_ms, self.chunk_ms, self.right_context_ms
 
     @property
     def endpoint(self) -> EndpointConfig:
@@ -70,6 +78,9 @@ class ServerConfig:
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
+        for name, value in zip(("left_context_ms", "chunk_ms", "right_context_ms"), self.window_ms):
+            if value is not None and value < (1 if name == "chunk_ms" else 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be {'positive' if name == 'chunk_ms' else 'at least 0'}")
         if self.max_batch_wait_ms < 0:
             raise ValueError("--max-batch-wait-ms must not be negative")
 
@@ -105,6 +116,9 @@ HELP = {
     "endpoint_silence_no_speech_seconds": "silence with nothing decoded after which the utterance is dropped",
     "endpoint_max_utterance_seconds": "longest utterance before a final is forced",
     "endpoint_blank_threshold": "a frame is silence when the CTC blank probability exceeds this",
+    "left_context_ms": "buffered (full-context) models: past audio each model call sees (default: model.json's)",
+    "chunk_ms": "buffered models: new audio per model call, whose outputs are kept (default: model.json's)",
+    "right_context_ms": "buffered models: future audio each call sees; results lag by it (default: model.json's)",
 }
 
 
@@ -113,6 +127,8 @@ def _convert(kind, value):
         return None
     if kind == Path | None:
         return Path(value)
+    if kind == int | None:
+        return int(value)
     if kind is bool and isinstance(value, str):
         if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise ValueError(f"expected true or false, not {value!r}")

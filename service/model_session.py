@@ -1,7 +1,15 @@
 """The model directory and the ONNX Runtime session that runs it.
 
-`ModelSpec` is everything export wrote to `model.json` and `tokens.txt`;
-`ModelSession.step` runs one chunk for a batch of streams, state in and out.
+`ModelSpec` is everything export wrote to `model.json` and `tokens.txt`: the
+front-end, the graph's input/output names and layout (`io`), and the streaming
+scheme. `ModelSession.step` runs one chunk for a batch of streams, state in and out.
+
+Two streaming schemes (`streaming.scheme`):
+- `explicit_state`: the graph takes and returns its own state tensors (ours);
+- `buffered`: a full-context graph (wav2vec2, Conformer CTC, ...) runs on windows of
+  left context + chunk + right context, and only the chunk's outputs are kept, as NeMo's
+  buffered CTC inference and the Hugging Face chunked pipeline do. A stream's state is its
+  last left + right input frames; the outputs lag the input by the right context.
 """
 
 import json
@@ -12,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.features import FeatureConfig
+from service.features import FeatureConfig, frontend, normalize_window
 
 MAX_BEAM_WIDTH = 256  # per request, and in model.json
 
@@ -26,6 +34,44 @@ class StateSpec:
     output: str
     shape: tuple[int, ...]  # with 1 at batch_axis
     batch_axis: int
+
+
+LAYOUTS = ("channels_first", "channels_last", "waveform")  # (B, width, T), (B, T, width), (B, samples)
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """The graph's names: NeMo's by default, sherpa-onnx/icefall use x, x_lens, log_probs."""
+    signal: str = "audio_signal"
+    length: str | None = "length"  # None: the graph takes no lengths (a Hugging Face export)
+    logprobs: str = "logprobs"
+    layout: str = "channels_first"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"io.layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
+
+    def feeds(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """batch (B, T, width) of front-end frames -> the graph's inputs."""
+        if self.layout == "channels_first":
+            x = batch.transpose(0, 2, 1)
+        elif self.layout == "waveform":
+            x = batch.reshape(len(batch), -1)
+        else:
+            x = batch
+        x = np.ascontiguousarray(x, np.float32)
+        feeds = {self.signal: x}
+        if self.length:
+            feeds[self.length] = np.full(len(batch), x.shape[-1] if self.layout == "channels_first" else x.shape[1],
+                                         np.int64)
+        return feeds
+
+
+@dataclass(frozen=True)
+class Buffered:
+    """The buffered scheme's contexts, in input frames (multiples of the subsampling factor)."""
+    left_frames: int
+    right_frames: int
 
 
 @dataclass(frozen=True)
@@ -48,9 +94,14 @@ class ModelSpec:
     beam_width: int
     tail_padding_ms: int
     blank_skip: float | None = None  # frames whose blank probability reaches this advance beams by the blank alone
+    io: ModelIO = ModelIO()
+    buffered: Buffered | None = None  # None: explicit state
 
     @classmethod
-    def load(cls, directory: Path) -> "ModelSpec":
+    def load(cls, directory: Path, window_ms: "tuple[int | None, int | None, int | None]" = (None, None, None)
+             ) -> "ModelSpec":
+        """`window_ms`: a deployment's (left context, chunk, right context) in ms for a buffered
+        model, each None to keep model.json's."""
         directory = Path(directory)
         for required in ("model.onnx", "model.json", "tokens.txt"):
             if not (directory / required).is_file():
@@ -76,18 +127,49 @@ class ModelSpec:
                              f"and 1 (or null: off), not {blank_skip!r}")
         lm = directory / decoder["lm"] if decoder.get("lm") else None
         unigrams = directory / decoder["unigrams"] if decoder.get("unigrams") else None
+        features = FeatureConfig(**meta["features"])
+        streaming = meta.get("streaming", {})
+        scheme = streaming.get("scheme", "explicit_state")
+        chunk, lookahead, buffered = meta["chunk_frames"], meta.get("lookahead_frames", 0), None
+        if scheme == "buffered":
+            sub, ms = meta["subsampling_factor"], features.hop_length * 1000 / features.sample_rate
+            left, chunk, right = (round(o / ms) if o is not None else d for o, d in zip(
+                window_ms, (streaming["left_frames"], chunk, streaming["right_frames"])))
+            if any(v % sub for v in (left, chunk, right)) or chunk <= 0 or right < sub:
+                raise ValueError(f"{directory}: buffered streaming needs left context, chunk and right context "
+                                 f"in multiples of {sub * ms:g} ms, the right context at least that, "
+                                 f"not {left * ms:g}/{chunk * ms:g}/{right * ms:g} ms")
+            buffered, lookahead = Buffered(left, right), right
+        elif scheme != "explicit_state":
+            raise ValueError(f"{directory / 'model.json'}: streaming.scheme must be explicit_state or buffered, "
+                             f"not {scheme!r}")
+        elif any(v is not None for v in window_ms):
+            raise ValueError(f"{directory}: context and chunk overrides apply to buffered models only; this "
+                             "model streams with explicit state")
+        elif features.normalize != "none":
+            raise ValueError(f"{directory / 'model.json'}: features.normalize applies to buffered models only")
         return cls(
             directory=directory, name=meta["name"], version=meta["version"],
             language_code=meta.get("language_code", "en"),
-            features=FeatureConfig(**meta["features"]), tokens=tokens,
-            subsampling_factor=meta["subsampling_factor"], chunk_frames=meta["chunk_frames"],
-            lookahead_frames=meta.get("lookahead_frames", 0),
+            features=features, tokens=tokens,
+            subsampling_factor=meta["subsampling_factor"], chunk_frames=chunk, lookahead_frames=lookahead,
             states=tuple(StateSpec(s["input"], s["output"], tuple(s["shape"]), s["batch_axis"])
-                         for s in meta["states"]),
+                         for s in meta.get("states", ())),
             parameters=meta.get("parameters", 0), lm=lm, unigrams=unigrams,
             lm_weight=decoder.get("lm_weight", 0.5), word_bonus=decoder.get("word_bonus", 1.0),
-            beam_width=beam_width, tail_padding_ms=meta.get("tail_padding_ms", 320), blank_skip=blank_skip,
+            beam_width=beam_width, blank_skip=blank_skip, io=ModelIO(**meta.get("io", {})), buffered=buffered,
+            # the quiet tail must cover the right context, or a stream's last words would never be output
+            tail_padding_ms=max(meta.get("tail_padding_ms", 320), round(lookahead * 1000 * features.hop_length
+                                                                         / features.sample_rate)),
         )
+
+    @property
+    def streaming_description(self) -> str:
+        if not self.buffered:
+            return "explicit state"
+        ms = 1000 * self.features.hop_length / self.features.sample_rate
+        return (f"buffered: {self.buffered.left_frames * ms:g} ms left context, {self.chunk_frames * ms:g} ms chunk, "
+                f"{self.buffered.right_frames * ms:g} ms right context")
 
     @property
     def delay_frames(self) -> int:
@@ -157,19 +239,24 @@ class ModelSession:
                  pad_batches: bool | None = None) -> None:
         self.spec = spec
         self.session, self.provider = create_session(spec.directory / "model.onnx", provider, threads)
-        self._outputs = ["logprobs", "encoded_lengths", *(s.output for s in spec.states)]
+        self._outputs = [spec.io.logprobs, *(s.output for s in spec.states)]
         self.pad_batches = self.provider == CUDA if pad_batches is None else pad_batches
+        self._silence = frontend(spec.features).silence_frame
 
     def warm_up(self, max_batch: int) -> list[int]:
         """Runs one model chunk at every batch size a call can have (with padding, each bucket up to
         `max_batch`'s; else 1 only); returns the sizes run."""
         sizes = sorted({batch_bucket(n) for n in range(1, max_batch + 1)}) if self.pad_batches else [1]
-        chunk = np.zeros((self.spec.chunk_frames, self.spec.features.n_mels), np.float32)
+        chunk = np.zeros((self.spec.chunk_frames, self.spec.features.width), np.float32)
         for size in sizes:
             self.step_batch([chunk] * size, [self.initial_state() for _ in range(size)])
         return sizes
 
     def initial_state(self) -> list[np.ndarray]:
+        """Explicit state: the graph's zeros; buffered: left + right context frames of silence."""
+        if self.spec.buffered:
+            b = self.spec.buffered
+            return [np.tile(self._silence, (b.left_frames + b.right_frames, 1))]
         return [np.zeros(s.shape, np.float32) for s in self.spec.states]
 
     def step(self, features: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -180,15 +267,45 @@ class ModelSession:
     def step_batch(self, features: list[np.ndarray], states: list[list[np.ndarray]]
                    ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
         """One model call for several streams' chunks of equal length T."""
+        if self.spec.buffered:
+            return self._step_buffered(features, states)
         n = len(features)
         if self.pad_batches and batch_bucket(n) > n:
             pad = batch_bucket(n) - n
             features = list(features) + [np.zeros_like(features[0])] * pad
             states = list(states) + [self.initial_state() for _ in range(pad)]
-        batch = np.stack(features).transpose(0, 2, 1).astype(np.float32, copy=False)
-        feeds = {"audio_signal": batch, "length": np.full(len(features), batch.shape[2], np.int64)}
+        feeds = self.spec.io.feeds(np.stack(features))
         for i, spec in enumerate(self.spec.states):
             feeds[spec.input] = np.concatenate([st[i] for st in states], axis=spec.batch_axis)
-        logprobs, _, *next_states = self.session.run(self._outputs, feeds)
+        logprobs, *next_states = self.session.run(self._outputs, feeds)
         return [(logprobs[b], [np.take(x, [b], axis=spec.batch_axis) for x, spec in zip(next_states, self.spec.states)])
                 for b in range(n)]
+
+    def _step_buffered(self, features: list[np.ndarray], states: list[list[np.ndarray]]
+                       ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        """Each stream's chunk cut into pieces of chunk_frames on the stream's own grid (so a
+        unary request's block gives what the same audio streamed gives), every piece's window
+        run in one batch per window length, the middle outputs kept."""
+        b, chunk, sub = self.spec.buffered, self.spec.chunk_frames, self.spec.subsampling_factor
+        context = b.left_frames + b.right_frames
+        extended = [np.concatenate([st[0], f]) for f, st in zip(features, states)]
+        n = len(features[0])
+        pieces = [(start, min(chunk, n - start)) for start in range(0, n, chunk)]
+        outputs: dict[int, np.ndarray] = {}
+        for size in sorted({size for _, size in pieces}):
+            windows = [normalize_window(self.spec.features, ext[start:start + context + size])
+                       for ext in extended for start, s in pieces if s == size]
+            keep = slice(b.left_frames // sub, (b.left_frames + size) // sub)
+            logprobs = self._run_windows(windows, keep)
+            starts = [start for start, s in pieces if s == size]
+            for i, lp in enumerate(logprobs):
+                outputs[(i // len(starts)) * n + starts[i % len(starts)]] = lp[keep]
+        return [(np.concatenate([outputs[i * n + start] for start, _ in pieces]), [ext[len(ext) - context:]])
+                for i, ext in enumerate(extended)]
+
+    def _run_windows(self, windows: list[np.ndarray], keep: slice) -> np.ndarray:
+        logprobs = self.session.run([self.spec.io.logprobs], self.spec.io.feeds(np.stack(windows)))[0]
+        if logprobs.shape[1] < keep.stop:
+            raise RuntimeError(f"the model gave {logprobs.shape[1]} output frames for a window of "
+                               f"{len(windows[0])} input frames; the chunk's outputs end at frame {keep.stop}")
+        return logprobs

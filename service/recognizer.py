@@ -19,7 +19,7 @@ from service.audio import PcmStream
 from service.beam_search import BLANK
 from service.decoder import CtcDecoder, DecodeOptions, DecodeState, Hypothesis
 from service.endpointing import SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
-from service.features import LogMel, StreamingFeatures, logmel_utterance, pad_to_multiple
+from service.features import StreamingFeatures, frontend, logmel_utterance, pad_to_multiple
 from service.model_session import ModelSession
 
 HALF_CLOSE = "half_close"
@@ -62,7 +62,7 @@ class Recognizer:
         self.session = session
         self.spec = session.spec
         self.decoder = decoder
-        self.logmel = LogMel(session.spec.features)
+        self.logmel = frontend(session.spec.features)
         self._blank = session.spec.tokens.index(BLANK)
         # A causal CTC model emits each character a little after hearing it, and a model with
         # look-ahead waits for the frames after it: a stream that ends abruptly would lose its
@@ -76,7 +76,7 @@ class Recognizer:
     def new_stream(self, opts: DecodeOptions, pcm: PcmStream | None = None,
                    endpointing: EndpointConfig = NO_ENDPOINTING) -> StreamState:
         return StreamState(opts, pcm, StreamingFeatures(self.logmel), self.session.initial_state(),
-                           np.zeros((0, self.spec.features.n_mels), np.float32),
+                           np.zeros((0, self.spec.features.width), np.float32),
                            self.decoder.start(opts, offset=self._heard_frames(0)),
                            Endpointer(endpointing, self.spec.frame_seconds, self._blank))
 

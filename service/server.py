@@ -43,7 +43,7 @@ class RunningServer:
 
 
 async def start(cfg: ServerConfig) -> RunningServer:
-    spec = ModelSpec.load(cfg.model)
+    spec = ModelSpec.load(cfg.model, cfg.window_ms)
     metrics = Metrics()
     session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
     warmed = session.warm_up(cfg.max_batch)

@@ -17,6 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service import canary
 from service.audio import RAW_WIDTH, AudioError, PcmStream, decode_unary, raw_format
+from service.beam_search import vocabulary_kind
 from service.config import ServerConfig
 from service.decoder import Hypothesis
 from service.metrics import Metrics
@@ -259,4 +260,7 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                 subsampling_factor=s.subsampling_factor, chunk_duration=_duration(s.chunk_frames * step),
                 lookahead=_duration(s.lookahead_frames * step), provider=self.recognizer.session.provider,
                 has_language_model=self.recognizer.decoder.has_lm, parameters=s.parameters,
-                language_code=s.language_code, decoder=self.recognizer.decoder.engine_description)
+                language_code=s.language_code, decoder=self.recognizer.decoder.engine_description,
+                frontend=s.features.kind + ("" if s.features.normalize == "none" else f", {s.features.normalize} "
+                                            "normalization per window"),
+                vocabulary=vocabulary_kind(list(s.tokens)), streaming=s.streaming_description)

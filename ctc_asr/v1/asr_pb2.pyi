@@ -197,7 +197,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "sample_rate_hertz", "tokens", "subsampling_factor", "chunk_duration", "lookahead", "provider", "has_language_model", "parameters", "language_code", "decoder")
+    __slots__ = ("name", "version", "sample_rate_hertz", "tokens", "subsampling_factor", "chunk_duration", "lookahead", "provider", "has_language_model", "parameters", "language_code", "decoder", "frontend", "vocabulary", "streaming")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,9 @@ class ModelInfo(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_CODE_FIELD_NUMBER: _ClassVar[int]
     DECODER_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_FIELD_NUMBER: _ClassVar[int]
+    VOCABULARY_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     sample_rate_hertz: int
@@ -222,4 +225,7 @@ class ModelInfo(_message.Message):
     parameters: int
     language_code: str
     decoder: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., sample_rate_hertz: _Optional[int] = ..., tokens: _Optional[_Iterable[str]] = ..., subsampling_factor: _Optional[int] = ..., chunk_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., provider: _Optional[str] = ..., has_language_model: _Optional[bool] = ..., parameters: _Optional[int] = ..., language_code: _Optional[str] = ..., decoder: _Optional[str] = ...) -> None: ...
+    frontend: str
+    vocabulary: str
+    streaming: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., sample_rate_hertz: _Optional[int] = ..., tokens: _Optional[_Iterable[str]] = ..., subsampling_factor: _Optional[int] = ..., chunk_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., provider: _Optional[str] = ..., has_language_model: _Optional[bool] = ..., parameters: _Optional[int] = ..., language_code: _Optional[str] = ..., decoder: _Optional[str] = ..., frontend: _Optional[str] = ..., vocabulary: _Optional[str] = ..., streaming: _Optional[str] = ...) -> None: ...
