@@ -2,14 +2,20 @@
 
 import asyncio
 import logging
+import sys
 
 from service.config import parse_args
+from service.model_session import ModelDirectoryError
 from service.server import serve
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(parse_args()))
+    try:
+        asyncio.run(serve(parse_args()))
+    except ModelDirectoryError as e:  # before anything is served: one line, as argparse's errors
+        print(f"python -m service: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

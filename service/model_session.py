@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
+class ModelDirectoryError(ValueError):
+    """A model directory that cannot be served, and why."""
+
+
 @dataclass(frozen=True)
 class StateSpec:
     input: str
@@ -101,11 +105,22 @@ class ModelSpec:
     def load(cls, directory: Path, window_ms: "tuple[int | None, int | None, int | None]" = (None, None, None)
              ) -> "ModelSpec":
         """`window_ms`: a deployment's (left context, chunk, right context) in ms for a buffered
-        model, each None to keep model.json's."""
+        model, each None to keep model.json's. Raises ModelDirectoryError, one line saying what is wrong."""
         directory = Path(directory)
+        try:
+            return cls._parse(directory, window_ms)
+        except ModelDirectoryError:
+            raise
+        except KeyError as e:
+            raise ModelDirectoryError(f"{directory / 'model.json'}: no {e} entry") from e
+        except (ValueError, TypeError) as e:  # json's errors are ValueErrors
+            raise ModelDirectoryError(f"{directory}: {e}" if str(directory) not in str(e) else str(e)) from e
+
+    @classmethod
+    def _parse(cls, directory: Path, window_ms) -> "ModelSpec":
         for required in ("model.onnx", "model.json", "tokens.txt"):
             if not (directory / required).is_file():
-                raise FileNotFoundError(f"{directory}: no {required}; is this a model directory written by "
+                raise ModelDirectoryError(f"{directory}: no {required}; is this a model directory written by "
                                         "`python -m export`?")
         meta = json.loads((directory / "model.json").read_text())
         tokens = read_tokens(directory / "tokens.txt")
