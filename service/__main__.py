@@ -6,14 +6,14 @@ import sys
 
 from service.config import parse_args
 from service.model_session import ModelDirectoryError
-from service.server import serve
+from service.server import StartupError, serve
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(parse_args()))
-    except ModelDirectoryError as e:  # before anything is served: one line, as argparse's errors
+    except (ModelDirectoryError, StartupError) as e:  # before anything is served: one line, as argparse's
         print(f"python -m service: error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -2,10 +2,14 @@
 
     python -m service.client FILE [--stream] [--reference TEXT] [--target HOST:PORT]
 
-Unary by default (WAV/FLAC sent as is). With --stream the audio is decoded
-here and sent as LINEAR16 at real-time pace, printing interim results as they
-arrive and the final result at the end. --reference sends the request as a
-labelled canary and prints its score.
+Unary by default: WAV and FLAC are sent as they are; anything else libsndfile reads
+(MP3, OGG Vorbis, Opus, ...) is decoded here and sent as LINEAR16; `--encoding
+LINEAR16|FLOAT32 --sample-rate N` sends a headerless file as raw samples. With --stream
+the audio is decoded here and sent as LINEAR16 at real-time pace, printing interim
+results as they arrive and the final result at the end. --reference sends the request
+as a labelled canary and prints its score. The call's deadline follows the audio's
+length (--timeout sets it). Exit codes: 0 done, 1 the server refused or failed the
+call (its status printed), 2 the file cannot be read or the arguments are wrong.
 """
 
 import argparse
@@ -30,6 +34,43 @@ def stream_requests(config: asr_pb2.RecognitionConfig, pcm: bytes, rate: int, ch
         if realtime:
             time.sleep(max(0.0, started + i * chunk_ms / 1000 - time.monotonic()))
         yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm[offset:offset + step])
+
+
+SENT_AS_IS = ("WAV", "FLAC")  # containers the server parses itself
+RAW = {"LINEAR16": ("int16", 2), "FLOAT32": ("float32", 4)}
+
+
+class UnreadableAudio(Exception):
+    pass
+
+
+def read_pcm(path: Path) -> tuple[bytes, int, int, float]:
+    """Any file libsndfile reads -> (LINEAR16 bytes, rate, channels, seconds)."""
+    try:
+        audio, rate = sf.read(path, dtype="int16", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise UnreadableAudio(f"{path}: not audio this client can read ({e}); for headerless samples give "
+                              "--encoding and --sample-rate") from e
+    return audio.tobytes(), rate, audio.shape[1], len(audio) / rate
+
+
+def unary_audio(a: argparse.Namespace, config: asr_pb2.RecognitionConfig) -> tuple[bytes, float]:
+    """The request's audio_content, with `config` set to describe it, and its duration."""
+    if a.encoding != "auto":
+        dtype, width = RAW[a.encoding]
+        config.encoding, config.sample_rate_hertz = Encoding.Value(a.encoding), a.sample_rate
+        data = a.file.read_bytes()
+        return data, len(data) / width / a.sample_rate
+    try:
+        info = sf.info(a.file)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise UnreadableAudio(f"{a.file}: not audio this client can read ({e}); for headerless samples give "
+                              "--encoding and --sample-rate") from e
+    if info.format in SENT_AS_IS:
+        return a.file.read_bytes(), info.duration
+    pcm, rate, channels, seconds = read_pcm(a.file)
+    config.encoding, config.sample_rate_hertz, config.audio_channel_count = Encoding.LINEAR16, rate, channels
+    return pcm, seconds
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -77,8 +118,15 @@ def main() -> int:
     p.add_argument("--canary-set", default="")
     p.add_argument("--no-lm", action="store_true", help="greedy decoding without the language model")
     p.add_argument("--words", action="store_true", help="print word time offsets")
-    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--encoding", choices=["auto", *RAW], default="auto",
+                   help="unary: auto (the file's own format) or raw samples of this encoding (with --sample-rate)")
+    p.add_argument("--sample-rate", type=int, help="with --encoding: the raw samples' rate in Hz")
+    p.add_argument("--timeout", type=float, help="deadline in seconds (default: 60 s plus the audio's length)")
     a = p.parse_args()
+    if not a.file.is_file():
+        p.error(f"{a.file}: no such file")
+    if (a.encoding != "auto") != bool(a.sample_rate) or (a.encoding != "auto" and a.stream):
+        p.error("--encoding and --sample-rate go together, for unary requests")
 
     config = asr_pb2.RecognitionConfig(enable_word_time_offsets=a.words,
                                        decoder=asr_pb2.DecoderOptions(disable_lm=a.no_lm))
@@ -86,15 +134,22 @@ def main() -> int:
         config.canary.reference = a.reference
         config.canary.set = a.canary_set
     metadata = call_metadata(a)
+    try:
+        if a.stream:
+            pcm, rate, channels, seconds = read_pcm(a.file)
+            config.encoding, config.sample_rate_hertz, config.audio_channel_count = Encoding.LINEAR16, rate, channels
+        else:
+            content, seconds = unary_audio(a, config)
+    except UnreadableAudio as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    timeout = a.timeout or 60.0 + seconds  # a real-time stream takes its audio's length
     with open_channel(a) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         try:
             if a.stream:
-                audio, rate = sf.read(a.file, dtype="int16", always_2d=True)
-                config.encoding, config.sample_rate_hertz = Encoding.LINEAR16, rate
-                config.audio_channel_count = audio.shape[1]
-                requests = stream_requests(config, audio.tobytes(), rate, a.chunk_ms, not a.fast)
-                for response in stub.StreamingRecognize(requests, timeout=a.timeout, metadata=metadata):
+                requests = stream_requests(config, pcm, rate, a.chunk_ms, not a.fast)
+                for response in stub.StreamingRecognize(requests, timeout=timeout, metadata=metadata):
                     for result in response.results:
                         alt = result.alternatives[0] if result.alternatives else asr_pb2.SpeechRecognitionAlternative()
                         if result.is_final:
@@ -104,8 +159,8 @@ def main() -> int:
                     if response.HasField("canary_score"):
                         print_score(response.canary_score)
             else:
-                response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=a.file.read_bytes()),
-                                          timeout=a.timeout, metadata=metadata)
+                response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=content),
+                                          timeout=timeout, metadata=metadata)
                 for result in response.results:
                     print_final(result.alternatives[0])
                 if response.HasField("canary_score"):

@@ -225,8 +225,14 @@ def create_session(path: Path, provider: str, threads: int) -> tuple[ort.Inferen
     """provider: auto|cuda|cpu. Returns the session and the provider actually in use."""
     opts = session_options(threads)
     if provider in ("auto", "cuda") and CUDA in ort.get_available_providers():
-        opts.log_severity_level = 3  # a failed CUDA load on a CPU machine is expected in auto mode
-        session = ort.InferenceSession(str(path), opts, providers=[(CUDA, CUDA_OPTIONS), CPU])
+        # A failed CUDA load on a CPU machine is expected in auto mode: ORT's default logger would
+        # print it as an error (missing libcublasLt, ...) before our warning says the same plainly.
+        opts.log_severity_level = 3
+        ort.set_default_logger_severity(4 if provider == "auto" else 2)  # 4: fatal only
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=[(CUDA, CUDA_OPTIONS), CPU])
+        finally:
+            ort.set_default_logger_severity(2)
         if session.get_providers()[0] == CUDA:
             return session, CUDA
     if provider == "cuda":

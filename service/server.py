@@ -42,6 +42,10 @@ class RunningServer:
         self._metrics_http.shutdown()
 
 
+class StartupError(Exception):
+    """The server cannot start as configured (a port in use): one line for the operator."""
+
+
 async def start(cfg: ServerConfig) -> RunningServer:
     spec = ModelSpec.load(cfg.model, cfg.window_ms)
     metrics = Metrics()
@@ -60,7 +64,9 @@ async def start(cfg: ServerConfig) -> RunningServer:
 
     interceptors = [BearerTokenInterceptor(read_tokens(cfg.auth_tokens_file))] if cfg.auth_tokens_file else []
     server = grpc.aio.server(interceptors=interceptors,
-                             options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
+                             # no SO_REUSEPORT: a second server on a taken port must fail, not share it
+                             options=[("grpc.so_reuseport", 0),
+                                      ("grpc.max_receive_message_length", cfg.max_message_bytes),
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
     batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix="asr-model"), cfg.max_batch,
@@ -75,13 +81,21 @@ async def start(cfg: ServerConfig) -> RunningServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     address = f"{cfg.host}:{cfg.port}"
-    if cfg.tls_cert:
-        port = server.add_secure_port(address, server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if cfg.tls_cert:
+            port = server.add_secure_port(address, server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}")
-    metrics_http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=metrics.registry)
+        raise StartupError(f"--port {cfg.port}: cannot listen on {address}: the port is in use (or the address "
+                           "is not this machine's); choose another with --port")
+    try:
+        metrics_http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=metrics.registry)
+    except OSError as e:
+        raise StartupError(f"--metrics-port {cfg.metrics_port}: cannot listen on {cfg.metrics_host}:"
+                           f"{cfg.metrics_port} ({e.strerror}); choose another with --metrics-port") from e
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
