@@ -1,12 +1,15 @@
 """Audio bytes -> validated float32 mono samples at the model's rate.
 
-Raw LINEAR16/FLOAT32 may arrive in any byte chunking (`PcmStream` keeps the
-partial sample between chunks); WAV and FLAC containers are decoded whole.
-Every malformed input raises `AudioError`, which the servicer maps to
-INVALID_ARGUMENT.
+Raw LINEAR16/FLOAT32/MULAW/ALAW may arrive in any byte chunking (`PcmStream`
+keeps the partial sample between chunks); files are decoded whole, by
+libsndfile (WAV, FLAC, OGG Vorbis/Opus, MP3) or, for the rest (M4A/AAC, ...),
+by ffmpeg where it is installed. Every malformed input raises `AudioError`,
+which the adapters answer as INVALID_ARGUMENT.
 """
 
 import io
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +20,11 @@ from ctc_asr.v1 import asr_pb2
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 MIN_RATE, MAX_RATE = 8000, 48000
-RAW_WIDTH = {Encoding.LINEAR16: 2, Encoding.FLOAT32: 4}
+RAW_WIDTH = {Encoding.LINEAR16: 2, Encoding.FLOAT32: 4, Encoding.MULAW: 1, Encoding.ALAW: 1}
+STREAM_ENCODINGS = tuple(RAW_WIDTH)
 RAW_DTYPE = {Encoding.LINEAR16: "<i2", Encoding.FLOAT32: "<f4"}
+G711 = {Encoding.MULAW: "ULAW", Encoding.ALAW: "ALAW"}  # libsndfile's raw subtypes
+FFMPEG_SECONDS = 60  # longest an ffmpeg decode may run
 
 
 class AudioError(ValueError):
@@ -51,12 +57,31 @@ def _to_mono(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1) if samples.ndim == 2 else samples
 
 
+def _ffmpeg(data: bytes, target_rate: int, max_seconds: float) -> np.ndarray:
+    """Any file ffmpeg reads -> mono float32 at target_rate (at most max_seconds plus one, so
+    the caller can tell that the audio is too long)."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioError("could not decode the audio: it is not WAV, FLAC, OGG or MP3, which libsndfile reads; others "
+                         "(M4A/AAC, ...) need ffmpeg, which is not installed on the server. For raw audio set "
+                         "config.encoding (LINEAR16, FLOAT32, MULAW, ALAW) and config.sample_rate_hertz")
+    try:
+        done = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", "pipe:0", "-t", f"{max_seconds + 1:g}",
+                               "-f", "f32le", "-ac", "1", "-ar", str(target_rate), "pipe:1"],
+                              input=data, capture_output=True, timeout=FFMPEG_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise AudioError(f"the audio file took over {FFMPEG_SECONDS} s to decode") from None
+    if done.returncode != 0 or not done.stdout:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError("could not decode the audio file (not a format libsndfile or ffmpeg reads; for raw "
+                         "audio set config.encoding and config.sample_rate_hertz)"
+                         + (f": {reason[-1]}" if reason else ""))
+    return np.frombuffer(done.stdout, "<f4").copy()
+
+
 def decode_container(data: bytes, encoding: int, sample_rate: int, channels: int) -> tuple[np.ndarray, int]:
-    """WAV/FLAC bytes -> (mono float32 samples, sample rate). A rate or channel
+    """A file libsndfile reads -> (mono float32 samples, sample rate). A rate or channel
     count set in the config must match the header."""
-    if encoding == Encoding.ENCODING_UNSPECIFIED and not data.startswith((b"RIFF", b"RIFX", b"fLaC")):
-        raise AudioError("audio is not a WAV or FLAC file; for raw audio set config.encoding "
-                         "to LINEAR16 or FLOAT32 and config.sample_rate_hertz")
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
@@ -67,6 +92,23 @@ def decode_container(data: bytes, encoding: int, sample_rate: int, channels: int
     if channels and channels != samples.shape[1]:
         raise AudioError(f"config.audio_channel_count is {channels} but the audio has {samples.shape[1]}")
     return _to_mono(samples), rate
+
+
+def decode_file(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int,
+                max_seconds: float) -> tuple[np.ndarray, float]:
+    """A whole audio file -> (samples at target_rate, seconds). WAV and FLAC, when named, must be
+    that; otherwise libsndfile tries first and ffmpeg reads what it cannot."""
+    try:
+        samples, rate = decode_container(data, encoding, sample_rate, channels)
+    except AudioError:
+        if encoding in (Encoding.WAV, Encoding.FLAC) or data.startswith((b"RIFF", b"RIFX", b"fLaC")):
+            raise  # a broken WAV/FLAC says what is wrong with it, not what ffmpeg thinks
+        samples = _ffmpeg(data, target_rate, max_seconds)
+        return samples, len(samples) / target_rate
+    seconds = len(samples) / rate
+    if rate != target_rate:
+        samples = soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32)
+    return samples, seconds
 
 
 class PcmStream:
@@ -93,7 +135,12 @@ class PcmStream:
         return self._convert(b"", last=True)
 
     def _convert(self, data: bytes, last: bool) -> np.ndarray:
-        samples = np.frombuffer(data, RAW_DTYPE[self.fmt.encoding]).reshape(-1, self.fmt.channels)
+        if self.fmt.encoding in G711:
+            samples = sf.read(io.BytesIO(data), dtype="float32", always_2d=True, format="RAW", endian="LITTLE",
+                              subtype=G711[self.fmt.encoding], samplerate=self.fmt.sample_rate,
+                              channels=self.fmt.channels)[0] if data else np.zeros((0, self.fmt.channels), np.float32)
+        else:
+            samples = np.frombuffer(data, RAW_DTYPE[self.fmt.encoding]).reshape(-1, self.fmt.channels)
         self.samples_in += len(samples)
         if self.fmt.encoding == Encoding.LINEAR16:
             samples = samples.astype(np.float32) / 32768.0
@@ -103,7 +150,8 @@ class PcmStream:
         return self._resampler.resample_chunk(mono, last=last)
 
 
-def decode_unary(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int) -> tuple[np.ndarray, float]:
+def decode_unary(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int,
+                 max_seconds: float = 3600.0) -> tuple[np.ndarray, float]:
     """Whole request audio -> (samples at target_rate, seconds of input audio)."""
     if not data:
         raise AudioError("audio_content is empty")
@@ -111,8 +159,4 @@ def decode_unary(data: bytes, encoding: int, sample_rate: int, channels: int, ta
         stream = PcmStream(raw_format(encoding, sample_rate, channels or 1), target_rate)
         samples = np.concatenate([stream.accept(data), stream.finish()])
         return samples, stream.samples_in / sample_rate
-    samples, rate = decode_container(data, encoding, sample_rate, channels)
-    seconds = len(samples) / rate
-    if rate != target_rate:
-        samples = soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32)
-    return samples, seconds
+    return decode_file(data, encoding, sample_rate, channels, target_rate, max_seconds)

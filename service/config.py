@@ -18,6 +18,7 @@ class ServerConfig:
     port: int = 50051
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8000
+    http_port: int = 8080
     provider: str = "auto"
     decoder: str = "auto"
     intra_op_threads: int = 2
@@ -62,7 +63,7 @@ class ServerConfig:
             raise ValueError(f"--provider must be auto, cuda or cpu, not {self.provider!r}")
         if self.decoder not in ENGINES:
             raise ValueError(f"--decoder must be {', '.join(ENGINES)}, not {self.decoder!r}")
-        for name in ("port", "metrics_port"):
+        for name in ("port", "metrics_port", "http_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
         for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
@@ -91,6 +92,8 @@ HELP = {
     "port": "gRPC port (0: any free port)",
     "metrics_host": "address of the /metrics HTTP server (e.g. 127.0.0.1 to keep it local)",
     "metrics_port": "port of the /metrics HTTP server",
+    "http_port": "HTTP port (on --host): OpenAI-compatible /v1/audio/transcriptions, WebSocket /v1/stream, "
+                 "the browser page at /, /healthz and /readyz (0: any free port)",
     "provider": "ONNX Runtime execution provider: auto (CUDA when it loads, else CPU), cuda or cpu",
     "decoder": "beam search engine: auto (native where built, else python), native (compiled; fail if not "
                "built) or python (the reference)",

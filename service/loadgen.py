@@ -27,7 +27,8 @@ def start_server(extra_args: list[str]) -> tuple[subprocess.Popen, str]:
     """`python -m service` on free loopback ports; returns the process and its target once it serves."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-                               "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()), *extra_args],
+                               "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()), "--http-port", "0",
+                               *extra_args],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"
     with grpc.insecure_channel(target) as channel:

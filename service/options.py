@@ -22,6 +22,7 @@ class RequestOptions:
     word_offsets: bool
     canary_reference: str  # "" unless the request is a labelled canary
     canary_set: str
+    format_numbers: bool = False
 
     @property
     def traffic(self) -> str:
@@ -61,4 +62,5 @@ def recognition_options(config: asr_pb2.RecognitionConfig, spec: ModelSpec) -> R
         hotword_weight=boost or 10.0,
         alternatives=max(1, config.max_alternatives),
     )
-    return RequestOptions(decode, config.enable_word_time_offsets, config.canary.reference, config.canary.set)
+    return RequestOptions(decode, config.enable_word_time_offsets, config.canary.reference, config.canary.set,
+                          config.format_numbers)

@@ -1,12 +1,14 @@
-"""Transport security and bearer-token authentication.
+"""Transport security and bearer-token authentication, for every transport.
 
-Tokens are compared in constant time; a call without a valid
+Tokens are compared in constant time; a gRPC call without a valid
 `authorization: Bearer <token>` metadata entry ends with UNAUTHENTICATED
-before it reaches the servicer. Health checks and reflection stay open so
-that load balancers and tooling need no token.
+before it reaches the servicer (HTTP: 401, see service.http_api). Health
+checks and reflection stay open so that load balancers and tooling need no
+token.
 """
 
 import hmac
+import ssl
 from pathlib import Path
 
 import grpc
@@ -20,20 +22,29 @@ def _deny(code: grpc.StatusCode, message: str):
     return abort
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class Tokens:
+    """The accepted bearer tokens."""
+
     def __init__(self, tokens: list[str]) -> None:
         self._tokens = [t.encode() for t in tokens]
 
-    def _valid(self, metadata) -> bool:
-        header = dict(metadata or ()).get("authorization", "")
-        if not header.startswith("Bearer "):
-            return False
-        given = header[len("Bearer "):].encode()
+    def valid(self, token: str) -> bool:
+        given = token.encode()
         # Compare with every token (no early exit) so timing says nothing about which matched.
         return sum(hmac.compare_digest(given, t) for t in self._tokens) > 0
 
+    def valid_header(self, header: str) -> bool:
+        """An `authorization` header's value: `Bearer <token>`."""
+        return header.startswith("Bearer ") and self.valid(header[len("Bearer "):])
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens
+
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        if details.method.startswith(OPEN_METHODS) or self._valid(details.invocation_metadata):
+        header = dict(details.invocation_metadata or ()).get("authorization", "")
+        if details.method.startswith(OPEN_METHODS) or self._tokens.valid_header(header):
             return await continuation(details)
         handler = await continuation(details)
         deny = _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
@@ -65,10 +76,18 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.Se
         require_client_auth=client_ca is not None)
 
 
-def read_tokens(path: Path) -> list[str]:
+def http_ssl_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """The same TLS (and mutual TLS) for HTTP as `server_credentials` gives gRPC."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_ca)
+    context.load_cert_chain(cert, key)
+    context.verify_mode = ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE
+    return context
+
+
+def read_bearer_tokens(path: Path) -> Tokens:
     """One token per line; blank lines and # comments are skipped."""
     tokens = [line.strip() for line in path.read_text().splitlines()]
     tokens = [t for t in tokens if t and not t.startswith("#")]
     if not tokens:
         raise ValueError(f"{path}: no tokens")
-    return tokens
+    return Tokens(tokens)

@@ -1,4 +1,5 @@
-"""Assembles and runs the server: model, servicer, health, reflection, /metrics."""
+"""Assembles and runs the server: model, the transport-free service, its gRPC
+adapter (with health and reflection), its HTTP adapter, /metrics."""
 
 import asyncio
 import logging
@@ -18,8 +19,10 @@ from service.decoder import CtcDecoder
 from service.metrics import Metrics
 from service.model_session import CPU, ModelSession, ModelSpec
 from service.recognizer import Recognizer
-from service.security import BearerTokenInterceptor, read_tokens, server_credentials
+from service.http_api import HttpApi
+from service.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
 from service.servicer import SpeechServicer
+from service.speech import Speech
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
@@ -28,17 +31,21 @@ SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
-    servicer: SpeechServicer
+    speech: Speech
+    http: HttpApi
     health: health.aio.HealthServicer
     port: int
+    http_port: int
     metrics_port: int
     _metrics_http: object
 
     async def stop(self, grace: float) -> None:
-        """Health goes NOT_SERVING, then in-flight calls get `grace` seconds to finish."""
+        """Health goes NOT_SERVING (gRPC health, /readyz), new calls are refused, then in-flight
+        calls get `grace` seconds to finish."""
+        self.speech.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-        await self.servicer.close()
+        await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
+        await self.speech.close()
         self._metrics_http.shutdown()
 
 
@@ -62,7 +69,8 @@ async def start(cfg: ServerConfig) -> RunningServer:
              spec.name, spec.version, session.provider, spec.parameters, "yes" if recognizer.decoder.has_lm else "no",
              recognizer.decoder.engine_description, ", ".join(map(str, warmed)))
 
-    interceptors = [BearerTokenInterceptor(read_tokens(cfg.auth_tokens_file))] if cfg.auth_tokens_file else []
+    tokens = read_bearer_tokens(cfg.auth_tokens_file) if cfg.auth_tokens_file else None
+    interceptors = [BearerTokenInterceptor(tokens)] if tokens else []
     server = grpc.aio.server(interceptors=interceptors,
                              # no SO_REUSEPORT: a second server on a taken port must fail, not share it
                              options=[("grpc.so_reuseport", 0),
@@ -74,8 +82,8 @@ async def start(cfg: ServerConfig) -> RunningServer:
                                                                                  metrics.batch_size.observe(n)),
                            decode=recognizer.decode_many)
     batcher.start()
-    servicer = SpeechServicer(recognizer, batcher, pool, metrics, cfg)
-    asr_pb2_grpc.add_SpeechServicer_to_server(servicer, server)
+    speech = Speech(recognizer, batcher, pool, metrics, cfg)
+    asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -96,13 +104,22 @@ async def start(cfg: ServerConfig) -> RunningServer:
     except OSError as e:
         raise StartupError(f"--metrics-port {cfg.metrics_port}: cannot listen on {cfg.metrics_host}:"
                            f"{cfg.metrics_port} ({e.strerror}); choose another with --metrics-port") from e
+    http = HttpApi(speech, cfg, tokens)
+    try:
+        http_port = await http.start(http_ssl_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+                                     if cfg.tls_cert else None)
+    except OSError as e:
+        metrics_http.shutdown()
+        raise StartupError(f"--http-port {cfg.http_port}: cannot listen on {cfg.host}:{cfg.http_port} "
+                           f"({e.strerror}); choose another with --http-port") from e
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving on %s:%d (%s%s), metrics on %s:%d/metrics", cfg.host, port,
+    log.info("serving gRPC on %s:%d and HTTP on port %d (%s%s), metrics on %s:%d/metrics", cfg.host, port, http_port,
              "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
-             ", bearer tokens" if interceptors else "", cfg.metrics_host, metrics_http.server_port)
-    return RunningServer(server, servicer, health_servicer, port, metrics_http.server_port, metrics_http)
+             ", bearer tokens" if tokens else "", cfg.metrics_host, metrics_http.server_port)
+    return RunningServer(server, speech, http, health_servicer, port, http_port, metrics_http.server_port,
+                         metrics_http)
 
 
 async def serve(cfg: ServerConfig) -> None:

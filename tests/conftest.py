@@ -34,7 +34,7 @@ class ServerThread:
         self.thread.join(10)
 
 
-TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, provider="cpu",
+TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, http_port=0, provider="cpu",
                            max_unary_audio_seconds=20.0, max_stream_audio_seconds=30.0)
 
 

@@ -52,9 +52,12 @@ def test_unreadable_inputs_are_one_line_errors_with_exit_2(running, tmp_path):
 
 
 def test_a_taken_port_is_refused_naming_it_and_no_cuda_loader_noise(running):
-    for flags, message in ((["--port", str(running.port), "--metrics-port", "0"], f"--port {running.port}: cannot listen"),
-                           (["--port", "0", "--metrics-port", str(running.metrics_port)],
-                            f"--metrics-port {running.metrics_port}: cannot listen")):
+    for flags, message in ((["--port", str(running.port), "--metrics-port", "0", "--http-port", "0"],
+                            f"--port {running.port}: cannot listen"),
+                           (["--port", "0", "--metrics-port", str(running.metrics_port), "--http-port", "0"],
+                            f"--metrics-port {running.metrics_port}: cannot listen"),
+                           (["--port", "0", "--metrics-port", "0", "--http-port", str(running.http_port)],
+                            f"--http-port {running.http_port}: cannot listen")):
         run = subprocess.run([sys.executable, "-m", "service", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1",
                               *flags], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]

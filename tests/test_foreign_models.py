@@ -168,6 +168,6 @@ def test_service_refuses_a_model_directory_it_cannot_serve_in_one_line(tmp_path,
     for args, message in ((["--model", str(BUNDLED), "--chunk-ms", "300"], "apply to buffered models only"),
                           (["--model", str(exported["icefall"][0]), "--chunk-ms", "330"], "multiples of 40 ms"),
                           (["--model", str(tmp_path)], "no model.onnx")):
-        run = subprocess.run([sys.executable, "-m", "service", "--port", "0", "--metrics-port", "0", *args],
+        run = subprocess.run([sys.executable, "-m", "service", "--port", "0", "--metrics-port", "0", "--http-port", "0", *args],
                              capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr

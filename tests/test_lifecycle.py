@@ -34,16 +34,16 @@ def slow_requests(stop: threading.Event):
 
 
 def test_deadline_and_cancel_free_the_stream_at_once(running, stub):
-    servicer = running.servicer
+    speech = running.speech
     stop = threading.Event()
     with pytest.raises(grpc.RpcError) as err:
         list(stub.StreamingRecognize(slow_requests(stop), timeout=1.0))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert wait_for(lambda: servicer._streams == 0, 2.0)
+    assert wait_for(lambda: speech.active_streams == 0, 2.0)
     call = stub.StreamingRecognize(slow_requests(stop), timeout=30)
-    assert wait_for(lambda: servicer._streams == 1)
+    assert wait_for(lambda: speech.active_streams == 1)
     call.cancel()
-    assert wait_for(lambda: servicer._streams == 0, 2.0)
+    assert wait_for(lambda: speech.active_streams == 0, 2.0)
     stop.set()
 
 
@@ -62,13 +62,13 @@ def test_a_silent_client_is_timed_out(make_server):
         release.set()
     assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and "audio timeout" in err.value.details()
     assert time.monotonic() - started < 10
-    assert srv.running.servicer._streams == 0
+    assert srv.running.speech.active_streams == 0
 
 
 def test_sigterm_drains_in_flight_streams_and_exits_cleanly():
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-                               "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()),
+                               "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()), "--http-port", "0",
                                "--provider", "cpu", "--grace-seconds", "20"], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -44,7 +44,7 @@ def test_requests_latency_and_audio_are_counted(running, stub):
     assert delta("asr_audio_seconds_total") == pytest.approx(2 * 26424 / 16000, abs=0.01)
     assert delta("asr_inference_seconds_count", provider="CPUExecutionProvider") > 5
     assert value(after, "asr_active_streams") == 0
-    spec = running.servicer.spec
+    spec = running.speech.spec
     assert value(after, "asr_model_info", model=spec.name, version=spec.version, provider="CPUExecutionProvider") == 1
 
 
@@ -58,7 +58,7 @@ def test_canaries_feed_running_accuracy(make_server):
             canary=asr_pb2.CanaryLabel(reference=ref, set=name))), timeout=30).canary_score
             for name, ref in references.items()]
     samples = scrape(srv.running.metrics_port)
-    model = srv.running.servicer.spec.name
+    model = srv.running.speech.spec.name
     assert [s.word_errors for s in scores] == [1, 0, 2]  # "c": two inserted words
     assert value(samples, "asr_canary_word_errors_total", set="a", model=model) == 1
     assert value(samples, "asr_canary_reference_words_total", set="a", model=model) == 6

@@ -111,7 +111,7 @@ def test_without_the_compiled_library_the_server_says_so_and_decodes_with_python
     for package in ("service", "ctc_asr"):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("_beam_search*", "__pycache__"))
     base = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1",
-            "--metrics-port", "0", "--provider", "cpu", "--model", str(BUNDLED)]
+            "--metrics-port", "0", "--http-port", "0", "--provider", "cpu", "--model", str(BUNDLED)]
     refused = subprocess.run(base + ["--port", "0", "--decoder", "native"], cwd=tmp_path, capture_output=True,
                              text=True, timeout=60)
     assert refused.returncode != 0 and "the native beam search is not built" in refused.stderr

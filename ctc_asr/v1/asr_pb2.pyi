@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("encoding", "sample_rate_hertz", "language_code", "max_alternatives", "speech_contexts", "audio_channel_count", "enable_word_time_offsets", "decoder", "canary")
+    __slots__ = ("encoding", "sample_rate_hertz", "language_code", "max_alternatives", "speech_contexts", "audio_channel_count", "enable_word_time_offsets", "decoder", "format_numbers", "canary")
     class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ENCODING_UNSPECIFIED: _ClassVar[RecognitionConfig.AudioEncoding]
@@ -19,11 +19,15 @@ class RecognitionConfig(_message.Message):
         FLOAT32: _ClassVar[RecognitionConfig.AudioEncoding]
         FLAC: _ClassVar[RecognitionConfig.AudioEncoding]
         WAV: _ClassVar[RecognitionConfig.AudioEncoding]
+        MULAW: _ClassVar[RecognitionConfig.AudioEncoding]
+        ALAW: _ClassVar[RecognitionConfig.AudioEncoding]
     ENCODING_UNSPECIFIED: RecognitionConfig.AudioEncoding
     LINEAR16: RecognitionConfig.AudioEncoding
     FLOAT32: RecognitionConfig.AudioEncoding
     FLAC: RecognitionConfig.AudioEncoding
     WAV: RecognitionConfig.AudioEncoding
+    MULAW: RecognitionConfig.AudioEncoding
+    ALAW: RecognitionConfig.AudioEncoding
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +36,7 @@ class RecognitionConfig(_message.Message):
     AUDIO_CHANNEL_COUNT_FIELD_NUMBER: _ClassVar[int]
     ENABLE_WORD_TIME_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     DECODER_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_NUMBERS_FIELD_NUMBER: _ClassVar[int]
     CANARY_FIELD_NUMBER: _ClassVar[int]
     encoding: RecognitionConfig.AudioEncoding
     sample_rate_hertz: int
@@ -41,8 +46,9 @@ class RecognitionConfig(_message.Message):
     audio_channel_count: int
     enable_word_time_offsets: bool
     decoder: DecoderOptions
+    format_numbers: bool
     canary: CanaryLabel
-    def __init__(self, encoding: _Optional[_Union[RecognitionConfig.AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., language_code: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., speech_contexts: _Optional[_Iterable[_Union[SpeechContext, _Mapping]]] = ..., audio_channel_count: _Optional[int] = ..., enable_word_time_offsets: _Optional[bool] = ..., decoder: _Optional[_Union[DecoderOptions, _Mapping]] = ..., canary: _Optional[_Union[CanaryLabel, _Mapping]] = ...) -> None: ...
+    def __init__(self, encoding: _Optional[_Union[RecognitionConfig.AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., language_code: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., speech_contexts: _Optional[_Iterable[_Union[SpeechContext, _Mapping]]] = ..., audio_channel_count: _Optional[int] = ..., enable_word_time_offsets: _Optional[bool] = ..., decoder: _Optional[_Union[DecoderOptions, _Mapping]] = ..., format_numbers: _Optional[bool] = ..., canary: _Optional[_Union[CanaryLabel, _Mapping]] = ...) -> None: ...
 
 class SpeechContext(_message.Message):
     __slots__ = ("phrases", "boost")

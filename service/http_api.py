@@ -1,0 +1,289 @@
+"""The HTTP adapter of `service.speech` (aiohttp, on the gRPC server's event loop):
+
+- `POST /v1/audio/transcriptions`: OpenAI's transcription API as its official
+  clients call it (multipart `file`, `model`, `language`, `prompt`,
+  `response_format`, `timestamp_granularities[]`, `temperature`, `stream`),
+  plus `format_numbers`; errors as OpenAI's JSON errors.
+- `GET /v1/models`: the served model, in OpenAI's list shape.
+- `/v1/stream`: WebSocket streaming, `StreamingRecognitionConfig` and
+  `StreamingRecognizeResponse` in protobuf's JSON mapping.
+- `/`: a page that streams the microphone; `/healthz`, `/readyz`.
+
+Same TLS, bearer tokens, limits, admission and metrics as gRPC.
+"""
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+
+from aiohttp import WSMsgType, web
+from google.protobuf import json_format
+
+from ctc_asr.v1 import asr_pb2
+from service.config import ServerConfig
+from service.security import Tokens
+from service.servicer import streaming_response
+from service.speech import FinalResult, ServiceError, Speech, Status
+
+log = logging.getLogger(__name__)
+PAGE = resources.files("service").joinpath("web/index.html")
+RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+OPENAI_ERROR_TYPES = {Status.UNAUTHENTICATED: "authentication_error", Status.RESOURCE_EXHAUSTED: "rate_limit_error",
+                      Status.INTERNAL: "server_error", Status.UNAVAILABLE: "server_error"}
+WS_CLOSE = {Status.INTERNAL: 1011, Status.RESOURCE_EXHAUSTED: 1013, Status.UNAVAILABLE: 1013}  # else 1008
+LANGUAGES = {"en": "english"}
+
+
+def _invalid(param: str, message: str) -> ServiceError:
+    return ServiceError(Status.INVALID_ARGUMENT, f"{param}: {message}")
+
+
+def _openai_error(e: ServiceError, param: str | None = None) -> web.Response:
+    body = {"error": {"message": e.message, "type": OPENAI_ERROR_TYPES.get(e.status, "invalid_request_error"),
+                      "param": param, "code": e.status.name.lower()}}
+    return web.json_response(body, status=e.status.http)
+
+
+def _flag(value: str, param: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", ""):
+        raise _invalid(param, f"expected true or false, not {value!r}")
+    return value.lower() in ("true", "1")
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """The form of one `POST /v1/audio/transcriptions`, checked."""
+    audio: bytes
+    config: asr_pb2.StreamingRecognitionConfig
+    response_format: str
+    words: bool
+    segments: bool
+    stream: bool
+
+
+def _transcription_request(form, model_name: str) -> TranscriptionRequest:
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise _invalid("file", "an audio file is required (multipart field `file`)")
+    model = form.get("model", "")
+    if model not in ("", model_name):
+        raise _invalid("model", f"{model!r} is not served; this server serves {model_name!r}")
+    response_format = form.get("response_format", "json")
+    if response_format not in RESPONSE_FORMATS:
+        raise _invalid("response_format", f"one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}")
+    granularities = form.getall("timestamp_granularities[]", [])
+    if unknown := set(granularities) - {"word", "segment"}:
+        raise _invalid("timestamp_granularities[]", f"word or segment, not {', '.join(sorted(unknown))}")
+    try:
+        temperature = float(form.get("temperature", 0))  # accepted; a beam search has no temperature
+    except ValueError:
+        temperature = -1.0
+    if not 0 <= temperature <= 1:
+        raise _invalid("temperature", "a number between 0 and 1")
+    config = asr_pb2.StreamingRecognitionConfig(config=asr_pb2.RecognitionConfig(
+        language_code=form.get("language", ""), enable_word_time_offsets=True,
+        format_numbers=_flag(form.get("format_numbers", ""), "format_numbers")))
+    return TranscriptionRequest(upload.file.read(), config, response_format, "word" in granularities,
+                                "segment" in granularities or not granularities,
+                                _flag(form.get("stream", ""), "stream"))
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    ms = int(round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{separator}{ms % 1000:03d}"
+
+
+def _segments(finals: list[FinalResult]) -> list[dict]:
+    """One segment per utterance (the stream's finals), in OpenAI's verbose_json shape."""
+    out, start = [], 0.0
+    for final in finals:
+        best = final.hypotheses[0]
+        if best.text:
+            begin = best.words[0].start if best.words else start
+            out.append({"id": len(out), "seek": 0, "start": begin, "end": final.end, "text": best.text,
+                        "tokens": [], "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 1.0,
+                        "no_speech_prob": 0.0, "confidence": best.confidence})
+        start = final.end
+    return out
+
+
+def _body(req: TranscriptionRequest, finals: list[FinalResult], language: str) -> web.Response:
+    text = " ".join(f.hypotheses[0].text for f in finals if f.hypotheses[0].text)
+    seconds = next((f.billed_seconds for f in reversed(finals) if f.billed_seconds is not None), 0.0)
+    segments = _segments(finals)
+    match req.response_format:
+        case "text":
+            return web.Response(text=text + "\n", content_type="text/plain")
+        case "srt" | "vtt":
+            sep, head = (",", "") if req.response_format == "srt" else (".", "WEBVTT\n\n")
+            cues = [(f"{i + 1}\n" if sep == "," else "") + f"{_timestamp(s['start'], sep)} --> "
+                    f"{_timestamp(s['end'], sep)}\n{s['text']}\n" for i, s in enumerate(segments)]
+            return web.Response(text=head + "\n".join(cues), content_type="text/plain" if sep == "," else "text/vtt")
+        case "verbose_json":
+            body = {"task": "transcribe", "language": LANGUAGES.get(language, language), "duration": seconds,
+                    "text": text}
+            if req.segments:
+                body["segments"] = segments
+            if req.words:
+                body["words"] = [{"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
+                                 for f in finals for w in f.hypotheses[0].words]
+            return web.json_response(body)
+    return web.json_response({"text": text, "usage": {"type": "duration", "seconds": round(seconds)}})
+
+
+class HttpApi:
+    def __init__(self, speech: Speech, cfg: ServerConfig, tokens: Tokens | None) -> None:
+        self.speech = speech
+        self.cfg = cfg
+        self.tokens = tokens
+        self.in_flight = 0
+        self.app = web.Application(client_max_size=cfg.max_message_bytes)
+        self.app.add_routes([
+            web.get("/", self.page), web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
+            web.get("/v1/models", self.models), web.post("/v1/audio/transcriptions", self.transcriptions),
+            web.get("/v1/stream", self.websocket)])
+        self.runner: web.AppRunner | None = None
+
+    async def start(self, ssl_context) -> int:
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.cfg.host, self.cfg.http_port, ssl_context=ssl_context,
+                           reuse_port=False)
+        await site.start()
+        return self.runner.addresses[0][1]
+
+    async def stop(self, grace: float) -> None:
+        """After `Speech.draining` is set: calls in flight get `grace` seconds, then connections close."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.runner.cleanup()
+
+    def _authorize(self, request: web.Request, allow_query: bool = False) -> None:
+        if self.tokens is None:
+            return
+        header = request.headers.get("Authorization", "")
+        token = request.query.get("access_token", "") if allow_query else ""  # browsers cannot set WebSocket headers
+        if not (self.tokens.valid_header(header) or (token and self.tokens.valid(token))):
+            raise ServiceError(Status.UNAUTHENTICATED, "missing or invalid bearer token")
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(text=PAGE.read_text(), content_type="text/html")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.speech.draining:
+            return web.Response(text="draining\n", status=503)
+        return web.Response(text="ready\n")
+
+    async def models(self, request: web.Request) -> web.Response:
+        try:
+            self._authorize(request)
+        except ServiceError as e:
+            return _openai_error(e)
+        spec = self.speech.spec
+        return web.json_response({"object": "list", "data": [
+            {"id": spec.name, "object": "model", "created": 0, "owned_by": "ctc-asr", "version": spec.version,
+             "sample_rate_hertz": spec.features.sample_rate, "language_code": spec.language_code}]})
+
+    async def transcriptions(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            async with self.speech.call("HTTPTranscriptions"):
+                self._authorize(request)
+                try:
+                    form = await request.post()
+                except web.HTTPRequestEntityTooLarge:
+                    raise ServiceError(Status.OUT_OF_RANGE, "the request is larger than "
+                                       f"{self.cfg.max_message_bytes} bytes (--max-message-bytes)") from None
+                req = _transcription_request(form, self.speech.spec.name)
+                events = self.speech.transcribe_file("HTTPTranscriptions", req.config, req.audio)
+                if req.stream:
+                    return await self._stream_sse(request, events)
+                finals = [e async for e in events if isinstance(e, FinalResult)]
+                return _body(req, finals, req.config.config.language_code or "en")
+        except ServiceError as e:
+            return _openai_error(e)
+        finally:
+            self.in_flight -= 1
+
+    async def _stream_sse(self, request: web.Request, events) -> web.StreamResponse:
+        """OpenAI's streamed transcription: a `transcript.text.delta` event per utterance (deltas
+        only append, as OpenAI's clients join them), then `transcript.text.done`."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        texts = []
+
+        async def send(event: dict) -> None:
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+
+        try:
+            async for event in events:
+                if isinstance(event, FinalResult) and (text := event.hypotheses[0].text):
+                    await send({"type": "transcript.text.delta", "delta": (" " if texts else "") + text})
+                    texts.append(text)
+            await send({"type": "transcript.text.done", "text": " ".join(texts)})
+        except ServiceError as e:  # the status line is sent: the error goes in the stream
+            await send({"error": {"message": e.message, "type": OPENAI_ERROR_TYPES.get(e.status, "invalid_request_error"),
+                                  "code": e.status.name.lower()}})
+        await response.write_eof()
+        return response
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes)
+        await ws.prepare(request)
+        self.in_flight += 1
+        try:
+            async with self.speech.call("WebSocketStream"), self.speech.stream_slot():
+                self._authorize(request, allow_query=True)
+                messages = self.speech.idle_limited(_ws_messages(ws))
+                first = await anext(messages, None)
+                if first is None or first.type != WSMsgType.TEXT:
+                    raise ServiceError(Status.INVALID_ARGUMENT, "the first message must be a text message: a "
+                                       "StreamingRecognitionConfig in protobuf's JSON mapping")
+                try:
+                    sc = json_format.Parse(first.data, asr_pb2.StreamingRecognitionConfig())
+                except json_format.ParseError as e:
+                    raise ServiceError(Status.INVALID_ARGUMENT, f"the config message: {e}") from None
+                async for event in self.speech.stream(sc, _ws_audio(messages)):
+                    message = streaming_response(event, sc.config.enable_word_time_offsets)
+                    await ws.send_str(json_format.MessageToJson(message, indent=None))
+            await ws.close(code=1000)
+        except ServiceError as e:
+            reason = f"{e.status.name}: {e.message}".encode()[:123]  # a close frame's reason has room for 123 bytes
+            await ws.close(code=WS_CLOSE.get(e.status, 1008), message=reason)
+        finally:
+            self.in_flight -= 1
+        return ws
+
+
+async def _ws_messages(ws: web.WebSocketResponse):
+    """The client's data messages; its going away ends the call as CANCELLED."""
+    while True:
+        message = await ws.receive()
+        if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            raise ServiceError(Status.CANCELLED, "the client closed the connection")
+        yield message
+
+
+async def _ws_audio(messages):
+    """Binary messages are audio; an empty one, the text `{"type": "end"}` or a close ends it."""
+    async for message in messages:
+        if message.type == WSMsgType.BINARY:
+            if not message.data:
+                return
+            yield message.data
+            continue
+        try:
+            end = json.loads(message.data) == {"type": "end"}
+        except ValueError:
+            end = False
+        if not end:
+            raise ServiceError(Status.INVALID_ARGUMENT, 'after the config, only binary audio messages '
+                               'and the text {"type": "end"}')
+        return
