@@ -1,26 +1,32 @@
 """Transcribe a file with a running server.
 
     python -m service.client FILE [--stream] [--reference TEXT] [--target HOST:PORT]
+    python -m service.client FOLDER | 'GLOB' | FILE FILE ...
 
 Unary by default: WAV and FLAC are sent as they are; anything else libsndfile reads
-(MP3, OGG Vorbis, Opus, ...) is decoded here and sent as LINEAR16; `--encoding
-LINEAR16|FLOAT32 --sample-rate N` sends a headerless file as raw samples. With --stream
-the audio is decoded here and sent as LINEAR16 at real-time pace, printing interim
-results as they arrive and the final result at the end. --reference sends the request
+(MP3, OGG Vorbis, Opus, ...) is decoded here and sent as LINEAR16; other files (M4A/AAC,
+...) are sent as they are, for the server to decode with ffmpeg; `--encoding
+LINEAR16|FLOAT32|MULAW|ALAW --sample-rate N` sends a headerless file as raw samples. With
+--stream the audio is decoded here and sent as LINEAR16 at real-time pace, printing
+interim results as they arrive and each final result with the endpoint that ended it. --reference sends the request
 as a labelled canary and prints its score. The call's deadline follows the audio's
 length (--timeout sets it). Exit codes: 0 done, 1 the server refused or failed the
 call (its status printed), 2 the file cannot be read or the arguments are wrong.
 """
 
 import argparse
+import glob
 import sys
 import time
 from pathlib import Path
 
 import grpc
+import jiwer
 import soundfile as sf
+from tqdm import tqdm
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service.text import normalize
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 
@@ -37,7 +43,7 @@ def stream_requests(config: asr_pb2.RecognitionConfig, pcm: bytes, rate: int, ch
 
 
 SENT_AS_IS = ("WAV", "FLAC")  # containers the server parses itself
-RAW = {"LINEAR16": ("int16", 2), "FLOAT32": ("float32", 4)}
+RAW_WIDTH = {"LINEAR16": 2, "FLOAT32": 4, "MULAW": 1, "ALAW": 1}
 
 
 class UnreadableAudio(Exception):
@@ -54,21 +60,20 @@ def read_pcm(path: Path) -> tuple[bytes, int, int, float]:
     return audio.tobytes(), rate, audio.shape[1], len(audio) / rate
 
 
-def unary_audio(a: argparse.Namespace, config: asr_pb2.RecognitionConfig) -> tuple[bytes, float]:
+def unary_audio(path: Path, config: asr_pb2.RecognitionConfig, encoding: str = "auto",
+                sample_rate: int | None = None) -> tuple[bytes, float]:
     """The request's audio_content, with `config` set to describe it, and its duration."""
-    if a.encoding != "auto":
-        dtype, width = RAW[a.encoding]
-        config.encoding, config.sample_rate_hertz = Encoding.Value(a.encoding), a.sample_rate
-        data = a.file.read_bytes()
-        return data, len(data) / width / a.sample_rate
+    if encoding != "auto":
+        config.encoding, config.sample_rate_hertz = Encoding.Value(encoding), sample_rate
+        data = path.read_bytes()
+        return data, len(data) / RAW_WIDTH[encoding] / sample_rate
     try:
-        info = sf.info(a.file)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise UnreadableAudio(f"{a.file}: not audio this client can read ({e}); for headerless samples give "
-                              "--encoding and --sample-rate") from e
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return path.read_bytes(), 0.0  # the server reads more formats (ffmpeg), or says what is wrong
     if info.format in SENT_AS_IS:
-        return a.file.read_bytes(), info.duration
-    pcm, rate, channels, seconds = read_pcm(a.file)
+        return path.read_bytes(), info.duration
+    pcm, rate, channels, seconds = read_pcm(path)
     config.encoding, config.sample_rate_hertz, config.audio_channel_count = Encoding.LINEAR16, rate, channels
     return pcm, seconds
 
@@ -94,8 +99,9 @@ def call_metadata(a: argparse.Namespace) -> list[tuple[str, str]] | None:
     return [("authorization", f"Bearer {a.token}")] if a.token else None
 
 
-def print_final(alt: asr_pb2.SpeechRecognitionAlternative) -> None:
-    print(f"final: {alt.transcript} (confidence {alt.confidence:.2f})")
+def print_final(alt: asr_pb2.SpeechRecognitionAlternative, endpoint_reason: str = "") -> None:
+    ended = f"; ended by {endpoint_reason}" if endpoint_reason else ""
+    print(f"final: {alt.transcript} (confidence {alt.confidence:.2f}{ended})")
     for w in alt.words:
         print(f"  {w.start_time.ToTimedelta().total_seconds():6.2f}-"
               f"{w.end_time.ToTimedelta().total_seconds():6.2f}  {w.word}")
@@ -106,10 +112,106 @@ def print_score(score: asr_pb2.CanaryScore) -> None:
           f"CER {score.cer:.3f} ({score.char_errors}/{score.reference_chars} chars)")
 
 
+def transcribe(a: argparse.Namespace, stub, config: asr_pb2.RecognitionConfig, metadata) -> int:
+    """One file, unary or streamed, its results printed."""
+    try:
+        if a.stream:
+            pcm, rate, channels, seconds = read_pcm(a.file)
+            config.encoding, config.sample_rate_hertz, config.audio_channel_count = Encoding.LINEAR16, rate, channels
+        else:
+            content, seconds = unary_audio(a.file, config, a.encoding, a.sample_rate)
+    except UnreadableAudio as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    timeout = a.timeout or 60.0 + seconds  # a real-time stream takes its audio's length
+    try:
+        if a.stream:
+            requests = stream_requests(config, pcm, rate, a.chunk_ms, not a.fast)
+            for response in stub.StreamingRecognize(requests, timeout=timeout, metadata=metadata):
+                for result in response.results:
+                    alt = result.alternatives[0] if result.alternatives else asr_pb2.SpeechRecognitionAlternative()
+                    if result.is_final:
+                        print_final(alt, response.endpoint_reason)
+                    else:
+                        print(f"partial: {alt.transcript}", flush=True)
+                if response.HasField("canary_score"):
+                    print_score(response.canary_score)
+        else:
+            response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=content),
+                                      timeout=timeout, metadata=metadata)
+            for result in response.results:
+                print_final(result.alternatives[0])
+            if response.HasField("canary_score"):
+                print_score(response.canary_score)
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".aif", ".aiff"}
+
+
+def audio_files(arguments: list[str]) -> list[Path] | None:
+    """Folders and glob patterns expanded (None: one plain file, the single-file mode)."""
+    if len(arguments) == 1 and not glob.has_magic(arguments[0]) and not Path(arguments[0]).is_dir():
+        return None
+    files = []
+    for arg in arguments:
+        if glob.has_magic(arg):
+            files += sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+        elif Path(arg).is_dir():
+            files += sorted(p for p in Path(arg).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            files.append(Path(arg))
+    return files
+
+
+def transcribe_many(a: argparse.Namespace, files: list[Path], stub, metadata) -> int:
+    """Each file unary, one line each under a progress bar, then a summary; WER against the
+    `NAME.txt` beside a file where there is one."""
+    started, audio_seconds, failed = time.monotonic(), 0.0, 0
+    references, hypotheses = [], []
+    bar = tqdm(files, unit="file", file=sys.stderr, disable=None)
+    for path in bar:
+        config = asr_pb2.RecognitionConfig(format_numbers=a.format_numbers,
+                                           decoder=asr_pb2.DecoderOptions(disable_lm=a.no_lm))
+        try:
+            content, seconds = unary_audio(path, config)
+            response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=content),
+                                      timeout=a.timeout or 60.0 + seconds, metadata=metadata)
+        except (UnreadableAudio, OSError) as e:
+            failed += 1
+            bar.write(f"{path}: error: {e}", file=sys.stderr)
+            continue
+        except grpc.RpcError as e:
+            failed += 1
+            bar.write(f"{path}: error: {e.code().name}: {e.details()}", file=sys.stderr)
+            continue
+        transcript = response.results[0].alternatives[0].transcript if response.results else ""
+        audio_seconds += response.total_billed_time.ToTimedelta().total_seconds()
+        bar.write(f"{path}: {transcript}")
+        if (reference := path.with_suffix(".txt")).is_file():
+            references.append(normalize(reference.read_text()))
+            hypotheses.append(normalize(transcript))
+    elapsed = time.monotonic() - started
+    print(f"{len(files)} files, {audio_seconds:.1f} s of audio in {elapsed:.1f} s "
+          f"({audio_seconds / max(elapsed, 1e-9):.1f}x real time); {failed} failed", file=sys.stderr)
+    if references:
+        words = jiwer.process_words(references, hypotheses)
+        errors = words.substitutions + words.deletions + words.insertions
+        total = sum(len(r.split()) for r in references)
+        print(f"WER {errors / max(total, 1):.1%} ({errors} errors / {total} words) over {len(references)} files "
+              "with a reference (NAME.txt beside the audio)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m service.client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", type=Path, help="audio file (WAV, FLAC, or anything libsndfile reads)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="audio file (WAV, FLAC, MP3, OGG, or what the server's ffmpeg reads); several files, "
+                        "folders or glob patterns: each transcribed unary, with a progress bar and a summary")
     add_connection_args(p)
     p.add_argument("--stream", action="store_true", help="stream at real-time pace with interim results")
     p.add_argument("--fast", action="store_true", help="with --stream: send as fast as possible")
@@ -118,57 +220,35 @@ def main() -> int:
     p.add_argument("--canary-set", default="")
     p.add_argument("--no-lm", action="store_true", help="greedy decoding without the language model")
     p.add_argument("--words", action="store_true", help="print word time offsets")
-    p.add_argument("--encoding", choices=["auto", *RAW], default="auto",
+    p.add_argument("--format-numbers", action="store_true", help="spoken numbers as digits in finals")
+    p.add_argument("--encoding", choices=["auto", *RAW_WIDTH], default="auto",
                    help="unary: auto (the file's own format) or raw samples of this encoding (with --sample-rate)")
     p.add_argument("--sample-rate", type=int, help="with --encoding: the raw samples' rate in Hz")
     p.add_argument("--timeout", type=float, help="deadline in seconds (default: 60 s plus the audio's length)")
     a = p.parse_args()
-    if not a.file.is_file():
-        p.error(f"{a.file}: no such file")
     if (a.encoding != "auto") != bool(a.sample_rate) or (a.encoding != "auto" and a.stream):
         p.error("--encoding and --sample-rate go together, for unary requests")
-
-    config = asr_pb2.RecognitionConfig(enable_word_time_offsets=a.words,
-                                       decoder=asr_pb2.DecoderOptions(disable_lm=a.no_lm))
-    if a.reference:
-        config.canary.reference = a.reference
-        config.canary.set = a.canary_set
-    metadata = call_metadata(a)
-    try:
-        if a.stream:
-            pcm, rate, channels, seconds = read_pcm(a.file)
-            config.encoding, config.sample_rate_hertz, config.audio_channel_count = Encoding.LINEAR16, rate, channels
-        else:
-            content, seconds = unary_audio(a, config)
-    except UnreadableAudio as e:
-        print(f"error: {e}", file=sys.stderr)
+    files = audio_files(a.files)
+    if files is not None and (a.stream or a.reference or a.encoding != "auto"):
+        p.error("several files are sent unary in their own format; their references are NAME.txt beside them")
+    if files == []:
+        print(f"error: no audio files in {' '.join(a.files)}", file=sys.stderr)
         return 2
-    timeout = a.timeout or 60.0 + seconds  # a real-time stream takes its audio's length
+    for path in files or [Path(a.files[0])]:
+        if not path.is_file():
+            print(f"error: {path}: no such file", file=sys.stderr)
+            return 2
     with open_channel(a) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
-        try:
-            if a.stream:
-                requests = stream_requests(config, pcm, rate, a.chunk_ms, not a.fast)
-                for response in stub.StreamingRecognize(requests, timeout=timeout, metadata=metadata):
-                    for result in response.results:
-                        alt = result.alternatives[0] if result.alternatives else asr_pb2.SpeechRecognitionAlternative()
-                        if result.is_final:
-                            print_final(alt)
-                        else:
-                            print(f"partial: {alt.transcript}", flush=True)
-                    if response.HasField("canary_score"):
-                        print_score(response.canary_score)
-            else:
-                response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=content),
-                                          timeout=timeout, metadata=metadata)
-                for result in response.results:
-                    print_final(result.alternatives[0])
-                if response.HasField("canary_score"):
-                    print_score(response.canary_score)
-        except grpc.RpcError as e:
-            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
-            return 1
-    return 0
+        if files is not None:
+            return transcribe_many(a, files, stub, call_metadata(a))
+        a.file = Path(a.files[0])
+        config = asr_pb2.RecognitionConfig(enable_word_time_offsets=a.words, format_numbers=a.format_numbers,
+                                           decoder=asr_pb2.DecoderOptions(disable_lm=a.no_lm))
+        if a.reference:
+            config.canary.reference = a.reference
+            config.canary.set = a.canary_set
+        return transcribe(a, stub, config, call_metadata(a))
 
 
 if __name__ == "__main__":

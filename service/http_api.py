@@ -36,19 +36,26 @@ WS_CLOSE = {Status.INTERNAL: 1011, Status.RESOURCE_EXHAUSTED: 1013, Status.UNAVA
 LANGUAGES = {"en": "english"}
 
 
-def _invalid(param: str, message: str) -> ServiceError:
-    return ServiceError(Status.INVALID_ARGUMENT, f"{param}: {message}")
+class FormError(ServiceError):
+    """A form field the server cannot honour: OpenAI's errors name it in `param`."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(Status.INVALID_ARGUMENT, f"{param}: {message}")
+        self.param = param
 
 
-def _openai_error(e: ServiceError, param: str | None = None) -> web.Response:
-    body = {"error": {"message": e.message, "type": OPENAI_ERROR_TYPES.get(e.status, "invalid_request_error"),
-                      "param": param, "code": e.status.name.lower()}}
-    return web.json_response(body, status=e.status.http)
+def _openai_error_body(e: ServiceError) -> dict:
+    return {"error": {"message": e.message, "type": OPENAI_ERROR_TYPES.get(e.status, "invalid_request_error"),
+                      "param": e.param if isinstance(e, FormError) else None, "code": e.status.name.lower()}}
+
+
+def _openai_error(e: ServiceError) -> web.Response:
+    return web.json_response(_openai_error_body(e), status=e.status.http)
 
 
 def _flag(value: str, param: str) -> bool:
     if value.lower() not in ("true", "false", "1", "0", ""):
-        raise _invalid(param, f"expected true or false, not {value!r}")
+        raise FormError(param, f"expected true or false, not {value!r}")
     return value.lower() in ("true", "1")
 
 
@@ -66,22 +73,22 @@ class TranscriptionRequest:
 def _transcription_request(form, model_name: str) -> TranscriptionRequest:
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
-        raise _invalid("file", "an audio file is required (multipart field `file`)")
+        raise FormError("file", "an audio file is required (multipart field `file`)")
     model = form.get("model", "")
     if model not in ("", model_name):
-        raise _invalid("model", f"{model!r} is not served; this server serves {model_name!r}")
+        raise FormError("model", f"{model!r} is not served; this server serves {model_name!r}")
     response_format = form.get("response_format", "json")
     if response_format not in RESPONSE_FORMATS:
-        raise _invalid("response_format", f"one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}")
+        raise FormError("response_format", f"one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}")
     granularities = form.getall("timestamp_granularities[]", [])
     if unknown := set(granularities) - {"word", "segment"}:
-        raise _invalid("timestamp_granularities[]", f"word or segment, not {', '.join(sorted(unknown))}")
+        raise FormError("timestamp_granularities[]", f"word or segment, not {', '.join(sorted(unknown))}")
     try:
         temperature = float(form.get("temperature", 0))  # accepted; a beam search has no temperature
     except ValueError:
         temperature = -1.0
     if not 0 <= temperature <= 1:
-        raise _invalid("temperature", "a number between 0 and 1")
+        raise FormError("temperature", "a number between 0 and 1")
     config = asr_pb2.StreamingRecognitionConfig(config=asr_pb2.RecognitionConfig(
         language_code=form.get("language", ""), enable_word_time_offsets=True,
         format_numbers=_flag(form.get("format_numbers", ""), "format_numbers")))
@@ -229,8 +236,7 @@ class HttpApi:
                     texts.append(text)
             await send({"type": "transcript.text.done", "text": " ".join(texts)})
         except ServiceError as e:  # the status line is sent: the error goes in the stream
-            await send({"error": {"message": e.message, "type": OPENAI_ERROR_TYPES.get(e.status, "invalid_request_error"),
-                                  "code": e.status.name.lower()}})
+            await send(_openai_error_body(e))
         await response.write_eof()
         return response
 

@@ -10,6 +10,7 @@ import soundfile as sf
 import soxr
 
 from conftest import ROOT, SAMPLES
+from test_recognize import CLIPS
 
 EXPECTED = "what time is it in paris"
 
@@ -43,12 +44,22 @@ def test_raw_samples_with_their_encoding(running, tmp_path):
     assert run.returncode == 0 and run.stdout.startswith(f"final: {EXPECTED}"), run.stderr
 
 
-def test_unreadable_inputs_are_one_line_errors_with_exit_2(running, tmp_path):
+def test_unreadable_inputs_are_one_line_errors_with_exit_codes(running, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not audio at all\n")
-    for path, message in ((tmp_path / "missing.wav", "no such file"), (text, "not audio this client can read")):
-        run = client(running, str(path))
-        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+    # A file this client cannot read goes to the server as it is (its ffmpeg reads more), which refuses it.
+    for path, code, message in ((tmp_path / "missing.wav", 2, "no such file"),
+                                (text, 1, "INVALID_ARGUMENT: could not decode"),
+                                (text, 2, "not audio this client can read")):
+        run = client(running, str(path), *(["--stream"] if message.startswith("not audio") else []))
+        assert run.returncode == code and message in run.stderr and "Traceback" not in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_streamed_finals_say_what_ended_them_and_numbers_format(running):
+    run = client(running, str(SAMPLES / "phone.flac"), "--stream", "--fast", "--format-numbers")
+    assert run.returncode == 0, run.stderr
+    assert "final: my phone number is 3200591457 (confidence" in run.stdout and "; ended by half_close)" in run.stdout
 
 
 def test_a_taken_port_is_refused_naming_it_and_no_cuda_loader_noise(running):
@@ -62,3 +73,23 @@ def test_a_taken_port_is_refused_naming_it_and_no_cuda_loader_noise(running):
                               *flags], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
         assert "Traceback" not in run.stderr and "libonnxruntime_providers_cuda" not in run.stderr
+
+
+def test_a_folder_or_glob_is_transcribed_with_a_summary_and_wer_from_references(running, tmp_path):
+    folder = tmp_path / "calls"
+    folder.mkdir()
+    for name in CLIPS:
+        (folder / name).write_bytes((SAMPLES / name).read_bytes())
+    (folder / "what_time.txt").write_text("What time is it in London?\n")  # one word of the 6 + 14 differs
+    (folder / "phone.txt").write_text(CLIPS["phone.flac"] + "\n")
+    run = client(running, str(folder))
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.splitlines()) == sorted(f"{folder / name}: {text}" for name, text in CLIPS.items())
+    assert "2 files, " in run.stderr and "; 0 failed" in run.stderr
+    assert "WER 5.0% (1 errors / 20 words) over 2 files" in run.stderr
+
+    (folder / "broken.wav").write_bytes(b"RIFF" + bytes(40))
+    run = client(running, str(folder / "*.wav"))
+    assert run.returncode == 1 and "broken.wav: error: INVALID_ARGUMENT" in run.stderr
+    assert run.stdout.strip() == f"{folder / 'what_time.wav'}: {CLIPS['what_time.wav']}"
+    assert "2 files, " in run.stderr and "; 1 failed" in run.stderr

