@@ -1,6 +1,6 @@
 # The service image: CUDA-capable ONNX Runtime, the bundled model, no torch, non-root.
 # Not built in this project's CI (no Docker engine there); see README.
-#   docker build -t ctc-asr . && docker run --gpus all -p 50051:50051 -p 8000:8000 ctc-asr
+#   docker build -t ctc-asr . && docker run --gpus all -p 50051:50051 -p 8080:8080 -p 8000:8000 ctc-asr
 # onnxruntime-gpu 1.31 wants CUDA 13 and cuDNN 9; without a GPU it falls back to the CPU provider.
 ARG BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
@@ -18,13 +18,13 @@ RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir /src \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall /src
 
 FROM ${BASE}
-RUN apt-get update && apt-get install -y --no-install-recommends python3 libgomp1 \
+# ffmpeg: uploads libsndfile cannot read (M4A/AAC, ...).
+RUN apt-get update && apt-get install -y --no-install-recommends python3 libgomp1 ffmpeg \
     && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 asr
 COPY --from=build /opt/venv /opt/venv
 COPY models/pretrained/default /models/default
 ENV PATH=/opt/venv/bin:$PATH CTC_ASR_MODEL=/models/default PYTHONUNBUFFERED=1
 USER asr
-EXPOSE 50051 8000
-HEALTHCHECK CMD python3 -c "import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
-    print(g.HealthStub(grpc.insecure_channel('localhost:50051')).Check(h.HealthCheckRequest(), timeout=2))" || exit 1
+EXPOSE 50051 8080 8000
+HEALTHCHECK CMD python3 -c "import urllib.request; urllib.request.urlopen('http://localhost:8080/readyz', timeout=2)" || exit 1
 ENTRYPOINT ["python3", "-m", "service"]

@@ -101,7 +101,6 @@ def main() -> None:
             report = huggingface.export(a.ckpt, a.out, name=a.name, version=a.version, lm_dir=a.lm_dir,
                                         window_ms=window, tolerance=a.tolerance)
         else:
-            print(f"found: an ONNX CTC graph in {onnx_ctc.convention(a.ckpt)[0]}'s convention")
             report = onnx_ctc.export(a.ckpt, a.out, tokens_path=a.tokens, name=a.name, version=a.version,
                                      lm_dir=a.lm_dir, window_ms=window)
     except ValueError as e:

@@ -73,6 +73,7 @@ def feature_width(model: onnx.ModelProto, name: str) -> int:
 def export(path: Path, out: Path, *, tokens_path: Path | None, name: str | None, version: str | None,
            lm_dir: Path | None, window_ms: tuple[int, int, int]) -> dict[str, float]:
     kind, model = convention(path)
+    print(f"found: an ONNX CTC graph in {kind}'s convention")
     tokens_path = tokens_path or path.with_name("tokens.txt")
     if not tokens_path.is_file():
         raise ValueError(f"{path}: no tokens.txt beside it; name the vocabulary with --tokens")

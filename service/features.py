@@ -141,6 +141,7 @@ class LogMel:
     """Stateless: whole frames of samples in, log-mel frames (n, n_mels) out."""
 
     lead_in = 0  # zeros a stream starts with (nemo: half a window, as its centred STFT pads)
+    stream_preemph = 0.0  # pre-emphasis over the whole stream, before framing (nemo's); kaldi's is per frame
 
     def __init__(self, cfg: FeatureConfig, warp: float = 1.0) -> None:
         self.cfg = cfg
@@ -148,6 +149,7 @@ class LogMel:
             self._window = np.hanning(cfg.win_length).astype(np.float32)
             self._fbank = slaney_filterbank(cfg)
             self.lead_in = cfg.win_length // 2
+            self.stream_preemph = cfg.preemph
         elif cfg.kind == "kaldi":
             n = np.arange(cfg.win_length)
             self._window = ((0.5 - 0.5 * np.cos(2 * np.pi * n / (cfg.win_length - 1))) ** 0.85).astype(np.float32)
@@ -202,6 +204,7 @@ class Waveform:
     """The `waveform` kind: samples grouped into frames of one hop (an output step)."""
 
     lead_in = 0
+    stream_preemph = 0.0
 
     def __init__(self, cfg: FeatureConfig) -> None:
         self.cfg = cfg
@@ -250,10 +253,10 @@ class StreamingFeatures:
         cfg = self._logmel.cfg
         if cfg.scale != 1.0:
             samples = samples * np.float32(cfg.scale)
-        if cfg.kind == "nemo" and cfg.preemph and len(samples):
+        if self._logmel.stream_preemph and len(samples):
             shifted = np.concatenate([[self._last], samples[:-1]]).astype(np.float32)
             self._last = float(samples[-1])
-            samples = samples - np.float32(cfg.preemph) * shifted
+            samples = samples - np.float32(self._logmel.stream_preemph) * shifted
         buf = np.concatenate([self._pending, samples])
         feats = self._logmel(buf)
         self._pending = buf[len(feats) * self._logmel.cfg.hop_length :]

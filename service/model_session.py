@@ -312,17 +312,17 @@ class ModelSession:
         extended = [np.concatenate([st[0], f]) for f, st in zip(features, states)]
         n = len(features[0])
         pieces = [(start, min(chunk, n - start)) for start in range(0, n, chunk)]
-        outputs: dict[int, np.ndarray] = {}
+        kept: list[dict[int, np.ndarray]] = [{} for _ in features]  # per stream: piece start -> outputs
         for size in sorted({size for _, size in pieces}):
+            starts = [start for start, s in pieces if s == size]
             windows = [normalize_window(self.spec.features, ext[start:start + context + size])
-                       for ext in extended for start, s in pieces if s == size]
+                       for ext in extended for start in starts]
             keep = slice(b.left_frames // sub, (b.left_frames + size) // sub)
             logprobs = self._run_windows(windows, keep)
-            starts = [start for start, s in pieces if s == size]
             for i, lp in enumerate(logprobs):
-                outputs[(i // len(starts)) * n + starts[i % len(starts)]] = lp[keep]
-        return [(np.concatenate([outputs[i * n + start] for start, _ in pieces]), [ext[len(ext) - context:]])
-                for i, ext in enumerate(extended)]
+                kept[i // len(starts)][starts[i % len(starts)]] = lp[keep]
+        return [(np.concatenate([pieces_out[start] for start, _ in pieces]), [ext[len(ext) - context:]])
+                for pieces_out, ext in zip(kept, extended)]
 
     def _run_windows(self, windows: list[np.ndarray], keep: slice) -> np.ndarray:
         logprobs = self.session.run([self.spec.io.logprobs], self.spec.io.feeds(np.stack(windows)))[0]
