@@ -28,6 +28,8 @@ class ServerConfig:
     max_message_bytes: int = 10 * 1024 * 1024
     grace_seconds: float = 10.0
     max_concurrent_streams: int = 64
+    max_concurrent_recognize: int = 4
+    max_stream_lag_seconds: float = 1.0
     max_batch: int = 32
     max_canary_sets: int = 10
     max_batch_wait_ms: float = 0.0
@@ -67,7 +69,7 @@ class ServerConfig:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
         for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
-                     "max_message_bytes", "max_concurrent_streams", "max_batch", "max_canary_sets", "max_chunk_bytes",
+                     "max_message_bytes", "max_concurrent_streams", "max_concurrent_recognize", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "max_chunk_bytes",
                      "stream_idle_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -105,6 +107,10 @@ HELP = {
     "max_message_bytes": "largest gRPC message accepted (RESOURCE_EXHAUSTED past it)",
     "grace_seconds": "on SIGTERM, how long in-flight calls may take to finish",
     "max_concurrent_streams": "StreamingRecognize calls served at once (RESOURCE_EXHAUSTED past it)",
+    "max_concurrent_recognize": "whole-file calls (Recognize, HTTP transcriptions) served at once "
+                                "(RESOURCE_EXHAUSTED past it)",
+    "max_stream_lag_seconds": "load shedding: while a live stream is this far behind real time, new streams and "
+                              "whole-file calls get RESOURCE_EXHAUSTED (until the lag falls below half of it)",
     "max_batch": "most stream chunks run in one model call",
     "max_canary_sets": "distinct canary set labels in metrics; further sets are counted as 'other'",
     "max_batch_wait_ms": "how long a ready chunk may wait for others to batch with (0: take what is queued)",

@@ -4,6 +4,8 @@ A frame counts as silence when the blank posterior exceeds `blank_threshold`.
 An endpoint fires on trailing silence after speech (`silence_after_speech`),
 on long silence with nothing decoded (`silence_no_speech`: the utterance is
 dropped, not finalized), or when an utterance grows past `max_utterance`.
+With endpointing off only the last applies, so that one utterance's decoding
+state stays bounded however long the stream.
 """
 
 from dataclasses import dataclass
@@ -44,8 +46,11 @@ class Endpointer:
 
     def update(self, logprobs: np.ndarray) -> str | None:
         """Feeds the next output frames; returns the rule that fired, if one did."""
-        if not self.cfg.enabled or len(logprobs) == 0:
+        if len(logprobs) == 0:
             return None
+        if not self.cfg.enabled:
+            self.frames += len(logprobs)
+            return MAX_UTTERANCE if self.frames * self.frame_s >= self.cfg.max_utterance_s else None
         silent = np.exp(logprobs[:, self.blank]) > self.cfg.blank_threshold
         spoken = np.flatnonzero(logprobs.argmax(axis=1) != self.blank)
         if len(spoken):

@@ -12,7 +12,6 @@
 Same TLS, bearer tokens, limits, admission and metrics as gRPC.
 """
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ def _flag(value: str, param: str) -> bool:
 class TranscriptionRequest:
     """The form of one `POST /v1/audio/transcriptions`, checked."""
     audio: bytes
-    config: asr_pb2.StreamingRecognitionConfig
+    config: asr_pb2.RecognitionConfig
     response_format: str
     words: bool
     segments: bool
@@ -89,9 +88,8 @@ def _transcription_request(form, model_name: str) -> TranscriptionRequest:
         temperature = -1.0
     if not 0 <= temperature <= 1:
         raise FormError("temperature", "a number between 0 and 1")
-    config = asr_pb2.StreamingRecognitionConfig(config=asr_pb2.RecognitionConfig(
-        language_code=form.get("language", ""), enable_word_time_offsets=True,
-        format_numbers=_flag(form.get("format_numbers", ""), "format_numbers")))
+    config = asr_pb2.RecognitionConfig(language_code=form.get("language", ""), enable_word_time_offsets=True,
+                                       format_numbers=_flag(form.get("format_numbers", ""), "format_numbers"))
     return TranscriptionRequest(upload.file.read(), config, response_format, "word" in granularities,
                                 "segment" in granularities or not granularities,
                                 _flag(form.get("stream", ""), "stream"))
@@ -145,7 +143,6 @@ class HttpApi:
         self.speech = speech
         self.cfg = cfg
         self.tokens = tokens
-        self.in_flight = 0
         self.app = web.Application(client_max_size=cfg.max_message_bytes)
         self.app.add_routes([
             web.get("/", self.page), web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
@@ -161,12 +158,7 @@ class HttpApi:
         await site.start()
         return self.runner.addresses[0][1]
 
-    async def stop(self, grace: float) -> None:
-        """After `Speech.draining` is set: calls in flight get `grace` seconds, then connections close."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+    async def stop(self) -> None:
         await self.runner.cleanup()
 
     def _authorize(self, request: web.Request, allow_query: bool = False) -> None:
@@ -199,7 +191,6 @@ class HttpApi:
              "sample_rate_hertz": spec.features.sample_rate, "language_code": spec.language_code}]})
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
-        self.in_flight += 1
         try:
             async with self.speech.call("HTTPTranscriptions"):
                 self._authorize(request)
@@ -213,11 +204,9 @@ class HttpApi:
                 if req.stream:
                     return await self._stream_sse(request, events)
                 finals = [e async for e in events if isinstance(e, FinalResult)]
-                return _body(req, finals, req.config.config.language_code or "en")
+                return _body(req, finals, req.config.language_code or "en")
         except ServiceError as e:
             return _openai_error(e)
-        finally:
-            self.in_flight -= 1
 
     async def _stream_sse(self, request: web.Request, events) -> web.StreamResponse:
         """OpenAI's streamed transcription: a `transcript.text.delta` event per utterance (deltas
@@ -243,9 +232,8 @@ class HttpApi:
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes)
         await ws.prepare(request)
-        self.in_flight += 1
         try:
-            async with self.speech.call("WebSocketStream"), self.speech.stream_slot():
+            async with self.speech.call("WebSocketStream"), self.speech.stream_slot("WebSocketStream"):
                 self._authorize(request, allow_query=True)
                 messages = self.speech.idle_limited(_ws_messages(ws))
                 first = await anext(messages, None)
@@ -263,8 +251,6 @@ class HttpApi:
         except ServiceError as e:
             reason = f"{e.status.name}: {e.message}".encode()[:123]  # a close frame's reason has room for 123 bytes
             await ws.close(code=WS_CLOSE.get(e.status, 1008), message=reason)
-        finally:
-            self.in_flight -= 1
         return ws
 
 

@@ -27,7 +27,11 @@ class Metrics:
         self.audio_seconds = Counter("asr_audio_seconds_total", "Audio received, seconds", registry=r)
         self.real_time_factor = Histogram("asr_real_time_factor", "Processing time / audio time per request",
                                           ["traffic"], buckets=RTF_BUCKETS, registry=r)
-        self.active_streams = Gauge("asr_active_streams", "Open StreamingRecognize calls", registry=r)
+        self.active_streams = Gauge("asr_active_streams", "Open streams (gRPC and WebSocket)", registry=r)
+        self.stream_lag = Gauge("asr_stream_lag_seconds", "How far the live stream furthest behind real time is",
+                                registry=r)
+        self.load_shed = Counter("asr_load_shed_total", "Calls refused because live streams were behind real time",
+                                 ["method"], registry=r)
         self.inference = Histogram("asr_inference_seconds", "One ONNX Runtime model call", ["provider"],
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("asr_batch_size", "Stream chunks per batched model call",

@@ -9,6 +9,7 @@ memory stays flat however long the stream runs. A unary request is a stream
 that receives all its audio at once, so both RPCs run the same code.
 """
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from service.features import StreamingFeatures, frontend, logmel_utterance, pad_
 from service.model_session import ModelSession
 
 HALF_CLOSE = "half_close"
-NO_ENDPOINTING = EndpointConfig(enabled=False)
+NO_ENDPOINTING = EndpointConfig(enabled=False, max_utterance_s=math.inf)  # offline: one utterance
+SPEECH_BEGAN = "speech_began"
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,15 @@ class Final:
 
 @dataclass
 class Progress:
-    """What one call to `accept` produced."""
+    """What one call to `accept` produced: output frames, and in stream order the finals and
+    the starts of speech (SPEECH_BEGAN), so that one message holding the end of one utterance
+    and the start of the next tells them in that order."""
     frames: int = 0
-    finals: list[Final] = field(default_factory=list)
-    speech_began: bool = False
+    events: list[Final | str] = field(default_factory=list)
+
+    @property
+    def finals(self) -> list[Final]:
+        return [e for e in self.events if isinstance(e, Final)]
 
 
 @dataclass
@@ -114,7 +121,8 @@ class Recognizer:
         stream.frames += len(logprobs)
         progress.frames += len(logprobs)
         reason = stream.endpointer.update(logprobs)
-        progress.speech_began |= stream.endpointer.speech and not had_speech
+        if stream.endpointer.speech and not had_speech:
+            progress.events.append(SPEECH_BEGAN)
         if reason == SILENCE_NO_SPEECH:
             self._reset_utterance(stream)
         elif reason:
@@ -130,7 +138,8 @@ class Recognizer:
             self._finalize(stream, HALF_CLOSE, progress)
 
     def accept(self, stream: StreamState, samples: np.ndarray) -> Progress:
-        """Synchronous front-end + model + decoding (unary requests, offline use)."""
+        """Synchronous front-end + model + decoding (offline use; the service batches through
+        `take_chunks`, the batcher, `decode_many` and `consume`)."""
         progress = Progress()
         for chunk in self.take_chunks(stream, samples):
             self._step(stream, chunk, progress)
@@ -178,7 +187,7 @@ class Recognizer:
         started = time.perf_counter()
         hyps = self.decoder.finish(stream.decode)
         self._on_decode(time.perf_counter() - started)
-        progress.finals.append(Final(hyps, reason, self.heard(stream)))
+        progress.events.append(Final(hyps, reason, self.heard(stream)))
         stream.finals += 1
         self._reset_utterance(stream)
 

@@ -40,11 +40,15 @@ class RunningServer:
     _metrics_http: object
 
     async def stop(self, grace: float) -> None:
-        """Health goes NOT_SERVING (gRPC health, /readyz), new calls are refused, then in-flight
-        calls get `grace` seconds to finish."""
+        """Health goes NOT_SERVING (gRPC health, /readyz) and new calls get UNAVAILABLE (counted),
+        while calls in flight get `grace` seconds to finish; then the transports close."""
         self.speech.draining = True
         await self.health.enter_graceful_shutdown()
-        await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.speech.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.gather(self.server.stop(max(0.0, deadline - loop.time())), self.http.stop())
         await self.speech.close()
         self._metrics_http.shutdown()
 

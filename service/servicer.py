@@ -75,27 +75,33 @@ async def _abort(context: grpc.aio.ServicerContext, e: ServiceError):
     await context.abort(grpc.StatusCode[e.status.name], e.message)
 
 
+def _expired(context: grpc.aio.ServicerContext):
+    """Whether the call's deadline has passed (a cancellation then is DEADLINE_EXCEEDED)."""
+    return lambda: (remaining := context.time_remaining()) is not None and remaining <= 0
+
+
 class SpeechServicer(asr_pb2_grpc.SpeechServicer):
     def __init__(self, speech: Speech) -> None:
         self.speech = speech
 
     async def Recognize(self, request, context):
         try:
-            async with self.speech.call("Recognize"):
-                transcript = await self.speech.recognize(request.config, request.audio_content)
+            async with self.speech.call("Recognize", _expired(context)):
+                transcript = await self.speech.recognize("Recognize", request.config, request.audio_content)
         except ServiceError as e:
             await _abort(context, e)
-        seconds = _duration(transcript.seconds)
-        response = asr_pb2.RecognizeResponse(total_billed_time=seconds)
-        response.results.add(alternatives=alternatives(transcript.hypotheses, request.config.enable_word_time_offsets),
-                             result_end_time=seconds)
+        response = asr_pb2.RecognizeResponse(total_billed_time=_duration(transcript.seconds))
+        for final in transcript.finals:
+            response.results.add(alternatives=alternatives(final.hypotheses, request.config.enable_word_time_offsets),
+                                 result_end_time=_duration(final.end))
         if transcript.canary is not None:
             response.canary_score.CopyFrom(transcript.canary)
         return response
 
     async def StreamingRecognize(self, request_iterator, context):
         try:
-            async with self.speech.call("StreamingRecognize"), self.speech.stream_slot():
+            async with (self.speech.call("StreamingRecognize", _expired(context)),
+                        self.speech.stream_slot("StreamingRecognize")):
                 requests = self.speech.idle_limited(request_iterator)
                 first = await anext(requests, None)
                 if first is None or first.WhichOneof("streaming_request") != "streaming_config":

@@ -15,9 +15,9 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,9 +27,10 @@ from service.audio import AudioError, Encoding, PcmStream, decode_unary, raw_for
 from service.batcher import ModelBatcher
 from service.config import ServerConfig
 from service.decoder import Hypothesis
+from service.endpointing import EndpointConfig
 from service.metrics import Metrics
 from service.options import RequestOptions, recognition_options
-from service.recognizer import HALF_CLOSE, Progress, Recognizer, StreamState
+from service.recognizer import HALF_CLOSE, SPEECH_BEGAN, Progress, Recognizer, StreamState
 from service.text import format_numbers
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,9 @@ Event = SpeechBegin | InterimResult | FinalResult | SpeechEnd | EndOfSingleUtter
 
 @dataclass(frozen=True)
 class Transcript:
-    """A unary call's result."""
-    hypotheses: list[Hypothesis]
+    """A unary call's result: a final per utterance (utterances longer than
+    --endpoint-max-utterance-seconds are cut), the audio's length, a canary's score."""
+    finals: list[FinalResult]
     seconds: float
     canary: asr_pb2.CanaryScore | None
 
@@ -109,6 +111,39 @@ class Transcript:
 def _formatted(hyps: list[Hypothesis], opts: RequestOptions) -> list[Hypothesis]:
     """Spoken numbers as digits in the transcripts; the words (and their times) stay as spoken."""
     return [h._replace(text=format_numbers(h.text)) for h in hyps] if opts.format_numbers else hyps
+
+
+class LagTracker:
+    """How far behind real time the live streams are. A stream's lag is its backlog by Lindley's
+    recursion over its messages: time spent on a message beyond the audio it carried adds to
+    it, spare time drains it, so a server that keeps up shows 0 whatever the client's pace.
+    Past `limit` (the worst stream's lag) new calls are shed until it falls below half of it."""
+
+    def __init__(self, gauge, limit: float) -> None:
+        self._gauge = gauge
+        self._limit = limit
+        self._lags: dict[int, float] = {}
+        self.shedding = False
+
+    @property
+    def worst(self) -> float:
+        return max(self._lags.values(), default=0.0)
+
+    def update(self, key: int, lag: float) -> None:
+        self._lags[key] = lag
+        self._refresh()
+
+    def remove(self, key: int) -> None:
+        self._lags.pop(key, None)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        worst = self.worst
+        self._gauge.set(worst)
+        if worst > self._limit:
+            self.shedding = True
+        elif worst < self._limit / 2:
+            self.shedding = False
 
 
 class Speech:
@@ -122,7 +157,10 @@ class Speech:
         self._pool = pool
         self.canaries = canary.CanaryTracker(metrics, self.spec.name, cfg.max_canary_sets)
         self.active_streams = 0  # admitted streams of every transport (grpc.aio's own limit is unreliable)
+        self.active_unary = 0
+        self.in_flight = 0  # calls of every kind, for draining
         self.draining = False
+        self.lag = LagTracker(metrics.stream_lag, cfg.max_stream_lag_seconds)
 
     async def close(self) -> None:
         await self.batcher.stop()
@@ -132,10 +170,12 @@ class Speech:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     @contextlib.asynccontextmanager
-    async def call(self, method: str):
+    async def call(self, method: str, expired: Callable[[], bool] = lambda: False):
         """One call of any transport: refused while draining; exceptions become `ServiceError`
-        (never leaking internals); the outcome is counted under `method`."""
+        (never leaking internals); the outcome is counted under `method` (a cancelled call whose
+        deadline has passed, `expired()`, as DEADLINE_EXCEEDED)."""
         status = Status.OK
+        self.in_flight += 1
         try:
             if self.draining:
                 raise ServiceError(Status.UNAVAILABLE, "the server is shutting down; retry (another replica)")
@@ -147,18 +187,28 @@ class Speech:
             status = Status.INVALID_ARGUMENT
             raise ServiceError(status, str(e)) from None
         except asyncio.CancelledError:
-            status = Status.CANCELLED
+            status = Status.DEADLINE_EXCEEDED if expired() else Status.CANCELLED
             raise
         except Exception:
             status = Status.INTERNAL
             log.exception("%s failed", method)
             raise ServiceError(status, "internal error") from None
         finally:
+            self.in_flight -= 1
             self.metrics.requests.labels(method, status.name).inc()
 
+    def _shed(self, method: str) -> None:
+        """New work is refused while live streams are behind real time, so that they catch up."""
+        if self.lag.shedding:
+            self.metrics.load_shed.labels(method).inc()
+            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"the server is over capacity (its streams are "
+                               f"{self.lag.worst:.1f} s behind real time); retry with backoff")
+
     @contextlib.asynccontextmanager
-    async def stream_slot(self):
-        """Admission of a stream: at most --max-concurrent-streams at once, over all transports."""
+    async def stream_slot(self, method: str):
+        """Admission of a stream: at most --max-concurrent-streams at once, over all transports,
+        none while shedding load."""
+        self._shed(method)
         if self.active_streams >= self.cfg.max_concurrent_streams:
             raise ServiceError(Status.RESOURCE_EXHAUSTED, "too many concurrent streams "
                                f"(at most {self.cfg.max_concurrent_streams}); retry with backoff")
@@ -170,15 +220,23 @@ class Speech:
             self.active_streams -= 1
             self.metrics.active_streams.dec()
 
+    @contextlib.asynccontextmanager
+    async def unary_slot(self, method: str):
+        """Admission of a whole-file call: at most --max-concurrent-recognize at once, none while shedding."""
+        self._shed(method)
+        if self.active_unary >= self.cfg.max_concurrent_recognize:
+            raise ServiceError(Status.RESOURCE_EXHAUSTED, "too many concurrent whole-file requests "
+                               f"(at most {self.cfg.max_concurrent_recognize}); retry with backoff")
+        self.active_unary += 1
+        try:
+            yield
+        finally:
+            self.active_unary -= 1
+
     def _score_canary(self, opts: RequestOptions, transcript: str) -> asr_pb2.CanaryScore:
         result = canary.score(opts.canary_reference, transcript, opts.canary_set)
         self.canaries.record(result)
         return result
-
-    def _recognize(self, samples: np.ndarray, opts: RequestOptions) -> list[Hypothesis]:
-        stream = self.recognizer.new_stream(opts.decode)
-        self.recognizer.accept(stream, samples)
-        return self.recognizer.finish(stream).finals[0].hypotheses
 
     async def _decode_file(self, config: asr_pb2.RecognitionConfig, audio: bytes) -> tuple[np.ndarray, float]:
         c = config
@@ -190,39 +248,42 @@ class Speech:
                                f"{self.cfg.max_unary_audio_seconds:g} s in one request (stream longer audio)")
         return samples, seconds
 
-    async def recognize(self, config: asr_pb2.RecognitionConfig, audio: bytes) -> Transcript:
-        """A whole file or buffer of audio, decoded as one utterance."""
-        started = time.perf_counter()
-        opts = recognition_options(config, self.spec)
-        samples, seconds = await self._decode_file(config, audio)
-        self.metrics.audio_seconds.inc(seconds)
-        hyps = await self._run(self._recognize, samples, opts)
-        score = self._score_canary(opts, hyps[0].text) if opts.canary_reference else None
-        self._observe_unary("Recognize", opts, started, seconds)
-        return Transcript(_formatted(hyps, opts), seconds, score)
+    async def _file_events(self, method: str, config: asr_pb2.RecognitionConfig, audio: bytes,
+                           endpoint: EndpointConfig) -> AsyncIterator[Event]:
+        """A whole file decoded as a stream, as fast as the model goes, through the batcher a
+        second at a time, so that it shares the model with live streams instead of holding it."""
+        async with self.unary_slot(method):
+            started = time.perf_counter()
+            samples, seconds = await self._decode_file(config, audio)
+            rate = self.spec.features.sample_rate
+            sc = asr_pb2.StreamingRecognitionConfig(config=config)
+            sc.config.encoding, sc.config.sample_rate_hertz, sc.config.audio_channel_count = Encoding.FLOAT32, rate, 1
 
-    def _observe_unary(self, method: str, opts: RequestOptions, started: float, seconds: float) -> None:
-        elapsed = time.perf_counter() - started
-        self.metrics.request_duration.labels(method, opts.traffic).observe(elapsed)
-        self.metrics.real_time_factor.labels(opts.traffic).observe(elapsed / max(seconds, 1e-3))
+            async def pieces():
+                for start in range(0, len(samples), rate):
+                    yield samples[start:start + rate].tobytes()
 
-    async def transcribe_file(self, method: str, config: asr_pb2.StreamingRecognitionConfig,
+            async for event in self._decode(sc, pieces(), endpoint, live=False):
+                yield event
+            traffic = recognition_options(config, self.spec).traffic
+            elapsed = time.perf_counter() - started
+            self.metrics.request_duration.labels(method, traffic).observe(elapsed)
+            self.metrics.real_time_factor.labels(traffic).observe(elapsed / max(seconds, 1e-3))
+
+    async def recognize(self, method: str, config: asr_pb2.RecognitionConfig, audio: bytes) -> Transcript:
+        """A whole file as one utterance (cut only past --endpoint-max-utterance-seconds)."""
+        recognition_options(config, self.spec)  # a bad config is refused before the audio is decoded
+        one_utterance = replace(self.cfg.endpoint, enabled=False)
+        finals = [e async for e in self._file_events(method, config, audio, one_utterance)
+                  if isinstance(e, FinalResult)]
+        spoken = [f for f in finals if f.hypotheses[0].text] or finals[-1:]
+        return Transcript(spoken, finals[-1].billed_seconds, finals[-1].canary)
+
+    async def transcribe_file(self, method: str, config: asr_pb2.RecognitionConfig,
                               audio: bytes) -> AsyncIterator[Event]:
-        """A whole file decoded as a stream (utterances end at silences), as fast as the model goes."""
-        started = time.perf_counter()
-        samples, seconds = await self._decode_file(config.config, audio)
-        rate = self.spec.features.sample_rate
-        sc = asr_pb2.StreamingRecognitionConfig()
-        sc.CopyFrom(config)
-        sc.config.encoding, sc.config.sample_rate_hertz, sc.config.audio_channel_count = Encoding.FLOAT32, rate, 1
-
-        async def pieces():
-            for start in range(0, len(samples), rate):  # a second at a time, batched with live streams
-                yield samples[start:start + rate].tobytes()
-
-        async for event in self.stream(sc, pieces()):
+        """A whole file whose utterances end at silences, as a stream's do."""
+        async for event in self._file_events(method, config, audio, self.cfg.endpoint):
             yield event
-        self._observe_unary(method, recognition_options(config.config, self.spec), started, seconds)
 
     async def _advance(self, stream: StreamState, chunks: list[np.ndarray], progress: Progress) -> Progress:
         """Model steps through the batcher, decoding on the worker pool, chunk after chunk."""
@@ -230,6 +291,15 @@ class Speech:
             logprobs, state = await self.batcher.step(chunk, stream.model_state, stream.decode)
             await self._run(self.recognizer.consume, stream, logprobs, state, progress)
         return progress
+
+    def _front_end(self, stream: StreamState, data: bytes) -> list[np.ndarray]:
+        """Bytes -> resampled samples -> feature chunks ready for the model (on the pool)."""
+        return self.recognizer.take_chunks(stream, stream.pcm.accept(data))
+
+    def _front_end_last(self, stream: StreamState) -> list[np.ndarray]:
+        chunks = self.recognizer.take_chunks(stream, stream.pcm.finish())
+        last = self.recognizer.take_last(stream)
+        return chunks + ([last] if len(last) else [])
 
     async def idle_limited(self, iterator: AsyncIterator):
         """A client's messages, ended with OUT_OF_RANGE when the client goes quiet (a stuck
@@ -245,71 +315,98 @@ class Speech:
                                    f"{self.cfg.stream_idle_timeout_seconds:g} s") from None
 
     async def stream(self, sc: asr_pb2.StreamingRecognitionConfig, audio: AsyncIterator[bytes]) -> AsyncIterator[Event]:
-        """Audio messages in, events out: interim results as chunks decode, a final at each
-        endpoint and at the end of the audio."""
+        """A live stream: audio messages in, events out (interim results as chunks decode, a
+        final at each endpoint and at the end of the audio), latencies and lag measured."""
+        async for event in self._decode(sc, audio, self.cfg.endpoint, live=True):
+            yield event
+
+    async def _decode(self, sc: asr_pb2.StreamingRecognitionConfig, audio: AsyncIterator[bytes],
+                      endpoint: EndpointConfig, live: bool) -> AsyncIterator[Event]:
         opts = recognition_options(sc.config, self.spec)
         if sc.config.encoding not in STREAM_ENCODINGS:
             raise AudioError("config.encoding must be LINEAR16, FLOAT32, MULAW or ALAW for streaming "
                              "(send audio files whole)")
         pcm = PcmStream(raw_format(sc.config.encoding, sc.config.sample_rate_hertz,
                                    sc.config.audio_channel_count or 1), self.spec.features.sample_rate)
-        stream = self.recognizer.new_stream(opts.decode, pcm, self.cfg.endpoint)
-        first_audio_at, sent_result, transcript = None, False, []
+        # A new stream may build decoder state (an LM for a new weight pair): not on the event loop.
+        stream = await self._run(self.recognizer.new_stream, opts.decode, pcm, endpoint)
+        transcript: list[str] = []
+        first_audio_at: float | None = None
+        sent_result = not live
+        lag = 0.0
 
-        def finals(progress: Progress, last: bool) -> list[Event]:
-            out: list[Event] = [SpeechBegin()] if progress.speech_began else []
-            for final in progress.finals:
-                transcript.append(final.hypotheses[0].text)
+        def events(progress: Progress, last: bool) -> list[Event]:
+            out: list[Event] = []
+            for item in progress.events:
+                if item == SPEECH_BEGAN:
+                    out.append(SpeechBegin())
+                    continue
+                transcript.append(item.hypotheses[0].text)
                 ends_call = last or sc.single_utterance
                 score = None
                 if ends_call and opts.canary_reference:
                     score = self._score_canary(opts, " ".join(t for t in transcript if t))
-                out.append(FinalResult(_formatted(final.hypotheses, opts), final.reason, final.end,
+                out.append(FinalResult(_formatted(item.hypotheses, opts), item.reason, item.end,
                                        pcm.samples_in / pcm.fmt.sample_rate if ends_call else None, score))
-                if final.reason != HALF_CLOSE:
+                if item.reason != HALF_CLOSE:
                     out.append(SpeechEnd())
                 if sc.single_utterance:
                     out.append(EndOfSingleUtterance())
                     break
             return out
 
-        async for data in audio:
-            if len(data) > self.cfg.max_chunk_bytes:
-                raise ServiceError(Status.OUT_OF_RANGE, f"an audio message of {len(data)} bytes; "
-                                   f"at most {self.cfg.max_chunk_bytes} per message")
-            arrived = time.perf_counter()
-            first_audio_at = first_audio_at or arrived
-            samples = pcm.accept(data)
-            if pcm.samples_in / pcm.fmt.sample_rate > self.cfg.max_stream_audio_seconds:
-                raise ServiceError(Status.OUT_OF_RANGE, "stream audio exceeds "
-                                   f"{self.cfg.max_stream_audio_seconds:g} s")
-            progress = await self._advance(stream, self.recognizer.take_chunks(stream, samples), Progress())
-            for event in finals(progress, last=False):
-                yield event
-            if progress.finals:
-                self.metrics.final_latency.labels(opts.traffic).observe(time.perf_counter() - arrived)
-                if sc.single_utterance:
-                    return
-            elif sc.interim_results and progress.frames and (partial := self.recognizer.partial(stream))[0].text:
-                hyp, stability = partial
-                yield InterimResult(hyp._replace(words=()), stability, self.recognizer.heard(stream))
-                self.metrics.partial_latency.labels(opts.traffic).observe(time.perf_counter() - arrived)
+        def observe(out: list[Event], since: float, now: float) -> None:
+            nonlocal sent_result
+            if not live:
+                return
+            if any(isinstance(e, FinalResult) for e in out):
+                self.metrics.final_latency.labels(opts.traffic).observe(now - since)
+            elif any(isinstance(e, InterimResult) for e in out):
+                self.metrics.partial_latency.labels(opts.traffic).observe(now - since)
             else:
-                continue
+                return
             if not sent_result:
-                self.metrics.first_result_latency.labels(opts.traffic).observe(time.perf_counter() - first_audio_at)
+                self.metrics.first_result_latency.labels(opts.traffic).observe(now - first_audio_at)
                 sent_result = True
-        half_closed = time.perf_counter()
-        samples = pcm.finish()
-        self.metrics.audio_seconds.inc(pcm.samples_in / pcm.fmt.sample_rate)
-        if first_audio_at is None:
-            return
-        chunks = self.recognizer.take_chunks(stream, samples)
-        last = self.recognizer.take_last(stream)
-        progress = await self._advance(stream, chunks + ([last] if len(last) else []), Progress())
-        await self._run(self.recognizer.close, stream, progress)
-        for event in finals(progress, last=True):
-            yield event
-        self.metrics.final_latency.labels(opts.traffic).observe(time.perf_counter() - half_closed)
-        if not sent_result:
-            self.metrics.first_result_latency.labels(opts.traffic).observe(time.perf_counter() - first_audio_at)
+
+        try:
+            async for data in audio:
+                if len(data) > self.cfg.max_chunk_bytes:
+                    raise ServiceError(Status.OUT_OF_RANGE, f"an audio message of {len(data)} bytes; "
+                                       f"at most {self.cfg.max_chunk_bytes} per message")
+                arrived = time.perf_counter()
+                first_audio_at = first_audio_at or arrived
+                before = pcm.samples_in
+                chunks = await self._run(self._front_end, stream, data)
+                if pcm.samples_in / pcm.fmt.sample_rate > self.cfg.max_stream_audio_seconds:
+                    raise ServiceError(Status.OUT_OF_RANGE, "stream audio exceeds "
+                                       f"{self.cfg.max_stream_audio_seconds:g} s")
+                progress = await self._advance(stream, chunks, Progress())
+                out = events(progress, last=False)
+                if (sc.interim_results and not progress.finals and progress.frames
+                        and (partial := self.recognizer.partial(stream))[0].text):
+                    hyp, stability = partial
+                    out.append(InterimResult(hyp._replace(words=()), stability, self.recognizer.heard(stream)))
+                done = time.perf_counter()
+                if live:
+                    lag = max(0.0, lag + (done - arrived) - (pcm.samples_in - before) / pcm.fmt.sample_rate)
+                    self.lag.update(id(stream), lag)
+                observe(out, arrived, done)
+                for event in out:
+                    yield event
+                if progress.finals and sc.single_utterance:
+                    return
+            if first_audio_at is None:
+                pcm.finish()
+                return
+            half_closed = time.perf_counter()
+            progress = await self._advance(stream, await self._run(self._front_end_last, stream), Progress())
+            await self._run(self.recognizer.close, stream, progress)
+            out = events(progress, last=True)
+            observe(out, half_closed, time.perf_counter())
+            for event in out:
+                yield event
+        finally:
+            self.metrics.audio_seconds.inc(pcm.samples_in / pcm.fmt.sample_rate)
+            if live:
+                self.lag.remove(id(stream))

@@ -23,7 +23,7 @@ def test_page_streams_the_microphone_and_shows_finals_with_confidences(running, 
     from selenium.webdriver.common.by import By
 
     wav = tmp_path / "mic.wav"
-    sf.write(wav, np.frombuffer(pcm(0.5, "what_time.wav", 3.0), "<i2"), 16000, subtype="PCM_16")
+    sf.write(wav, np.frombuffer(pcm(1.0, "what_time.wav", 3.0), "<i2"), 16000, subtype="PCM_16")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
