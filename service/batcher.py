@@ -37,18 +37,34 @@ class ModelBatcher:
         self._on_batch = on_batch
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self._stopped: str | None = None  # why steps are refused: the loop stopped or died
+        self._batch: list = []  # taken from the queue, not yet answered
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task.add_done_callback(self._ended)
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def _ended(self, task: asyncio.Task) -> None:
+        """The loop is gone (stopped, or a bug of ours): no step may wait for it forever."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("the model batcher died", exc_info=error)
+        self._stopped = "the model batcher stopped" if error is None else "the model batcher died"
+        waiting = self._batch + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        for item in waiting:
+            if not item[2].done():
+                item[2].set_exception(RuntimeError(self._stopped))
+
     async def step(self, features: np.ndarray, state: list[np.ndarray], decode: object = None
                    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        if self._stopped:
+            raise RuntimeError(self._stopped)
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((features, state, future, decode))
         return await future
@@ -81,7 +97,7 @@ class ModelBatcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
+            self._batch = batch = await self._collect()
             by_length = defaultdict(list)
             for item in batch:
                 by_length[len(item[0])].append(item)

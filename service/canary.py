@@ -42,8 +42,10 @@ class CanaryTracker:
             counter.labels(DEFAULT_SET, model)
 
     def label(self, set_name: str) -> str:
+        """At most `max_sets` labels in all: "default" and "other" are two of them."""
         set_name = set_name or DEFAULT_SET
-        if set_name in self._recent or len(self._recent) < self.max_sets - 1:
+        named = [s for s in self._recent if s not in (DEFAULT_SET, OTHER_SETS)]
+        if set_name == DEFAULT_SET or set_name in self._recent or len(named) < self.max_sets - 2:
             return set_name
         return OTHER_SETS
 

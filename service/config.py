@@ -84,6 +84,8 @@ class ServerConfig:
         for name, value in zip(("left_context_ms", "chunk_ms", "right_context_ms"), self.window_ms):
             if value is not None and value < (1 if name == "chunk_ms" else 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be {'positive' if name == 'chunk_ms' else 'at least 0'}")
+        if self.max_canary_sets < 2:
+            raise ValueError("--max-canary-sets must be at least 2 (\"default\" and \"other\" are two)")
         if self.max_batch_wait_ms < 0:
             raise ValueError("--max-batch-wait-ms must not be negative")
 
@@ -112,7 +114,8 @@ HELP = {
     "max_stream_lag_seconds": "load shedding: while a live stream is this far behind real time, new streams and "
                               "whole-file calls get RESOURCE_EXHAUSTED (until the lag falls below half of it)",
     "max_batch": "most stream chunks run in one model call",
-    "max_canary_sets": "distinct canary set labels in metrics; further sets are counted as 'other'",
+    "max_canary_sets": "distinct canary set labels in metrics, 'default' and 'other' included; further sets are "
+                       "counted as 'other'",
     "max_batch_wait_ms": "how long a ready chunk may wait for others to batch with (0: take what is queued)",
     "max_chunk_bytes": "largest audio_content in one streaming message (OUT_OF_RANGE past it)",
     "stream_idle_timeout_seconds": "a stream that sends nothing for this long ends with OUT_OF_RANGE",
@@ -131,18 +134,26 @@ HELP = {
 }
 
 
+EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "a value", Path: "a path"}
+
+
 def _convert(kind, value):
-    if value is None or value == "":
+    """A flag's or environment variable's text as its field's type; ValueError says what was expected."""
+    if value is None or (value == "" and kind in (Path | None, int | None)):
         return None
-    if kind == Path | None:
-        return Path(value)
-    if kind == int | None:
-        return int(value)
-    if kind is bool and isinstance(value, str):
+    if not isinstance(value, str):
+        return value  # the field's default
+    base = int if kind == int | None else kind
+    if base is bool:
         if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise ValueError(f"expected true or false, not {value!r}")
         return value.lower() in ("true", "1", "yes", "on")
-    return kind(value)
+    try:
+        if value == "":
+            raise ValueError
+        return Path(value) if kind == Path | None else base(value)
+    except ValueError:
+        raise ValueError(f"expected {EXPECTED.get(base, 'a value')}, not {value!r}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
@@ -153,7 +164,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                        metavar="BOOL" if f.type is bool else None,
                        help=f"{HELP[f.name]} [env {env}; default %(default)s]")
     args = vars(p.parse_args(argv))
+    values = {}
+    for f in fields(ServerConfig):
+        try:
+            values[f.name] = _convert(f.type, args[f.name])
+        except ValueError as e:
+            p.error(f"--{f.name.replace('_', '-')} (or CTC_ASR_{f.name.upper()}): {e}")
     try:
-        return ServerConfig(**{f.name: _convert(f.type, args[f.name]) for f in fields(ServerConfig)})
+        return ServerConfig(**values)
     except ValueError as e:
         p.error(str(e))

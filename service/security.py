@@ -9,6 +9,7 @@ token.
 
 import hmac
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -39,13 +40,16 @@ class Tokens:
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: Tokens) -> None:
+    def __init__(self, tokens: Tokens, on_refused: Callable[[str], None] = lambda method: None) -> None:
+        """`on_refused(method)`: a call refused (the method's short name, e.g. Recognize)."""
         self._tokens = tokens
+        self._on_refused = on_refused
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         header = dict(details.invocation_metadata or ()).get("authorization", "")
         if details.method.startswith(OPEN_METHODS) or self._tokens.valid_header(header):
             return await continuation(details)
+        self._on_refused(details.method.rsplit("/", 1)[-1])
         handler = await continuation(details)
         deny = _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
         if handler is None:

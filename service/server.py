@@ -25,6 +25,7 @@ from service.servicer import SpeechServicer
 from service.speech import Speech
 
 log = logging.getLogger(__name__)
+SLACK = 1024 * 1024
 SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
 
 
@@ -74,11 +75,15 @@ async def start(cfg: ServerConfig) -> RunningServer:
              recognizer.decoder.engine_description, ", ".join(map(str, warmed)))
 
     tokens = read_bearer_tokens(cfg.auth_tokens_file) if cfg.auth_tokens_file else None
-    interceptors = [BearerTokenInterceptor(tokens)] if tokens else []
+    def refused(method: str) -> None:
+        metrics.requests.labels(method, "UNAUTHENTICATED").inc()
+
+    interceptors = [BearerTokenInterceptor(tokens, refused)] if tokens else []
     server = grpc.aio.server(interceptors=interceptors,
                              # no SO_REUSEPORT: a second server on a taken port must fail, not share it
                              options=[("grpc.so_reuseport", 0),
-                                      ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                                      # up to SLACK over the limit the servicer refuses (and counts) it
+                                      ("grpc.max_receive_message_length", cfg.max_message_bytes + SLACK),
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
     batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix="asr-model"), cfg.max_batch,

@@ -87,6 +87,9 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
     async def Recognize(self, request, context):
         try:
             async with self.speech.call("Recognize", _expired(context)):
+                if (size := request.ByteSize()) > self.speech.cfg.max_message_bytes:
+                    raise ServiceError(Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes; at most "
+                                       f"{self.speech.cfg.max_message_bytes} (--max-message-bytes)")
                 transcript = await self.speech.recognize("Recognize", request.config, request.audio_content)
         except ServiceError as e:
             await _abort(context, e)

@@ -186,7 +186,7 @@ class Speech:
         except AudioError as e:
             status = Status.INVALID_ARGUMENT
             raise ServiceError(status, str(e)) from None
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # a stream's generator is closed when its call ends
             status = Status.DEADLINE_EXCEEDED if expired() else Status.CANCELLED
             raise
         except Exception:

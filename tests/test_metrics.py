@@ -49,7 +49,7 @@ def test_requests_latency_and_audio_are_counted(running, stub):
 
 
 def test_canaries_feed_running_accuracy(make_server):
-    srv = make_server(max_canary_sets=2)
+    srv = make_server(max_canary_sets=3)
     audio = (SAMPLES / "what_time.wav").read_bytes()
     references = {"a": "what time is it in london", "b": "what time is it in paris", "c": "what time is it"}
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
@@ -63,7 +63,9 @@ def test_canaries_feed_running_accuracy(make_server):
     assert value(samples, "asr_canary_word_errors_total", set="a", model=model) == 1
     assert value(samples, "asr_canary_reference_words_total", set="a", model=model) == 6
     assert value(samples, "asr_canary_wer", set="a", model=model) == pytest.approx(1 / 6)
-    # two set labels at most, "other" included: sets b and c fold into it
+    # three set labels at most, "default" and "other" included: sets b and c fold into "other"
     assert value(samples, "asr_canary_requests_total", set="other", model=model) == 2
+    labels = {dict(labels)["set"] for (name, labels) in samples if name == "asr_canary_requests_total"}
+    assert labels == {"default", "a", "other"}
     assert value(samples, "asr_canary_wer", set="other", model=model) == pytest.approx(2 / 10)
     assert value(samples, "asr_request_duration_seconds_count", method="Recognize", traffic="canary") == 3

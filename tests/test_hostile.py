@@ -1,0 +1,257 @@
+"""Hostile and unlucky requests: every field checked at the edge, no status
+outside the documented ones, faults that stay inside the batch they hit, load
+shed while streams fall behind real time, and the bugs a read of the code
+found, each reproduced first."""
+
+import math
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from conftest import ROOT, SAMPLES
+from test_metrics import scrape, value
+from test_recognize import CLIPS
+from test_streaming import pcm
+
+Encoding = asr_pb2.RecognitionConfig.AudioEncoding
+Event = asr_pb2.StreamingRecognizeResponse.SpeechEventType
+WAV = (SAMPLES / "what_time.wav").read_bytes()
+DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
+
+
+def status(stub, config: asr_pb2.RecognitionConfig, audio: bytes = WAV) -> tuple[grpc.StatusCode, str]:
+    try:
+        stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=audio), timeout=60)
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+
+
+def cfg(**kw) -> asr_pb2.RecognitionConfig:
+    return asr_pb2.RecognitionConfig(**kw)
+
+
+def ctx(phrases, boost=0.0):
+    return [asr_pb2.SpeechContext(phrases=phrases, boost=boost)]
+
+
+NAMED = {
+    "NaN boost": (cfg(speech_contexts=ctx(["paris"], math.nan)), "speech_contexts.boost"),
+    "infinite boost": (cfg(speech_contexts=ctx(["paris"], math.inf)), "speech_contexts.boost"),
+    "NaN LM weight": (cfg(decoder=asr_pb2.DecoderOptions(lm_weight=math.nan)), "decoder.lm_weight"),
+    "infinite word bonus": (cfg(decoder=asr_pb2.DecoderOptions(word_bonus=math.inf)), "decoder.word_bonus"),
+    "negative LM weight": (cfg(decoder=asr_pb2.DecoderOptions(lm_weight=-1)), "from 0 to 5"),
+    "a 100,000-character phrase": (cfg(speech_contexts=ctx(["paris " * 16_667])), "at most 100"),
+    "101 phrases": (cfg(speech_contexts=ctx([f"word{i}" for i in range(101)])), "at most 100 phrases"),
+    "a long canary set": (cfg(canary=asr_pb2.CanaryLabel(reference="what time", set="s" * 65)), "canary.set"),
+    "a long canary reference": (cfg(canary=asr_pb2.CanaryLabel(reference="word " * 1001)), "canary.reference"),
+    "a long language code": (cfg(language_code="en-" + "x" * 40), "language_code"),
+    "negative channels": (cfg(audio_channel_count=-1), "audio_channel_count"),
+    "negative sample rate": (cfg(sample_rate_hertz=-5), "sample_rate_hertz"),
+}
+
+
+@pytest.mark.parametrize("case", NAMED)
+def test_out_of_range_fields_are_invalid_argument_naming_the_field(stub, case):
+    config, field = NAMED[case]
+    code, details = status(stub, config)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details, details
+
+
+floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+texts = st.text(max_size=120)
+configs = st.builds(
+    asr_pb2.RecognitionConfig,
+    encoding=st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 1000]),
+    sample_rate_hertz=st.one_of(st.just(0), st.integers(-2**31, 2**31 - 1), st.sampled_from([8000, 16000, 48000])),
+    language_code=st.one_of(st.sampled_from(["", "en", "en-US", "fr"]), texts),
+    max_alternatives=st.integers(-2**31, 2**31 - 1) | st.integers(0, 10),
+    speech_contexts=st.lists(st.builds(asr_pb2.SpeechContext, phrases=st.lists(texts, max_size=60),
+                                       boost=floats), max_size=3),
+    audio_channel_count=st.integers(-5, 20),
+    enable_word_time_offsets=st.booleans(),
+    decoder=st.builds(asr_pb2.DecoderOptions, beam_width=st.integers(-5, 300), lm_weight=floats,
+                      word_bonus=floats, disable_lm=st.booleans()),
+    format_numbers=st.booleans(),
+    canary=st.builds(asr_pb2.CanaryLabel, reference=st.text(max_size=30), set=st.text(max_size=70)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(config=configs)
+def test_any_recognition_config_gets_a_documented_status_never_internal(stub, config):
+    raw = pcm("what_time.wav")[:16000]  # half a second, as LINEAR16 or as bytes of anything else
+    code, details = status(stub, config, WAV if config.encoding in (0, 4) else raw)
+    assert code in DOCUMENTED, (code, details)
+
+
+def stream_responses(stub, chunks, timeout=60, **streaming):
+    def requests():
+        yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+            config=cfg(encoding=Encoding.LINEAR16, sample_rate_hertz=16000), **streaming))
+        for chunk in chunks:
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=chunk)
+    return list(stub.StreamingRecognize(requests(), timeout=timeout))
+
+
+def test_speech_events_keep_stream_order_within_one_message(stub):
+    # One message holds an utterance, the silence that ends it and the start of the next.
+    first, second = pcm("what_time.wav", 1.5), pcm("what_time.wav")
+    responses = stream_responses(stub, [first + second[:16000], second[16000:]])
+    order = ["final" if r.results else Event.Name(r.speech_event_type) for r in responses]
+    assert order == ["SPEECH_ACTIVITY_BEGIN", "final", "SPEECH_ACTIVITY_END", "SPEECH_ACTIVITY_BEGIN", "final"]
+
+
+def test_outcomes_are_counted_under_their_own_codes(make_server, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    srv = make_server(auth_tokens_file=tokens)
+    auth = [("authorization", "Bearer s3cret")]
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub.Recognize(asr_pb2.RecognizeRequest(audio_content=WAV), timeout=10)
+
+        def slow():  # a stream that outlives its deadline
+            yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+                config=cfg(encoding=Encoding.LINEAR16, sample_rate_hertz=16000)))
+            for _ in range(30):
+                time.sleep(0.1)
+                yield asr_pb2.StreamingRecognizeRequest(audio_content=bytes(3200))
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.StreamingRecognize(slow(), timeout=1.0, metadata=auth))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 5  # the server learns of the deadline a moment later
+        while time.monotonic() < deadline and value(scrape(srv.running.metrics_port), "asr_requests_total",
+                                                    method="StreamingRecognize", code="DEADLINE_EXCEEDED") < 1:
+            time.sleep(0.05)
+
+        def single():  # audio goes on after the end of the single utterance
+            yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+                config=cfg(encoding=Encoding.LINEAR16, sample_rate_hertz=16000), single_utterance=True))
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm("what_time.wav", 2.0))
+        before = scrape(srv.running.metrics_port)
+        responses = list(stub.StreamingRecognize(single(), timeout=30, metadata=auth))
+        assert responses[-1].speech_event_type == Event.END_OF_SINGLE_UTTERANCE
+    after = scrape(srv.running.metrics_port)
+    assert value(after, "asr_requests_total", method="Recognize", code="UNAUTHENTICATED") == 1
+    assert value(after, "asr_requests_total", method="StreamingRecognize", code="DEADLINE_EXCEEDED") == 1
+    assert value(after, "asr_requests_total", method="StreamingRecognize", code="CANCELLED") == 0
+    assert value(after, "asr_audio_seconds_total") - value(before, "asr_audio_seconds_total") == pytest.approx(
+        len(pcm("what_time.wav", 2.0)) / 2 / 16000)
+    assert value(after, "asr_first_result_latency_seconds_count", traffic="user") - \
+        value(before, "asr_first_result_latency_seconds_count", traffic="user") == 1
+
+
+def test_whole_file_calls_have_their_own_limit(make_server):
+    srv = make_server(max_concurrent_recognize=1)
+    long = pcm("what_time.wav", 1.0, "phone.flac", 1.0, "what_time.wav", 1.0, "phone.flac")
+    codes = []
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        config = cfg(encoding=Encoding.LINEAR16, sample_rate_hertz=16000)
+        threads = [threading.Thread(target=lambda: codes.append(status(stub, config, long)[0])) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert status(stub, config, long)[0] == grpc.StatusCode.OK  # the slot is free again
+    assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+
+
+def test_max_utterance_cuts_even_with_endpointing_off(make_server):
+    srv = make_server(endpointing=False, endpoint_max_utterance_seconds=2.0)
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        audio = pcm("phone.flac", 0.5, "phone.flac")
+        responses = stream_responses(stub, [audio[i:i + 6400] for i in range(0, len(audio), 6400)])
+        reasons = [r.endpoint_reason for r in responses if r.results and r.results[0].is_final]
+        assert len(reasons) >= 4 and set(reasons[:-1]) == {"max_utterance"} and reasons[-1] == "half_close"
+        unary = stub.Recognize(asr_pb2.RecognizeRequest(config=cfg(), audio_content=WAV), timeout=30)
+        assert len(unary.results) == 1  # 1.65 s: one result
+
+
+class FaultySession:
+    """ONNX Runtime's session with faults injected: `fail` model calls raise, every call takes
+    `delay` seconds longer."""
+
+    def __init__(self, inner, fail: int = 0, delay: float = 0.0) -> None:
+        self.inner, self.fail, self.delay = inner, fail, delay
+
+    def run(self, *args, **kwargs):
+        time.sleep(self.delay)
+        if self.fail > 0:
+            self.fail -= 1
+            raise RuntimeError("injected ONNX Runtime failure")
+        return self.inner.run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_failing_model_call_fails_only_its_batch(make_server, caplog):
+    srv = make_server()
+    session = srv.running.speech.recognizer.session
+    session.session = FaultySession(session.session, fail=1)
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Recognize(asr_pb2.RecognizeRequest(config=cfg(), audio_content=WAV), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INTERNAL and err.value.details() == "internal error"
+        assert stub.Recognize(asr_pb2.RecognizeRequest(config=cfg(), audio_content=WAV),
+                              timeout=30).results[0].alternatives[0].transcript == CLIPS["what_time.wav"]
+    assert "injected ONNX Runtime failure" in caplog.text
+
+
+def test_a_dead_batcher_fails_waiting_streams_instead_of_hanging(make_server):
+    srv = make_server()
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        srv.call(srv.running.speech.batcher.stop())
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stream_responses(stub, [pcm("what_time.wav")], timeout=20)
+        assert err.value.code() == grpc.StatusCode.INTERNAL and time.monotonic() - started < 5
+
+
+def test_streams_behind_real_time_shed_new_calls_until_they_catch_up(make_server):
+    srv = make_server(max_stream_lag_seconds=0.3)
+    session = srv.running.speech.recognizer.session
+    slow = session.session = FaultySession(session.session, delay=0.6)  # model calls slower than their audio
+    target = f"127.0.0.1:{srv.running.port}"
+    audio = pcm("what_time.wav", 1.0)
+    with grpc.insecure_channel(target) as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        behind = threading.Thread(target=stream_responses, args=(stub, [audio[i:i + 5120] for i in
+                                                                         range(0, len(audio), 5120)]))
+        behind.start()
+        deadline = time.monotonic() + 20
+        while srv.running.speech.lag.worst <= 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as err:
+            stream_responses(stub, [pcm("what_time.wav")])
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "behind real time" in err.value.details()
+        assert status(stub, cfg())[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        samples = scrape(srv.running.metrics_port)
+        assert value(samples, "asr_stream_lag_seconds") > 0.3
+        assert value(samples, "asr_load_shed_total", method="StreamingRecognize") == 1
+        assert value(samples, "asr_load_shed_total", method="Recognize") == 1
+        behind.join()
+        slow.delay = 0.0
+        assert status(stub, cfg())[0] == grpc.StatusCode.OK  # caught up: admitted again
+        assert value(scrape(srv.running.metrics_port), "asr_stream_lag_seconds") == 0
+
+
+def test_an_empty_environment_variable_is_a_clear_error():
+    run = subprocess.run([sys.executable, "-m", "service"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "CTC_ASR_WORKERS": ""})
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].endswith("--workers (or CTC_ASR_WORKERS): expected a whole number, not ''")
