@@ -122,7 +122,10 @@ class ModelSpec:
             if not (directory / required).is_file():
                 raise ModelDirectoryError(f"{directory}: no {required}; is this a model directory written by "
                                         "`python -m export`?")
-        meta = json.loads((directory / "model.json").read_text())
+        try:
+            meta = json.loads((directory / "model.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{directory / 'model.json'}: not JSON ({e})") from e
         tokens = read_tokens(directory / "tokens.txt")
         decoder = meta.get("decoder", {})
         beam_width = decoder.get("beam_width", 25)  # operators tune it here: refuse what a request could not ask

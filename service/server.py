@@ -17,7 +17,7 @@ from service.batcher import ModelBatcher
 from service.config import ServerConfig
 from service.decoder import CtcDecoder
 from service.metrics import Metrics
-from service.model_session import CPU, ModelSession, ModelSpec
+from service.model_session import CPU, ModelDirectoryError, ModelSession, ModelSpec
 from service.recognizer import Recognizer
 from service.http_api import HttpApi
 from service.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
@@ -54,6 +54,11 @@ class RunningServer:
         self._metrics_http.shutdown()
 
 
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 class StartupError(Exception):
     """The server cannot start as configured (a port in use): one line for the operator."""
 
@@ -61,11 +66,18 @@ class StartupError(Exception):
 async def start(cfg: ServerConfig) -> RunningServer:
     spec = ModelSpec.load(cfg.model, cfg.window_ms)
     metrics = Metrics()
-    session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
-    warmed = session.warm_up(cfg.max_batch)
+    try:
+        session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
+        warmed = session.warm_up(cfg.max_batch)
+    except Exception as e:  # ONNX Runtime's errors: a corrupt or truncated graph, or one that cannot run
+        raise ModelDirectoryError(f"{spec.directory / 'model.onnx'}: ONNX Runtime cannot load or run it "
+                                  f"({_first_line(e)})") from e
+    try:
+        decoder = CtcDecoder(spec, cfg.decoder, threads=cfg.workers)
+    except Exception as e:  # KenLM's: a corrupt or truncated binary or ARPA file
+        raise ModelDirectoryError(f"{spec.lm}: the language model cannot be loaded ({_first_line(e)})") from e
     inference = metrics.inference.labels(session.provider)
-    recognizer = Recognizer(session, CtcDecoder(spec, cfg.decoder, threads=cfg.workers), on_inference=inference.observe,
-                            on_decode=metrics.decode.observe)
+    recognizer = Recognizer(session, decoder, on_inference=inference.observe, on_decode=metrics.decode.observe)
     metrics.model_info.labels(spec.name, spec.version, session.provider).set(1)
     metrics.provider_fallbacks.inc(0)  # the series exists from the start, so alerts can compare it
     if cfg.provider == "auto" and session.provider == CPU:

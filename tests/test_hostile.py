@@ -4,6 +4,7 @@ shed while streams fall behind real time, and the bugs a read of the code
 found, each reproduced first."""
 
 import math
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from conftest import ROOT, SAMPLES
+from conftest import BUNDLED, ROOT, SAMPLES
 from test_metrics import scrape, value
 from test_recognize import CLIPS
 from test_streaming import pcm
@@ -255,3 +256,29 @@ def test_an_empty_environment_variable_is_a_clear_error():
                          env={"PATH": "/usr/bin:/bin", "CTC_ASR_WORKERS": ""})
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1].endswith("--workers (or CTC_ASR_WORKERS): expected a whole number, not ''")
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+BROKEN = {
+    "truncated model.onnx": ("model.onnx", _truncate, "ONNX Runtime cannot load"),
+    "truncated lm.bin": ("lm.bin", _truncate, "the language model cannot be loaded"),
+    "model.json not JSON": ("model.json", lambda p: p.write_text("{"), "not JSON"),
+    "missing tokens.txt": ("tokens.txt", lambda p: p.unlink(), "no tokens.txt"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_a_broken_model_directory_fails_at_start_naming_the_file(tmp_path, case):
+    name, damage, message = BROKEN[case]
+    model = tmp_path / "model"
+    shutil.copytree(BUNDLED, model, ignore=shutil.ignore_patterns("checkpoint.pt", "canaries"))
+    damage(model / name)
+    run = subprocess.run([sys.executable, "-m", "service", "--model", str(model), "--port", "0", "--metrics-port",
+                          "0", "--http-port", "0", "--provider", "cpu"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert message in last and (str(model / name) in last or name in last), last
