@@ -12,7 +12,7 @@ stream anyway.
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 
@@ -21,6 +21,7 @@ import numpy as np
 from service.model_session import ModelSession
 
 log = logging.getLogger(__name__)
+BUSY_WINDOW_S = 2.0
 
 
 class ModelBatcher:
@@ -39,6 +40,7 @@ class ModelBatcher:
         self._task: asyncio.Task | None = None
         self._stopped: str | None = None  # why steps are refused: the loop stopped or died
         self._batch: list = []  # taken from the queue, not yet answered
+        self._busy: deque[tuple[float, float]] = deque()  # (end, seconds) of recent model calls and decoding
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -61,12 +63,21 @@ class ModelBatcher:
             if not item[2].done():
                 item[2].set_exception(RuntimeError(self._stopped))
 
-    async def step(self, features: np.ndarray, state: list[np.ndarray], decode: object = None
+    def busy_ratio(self, window_s: float = BUSY_WINDOW_S) -> float:
+        """The share of the last `window_s` the model (and its batch decoding) was running for live
+        streams: how close the server is to its capacity for them, whatever the mix of streams.
+        Whole-file work (`live=False` steps) only fills what they leave."""
+        now = time.monotonic()
+        while self._busy and self._busy[0][0] < now - window_s:
+            self._busy.popleft()
+        return min(1.0, sum(seconds for _, seconds in self._busy) / window_s)
+
+    async def step(self, features: np.ndarray, state: list[np.ndarray], decode: object = None, live: bool = True
                    ) -> tuple[np.ndarray, list[np.ndarray]]:
         if self._stopped:
             raise RuntimeError(self._stopped)
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((features, state, future, decode))
+        await self._queue.put((features, state, future, decode, live))
         return await future
 
     def _run(self, items: list) -> tuple[list, float]:
@@ -105,6 +116,7 @@ class ModelBatcher:
                 items = [it for it in items if not it[2].done()]  # callers that gave up (cancelled)
                 if not items:
                     continue
+                started = time.monotonic()
                 try:
                     outputs, seconds = await loop.run_in_executor(self._executor, self._run, items)
                 except Exception as e:  # every waiting stream learns of it; the loop goes on
@@ -113,6 +125,8 @@ class ModelBatcher:
                         if not it[2].done():
                             it[2].set_exception(e)
                     continue
+                live_share = sum(it[4] for it in items) / len(items)
+                self._busy.append((time.monotonic(), (time.monotonic() - started) * live_share))
                 self._on_batch(seconds, len(items))
                 for it, out in zip(items, outputs):
                     if not it[2].done():

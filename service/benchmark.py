@@ -1,7 +1,7 @@
 """Load benchmark: concurrent real-time streams and unary throughput, over loopback.
 
     python -m service.benchmark [--streams 1,8,16,32,64] [--seconds 10] [--target HOST:PORT]
-        [--clips MANIFEST] [--decoder native,python] [--beam-width N] [-- SERVER FLAGS]
+        [--clips MANIFEST] [--decoder native,python] [--beam-width N] [--ramp-seconds S] [-- SERVER FLAGS]
 
 Without --target it starts `python -m service` on free loopback ports (extra
 server flags after `--`) and reads that process's CPU time; with --decoder it
@@ -21,7 +21,16 @@ stream count:
   output ends the look-ahead before the chunk does; the chunk length and
   look-ahead are algorithmic delay on top of what this measures;
 - final latency: half-close -> the last final result;
-- server CPU seconds per second of audio, and errors.
+- server CPU seconds per second of audio;
+- refused: streams the server shed (RESOURCE_EXHAUSTED before any result, as it
+  answers when its streams fall behind real time), and other errors.
+
+Streams start spread over one message, or with --ramp-seconds over that long (as
+callers arrive, so that load shedding can act on the lag they cause).
+
+With --request-cost it measures instead the server CPU per audio second of a
+default Recognize and of the costliest one the server accepts (beam 256, 100
+hotword phrases of 100 characters, 10 alternatives, word offsets).
 
 Then unary throughput: Recognize on the sample clips, 4 at a time. Prints a Markdown
 table, and per engine the most streams held: p95 partial latency within
@@ -32,6 +41,7 @@ import argparse
 import asyncio
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -49,6 +59,7 @@ Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 
 async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_delay: float, beam_width: int,
                      out: dict) -> None:
+    """One real-time stream; `out` gets its latencies, and its error code if it failed."""
     await asyncio.sleep(start_delay)
     step = int(MESSAGE_S * RATE) * 2
     sent_at: list[tuple[float, float]] = []  # (audio seconds sent so far, send time)
@@ -82,25 +93,32 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
                 if result.is_final:
                     out["last_final"] = now
     except grpc.aio.AioRpcError as e:
-        out["errors"].append(e.code().name)
+        # grpc aio's client reports a refusal that races with its own next write as INTERNAL "Internal
+        # error from Core" (grpc/grpc#36066): the server's asr_load_shed_total counts them as refusals.
+        shed = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED or (
+            e.code() == grpc.StatusCode.INTERNAL and e.details() == "Internal error from Core")
+        refused = shed and "last_final" not in out and not out["partial"]
+        out["refused" if refused else "errors"].append(e.code().name)
         return
     if "half_close" in out and "last_final" in out:
         out["final"] = out["last_final"] - out["half_close"]
 
 
 async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay_s: float,
-                      clips: list[np.ndarray] | None, beam_width: int) -> dict:
+                      clips: list[np.ndarray] | None, beam_width: int, ramp_s: float = 0.0) -> dict:
     pcms = [test_audio(seconds, clips, first=i).astype("<i2").tobytes() for i in range(n if clips else 1)]
-    results = [{"partial": [], "errors": []} for _ in range(n)]
+    results = [{"partial": [], "errors": [], "refused": []} for _ in range(n)]
+    spread = ramp_s or MESSAGE_S  # at least over one message, so that streams do not arrive in lockstep
     async with grpc.aio.insecure_channel(target) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
-        # Spread stream starts over one message so they do not all arrive in lockstep.
-        await asyncio.gather(*(one_stream(stub, pcms[i % len(pcms)], chunk_s, delay_s, i * MESSAGE_S / n, beam_width, r)
+        await asyncio.gather(*(one_stream(stub, pcms[i % len(pcms)], chunk_s, delay_s, i * spread / n, beam_width, r)
                                for i, r in enumerate(results)))
     partial = np.array([x for r in results for x in r["partial"]])
     final = np.array([r["final"] for r in results if "final" in r])
-    return {"partial": partial, "final": final, "errors": sum(len(r["errors"]) for r in results),
-            "audio_s": n * seconds}
+    refused = sum(len(r["refused"]) for r in results)
+    codes = Counter(code for r in results for code in r["errors"])
+    return {"partial": partial, "final": final, "errors": sum(codes.values()), "codes": codes,
+            "refused": refused, "audio_s": (n - refused) * seconds}
 
 
 async def unary_throughput(target: str, requests: int, concurrency: int) -> float:
@@ -119,6 +137,31 @@ async def unary_throughput(target: str, requests: int, concurrency: int) -> floa
         return sum(audio_s[i % 2] for i in range(requests)) / (time.perf_counter() - started)
 
 
+def worst_config() -> asr_pb2.RecognitionConfig:
+    """The costliest request the server accepts: widest beam, most and longest hotwords, most
+    alternatives, word offsets, the LM on."""
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    phrases = [" ".join(words[(i + j) % 10] + str(i) for j in range(20))[:100] for i in range(100)]
+    return asr_pb2.RecognitionConfig(max_alternatives=10, enable_word_time_offsets=True,
+                                     speech_contexts=[asr_pb2.SpeechContext(phrases=phrases, boost=100)],
+                                     decoder=asr_pb2.DecoderOptions(beam_width=256))
+
+
+async def request_cost(target: str, pid: int, requests: int) -> None:
+    """Server CPU seconds per audio second of the default request and of the costliest allowed."""
+    clips = [(SAMPLES / n).read_bytes() for n in ("what_time.wav", "phone.flac")]
+    audio_s = sum(sf.info(SAMPLES / n).duration for n in ("what_time.wav", "phone.flac")) * requests / 2
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        for label, config in (("default request", asr_pb2.RecognitionConfig()), ("costliest allowed", worst_config())):
+            cpu0 = cpu_seconds(pid)
+            started = time.perf_counter()
+            for i in range(requests):
+                await stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=clips[i % 2]), timeout=120)
+            print(f"{label}: {(cpu_seconds(pid) - cpu0) / audio_s:.3f} server CPU s per audio s, "
+                  f"{audio_s / (time.perf_counter() - started):.1f} audio s per wall s (one at a time)", flush=True)
+
+
 def pct(values: np.ndarray, q: float) -> str:
     return f"{1000 * np.percentile(values, q):.0f}" if len(values) else "-"
 
@@ -134,19 +177,20 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
           f"{a.seconds:.0f} s per stream of "
           f"{f'{len(clips)} clips of {a.clips}' if clips else 'the sample clips'}; {os.cpu_count()} CPUs", flush=True)
     print("\n| decoder | streams | partial p50 / p95 / p99 (ms) | final p50 / p95 (ms) | server CPU s per audio s "
-          "| errors |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| refused | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     held, unary = {}, {}
     for label, target, pid in servers:
         held[label] = 0
         for n in a.streams:
             cpu0 = cpu_seconds(pid) if pid else None
-            r = await run_streams(target, n, a.seconds, chunk_s, delay_s, clips, a.beam_width)
-            cpu = f"{(cpu_seconds(pid) - cpu0) / r['audio_s']:.3f}" if pid else "-"
+            r = await run_streams(target, n, a.seconds, chunk_s, delay_s, clips, a.beam_width, a.ramp_seconds)
+            cpu = f"{(cpu_seconds(pid) - cpu0) / max(r['audio_s'], 1e-9):.3f}" if pid else "-"
             print(f"| {label} | {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
-                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['errors']} |", flush=True)
+                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['refused']} | {r['errors']}{' (' + ', '.join(f'{c} {k}' for k, c in r['codes'].items()) + ')' if r['errors'] else ''} |",
+                  flush=True)
             if not r["errors"] and len(r["partial"]) and np.percentile(r["partial"], 95) * 1000 <= a.held_ms:
-                held[label] = max(held[label], n)
+                held[label] = max(held[label], n - r["refused"])
         unary[label] = await unary_throughput(target, a.unary_requests, 4)
     print()
     for label in held:
@@ -165,10 +209,13 @@ def main() -> None:
     p.add_argument("--decoder", help="beam search engines to compare, each on its own server (e.g. native,python)")
     p.add_argument("--beam-width", type=int, default=0, help="streams ask for this beam (0: the server's default)")
     p.add_argument("--held-ms", type=float, default=150.0, help="p95 partial latency a held stream count keeps")
+    p.add_argument("--ramp-seconds", type=float, default=0.0, help="start the streams spread over this long")
+    p.add_argument("--request-cost", action="store_true",
+                   help="instead: CPU per audio second of a default Recognize and of the costliest one allowed")
     p.add_argument("server_args", nargs="*", help="after --: flags for the servers it starts")
     a = p.parse_args()
-    if a.target and a.decoder:
-        p.error("--decoder starts its own servers: not with --target")
+    if (a.target and a.decoder) or (a.target and a.request_cost):
+        p.error("--decoder and --request-cost start their own servers: not with --target")
     clips = read_clips(a.clips, CLIP_LIMIT) if a.clips else None
     engines = a.decoder.split(",") if a.decoder else [None]
     servers, processes = [], []
@@ -181,7 +228,12 @@ def main() -> None:
             process, target = start_server(flags + (["--decoder", engine] if engine else []))
             processes.append(process)
             servers.append((engine or "default", target, process.pid))
-        asyncio.run(table(servers, a, clips))
+        if a.request_cost:
+            for label, target, pid in servers:
+                print(f"decoder {label}:")
+                asyncio.run(request_cost(target, pid, 20))
+        else:
+            asyncio.run(table(servers, a, clips))
     finally:
         for process in processes:
             process.terminate()

@@ -30,10 +30,12 @@ class ServerConfig:
     max_concurrent_streams: int = 64
     max_concurrent_recognize: int = 4
     max_stream_lag_seconds: float = 1.0
+    max_model_busy_ratio: float = 0.85
     max_batch: int = 32
     max_canary_sets: int = 10
     max_batch_wait_ms: float = 0.0
     max_chunk_bytes: int = 1024 * 1024
+    max_messages_per_second: float = 200.0
     stream_idle_timeout_seconds: float = 30.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -69,7 +71,7 @@ class ServerConfig:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
         for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
-                     "max_message_bytes", "max_concurrent_streams", "max_concurrent_recognize", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "max_chunk_bytes",
+                     "max_message_bytes", "max_concurrent_streams", "max_concurrent_recognize", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "max_chunk_bytes", "max_messages_per_second",
                      "stream_idle_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -84,6 +86,8 @@ class ServerConfig:
         for name, value in zip(("left_context_ms", "chunk_ms", "right_context_ms"), self.window_ms):
             if value is not None and value < (1 if name == "chunk_ms" else 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be {'positive' if name == 'chunk_ms' else 'at least 0'}")
+        if not 0 < self.max_model_busy_ratio <= 1:
+            raise ValueError("--max-model-busy-ratio must be above 0 and at most 1")
         if self.max_canary_sets < 2:
             raise ValueError("--max-canary-sets must be at least 2 (\"default\" and \"other\" are two)")
         if self.max_batch_wait_ms < 0:
@@ -113,11 +117,15 @@ HELP = {
                                 "(RESOURCE_EXHAUSTED past it)",
     "max_stream_lag_seconds": "load shedding: while a live stream is this far behind real time, new streams and "
                               "whole-file calls get RESOURCE_EXHAUSTED (until the lag falls below half of it)",
+    "max_model_busy_ratio": "load shedding: while the model (with its batch decoding) runs more than this share of "
+                            "the last 2 s, new streams and whole-file calls get RESOURCE_EXHAUSTED (1: never)",
     "max_batch": "most stream chunks run in one model call",
     "max_canary_sets": "distinct canary set labels in metrics, 'default' and 'other' included; further sets are "
                        "counted as 'other'",
     "max_batch_wait_ms": "how long a ready chunk may wait for others to batch with (0: take what is queued)",
     "max_chunk_bytes": "largest audio_content in one streaming message (OUT_OF_RANGE past it)",
+    "max_messages_per_second": "a stream's messages are read at most this often (faster senders are slowed by "
+                               "flow control, not refused)",
     "stream_idle_timeout_seconds": "a stream that sends nothing for this long ends with OUT_OF_RANGE",
     "tls_cert": "PEM certificate chain: serve TLS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",

@@ -30,6 +30,8 @@ class Metrics:
         self.active_streams = Gauge("asr_active_streams", "Open streams (gRPC and WebSocket)", registry=r)
         self.stream_lag = Gauge("asr_stream_lag_seconds", "How far the live stream furthest behind real time is",
                                 registry=r)
+        self.model_busy = Gauge("asr_model_busy_ratio", "Share of the last 2 s the model and its batch decoding ran",
+                                registry=r)
         self.load_shed = Counter("asr_load_shed_total", "Calls refused because live streams were behind real time",
                                  ["method"], registry=r)
         self.inference = Histogram("asr_inference_seconds", "One ONNX Runtime model call", ["provider"],

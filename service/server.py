@@ -103,6 +103,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
                                                                                  metrics.batch_size.observe(n)),
                            decode=recognizer.decode_many)
     batcher.start()
+    metrics.model_busy.set_function(batcher.busy_ratio)
     speech = Speech(recognizer, batcher, pool, metrics, cfg)
     asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech), server)
     health_servicer = health.aio.HealthServicer()

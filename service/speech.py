@@ -198,11 +198,14 @@ class Speech:
             self.metrics.requests.labels(method, status.name).inc()
 
     def _shed(self, method: str) -> None:
-        """New work is refused while live streams are behind real time, so that they catch up."""
-        if self.lag.shedding:
+        """New work is refused while the model is busy near its capacity with live streams (before
+        they fall behind), and while live streams are behind real time (so that they catch up)."""
+        busy = self.batcher.busy_ratio()
+        if self.lag.shedding or busy > self.cfg.max_model_busy_ratio:
             self.metrics.load_shed.labels(method).inc()
-            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"the server is over capacity (its streams are "
-                               f"{self.lag.worst:.1f} s behind real time); retry with backoff")
+            why = (f"its streams are {self.lag.worst:.1f} s behind real time" if self.lag.shedding
+                   else f"the model is busy {busy:.0%} of the time")
+            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"the server is at capacity ({why}); retry with backoff")
 
     @contextlib.asynccontextmanager
     async def stream_slot(self, method: str):
@@ -285,10 +288,11 @@ class Speech:
         async for event in self._file_events(method, config, audio, self.cfg.endpoint):
             yield event
 
-    async def _advance(self, stream: StreamState, chunks: list[np.ndarray], progress: Progress) -> Progress:
+    async def _advance(self, stream: StreamState, chunks: list[np.ndarray], progress: Progress,
+                       live: bool) -> Progress:
         """Model steps through the batcher, decoding on the worker pool, chunk after chunk."""
         for chunk in chunks:  # the batcher decodes each batch's outputs (Recognizer.decode_many)
-            logprobs, state = await self.batcher.step(chunk, stream.model_state, stream.decode)
+            logprobs, state = await self.batcher.step(chunk, stream.model_state, stream.decode, live)
             await self._run(self.recognizer.consume, stream, logprobs, state, progress)
         return progress
 
@@ -334,6 +338,7 @@ class Speech:
         first_audio_at: float | None = None
         sent_result = not live
         lag = 0.0
+        next_read = 0.0  # live streams: messages are read at most --max-messages-per-second
 
         def events(progress: Progress, last: bool) -> list[Event]:
             out: list[Event] = []
@@ -371,6 +376,11 @@ class Speech:
 
         try:
             async for data in audio:
+                if live:  # a flood of tiny messages is read no faster: gRPC's flow control holds the rest
+                    now = time.perf_counter()
+                    if now < next_read:
+                        await asyncio.sleep(next_read - now)
+                    next_read = max(now, next_read) + 1 / self.cfg.max_messages_per_second
                 if len(data) > self.cfg.max_chunk_bytes:
                     raise ServiceError(Status.OUT_OF_RANGE, f"an audio message of {len(data)} bytes; "
                                        f"at most {self.cfg.max_chunk_bytes} per message")
@@ -381,7 +391,7 @@ class Speech:
                 if pcm.samples_in / pcm.fmt.sample_rate > self.cfg.max_stream_audio_seconds:
                     raise ServiceError(Status.OUT_OF_RANGE, "stream audio exceeds "
                                        f"{self.cfg.max_stream_audio_seconds:g} s")
-                progress = await self._advance(stream, chunks, Progress())
+                progress = await self._advance(stream, chunks, Progress(), live)
                 out = events(progress, last=False)
                 if (sc.interim_results and not progress.finals and progress.frames
                         and (partial := self.recognizer.partial(stream))[0].text):
@@ -400,7 +410,7 @@ class Speech:
                 pcm.finish()
                 return
             half_closed = time.perf_counter()
-            progress = await self._advance(stream, await self._run(self._front_end_last, stream), Progress())
+            progress = await self._advance(stream, await self._run(self._front_end_last, stream), Progress(), live)
             await self._run(self.recognizer.close, stream, progress)
             out = events(progress, last=True)
             observe(out, half_closed, time.perf_counter())

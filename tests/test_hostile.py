@@ -247,8 +247,24 @@ def test_streams_behind_real_time_shed_new_calls_until_they_catch_up(make_server
         assert value(samples, "asr_load_shed_total", method="Recognize") == 1
         behind.join()
         slow.delay = 0.0
+        while srv.running.speech.batcher.busy_ratio() > 0.85:  # the busy window (2 s) passes
+            time.sleep(0.1)
         assert status(stub, cfg())[0] == grpc.StatusCode.OK  # caught up: admitted again
         assert value(scrape(srv.running.metrics_port), "asr_stream_lag_seconds") == 0
+
+
+def test_a_model_busy_near_capacity_sheds_before_streams_fall_behind(make_server):
+    srv = make_server(max_model_busy_ratio=0.2)
+    session = srv.running.speech.recognizer.session
+    session.session = FaultySession(session.session, delay=0.3)
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        assert status(stub, cfg())[0] == grpc.StatusCode.OK  # whole-file work only fills spare capacity
+        assert status(stub, cfg())[0] == grpc.StatusCode.OK
+        stream_responses(stub, [pcm("what_time.wav")])  # a live stream's model calls keep the model busy
+        code, details = status(stub, cfg())
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "the model is busy" in details
+        assert value(scrape(srv.running.metrics_port), "asr_model_busy_ratio") > 0.2
 
 
 def test_an_empty_environment_variable_is_a_clear_error():
