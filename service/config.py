@@ -131,7 +131,8 @@ HELP = {
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     "auth_tokens_file": "file of bearer tokens, one per line: calls need `authorization: Bearer <token>`",
-    "endpointing": "streams: end utterances (final results) at silences; false: one final at half-close",
+    "endpointing": "streams: end utterances (final results) at silences; false: finals only at "
+                   "--endpoint-max-utterance-seconds and at half-close",
     "endpoint_silence_after_speech_seconds": "trailing silence after speech that ends an utterance",
     "endpoint_silence_no_speech_seconds": "silence with nothing decoded after which the utterance is dropped",
     "endpoint_max_utterance_seconds": "longest utterance before a final is forced",

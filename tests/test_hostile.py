@@ -3,21 +3,22 @@ outside the documented ones, faults that stay inside the batch they hit, load
 shed while streams fall behind real time, and the bugs a read of the code
 found, each reproduced first."""
 
+import asyncio
 import math
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import grpc
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from conftest import BUNDLED, ROOT, SAMPLES
+from conftest import BUNDLED, ROOT, SAMPLES, TEST_CONFIG, ServerThread
 from test_metrics import scrape, value
 from test_recognize import CLIPS
 from test_streaming import pcm
@@ -298,3 +299,35 @@ def test_a_broken_model_directory_fails_at_start_naming_the_file(tmp_path, case)
     last = run.stderr.strip().splitlines()[-1]
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert message in last and (str(model / name) in last or name in last), last
+
+
+def test_refusals_while_draining_and_oversize_requests_are_counted():
+    srv = ServerThread(replace(TEST_CONFIG, max_message_bytes=100_000))
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        code, details = status(stub, cfg(encoding=Encoding.LINEAR16, sample_rate_hertz=16000), bytes(100_002))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-message-bytes" in details
+        release = threading.Event()
+
+        def held():  # a stream in flight while the server drains
+            yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+                config=cfg(encoding=Encoding.LINEAR16, sample_rate_hertz=16000)))
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm("what_time.wav"))
+            release.wait(10)
+        responses = []
+        stream = threading.Thread(target=lambda: responses.extend(stub.StreamingRecognize(held(), timeout=30)))
+        stream.start()
+        while srv.running.speech.active_streams < 1:
+            time.sleep(0.01)
+        stopping = asyncio.run_coroutine_threadsafe(srv.running.stop(10.0), srv.loop)
+        while not srv.running.speech.draining:
+            time.sleep(0.01)
+        assert status(stub, cfg())[0] == grpc.StatusCode.UNAVAILABLE
+        samples = scrape(srv.running.metrics_port)
+        release.set()
+        stream.join(10)
+        stopping.result(20)
+    srv.loop.call_soon_threadsafe(srv.loop.stop)
+    assert value(samples, "asr_requests_total", method="Recognize", code="UNAVAILABLE") == 1
+    assert value(samples, "asr_requests_total", method="Recognize", code="RESOURCE_EXHAUSTED") == 1
+    assert [r.results[0].alternatives[0].transcript for r in responses if r.results] == [CLIPS["what_time.wav"]]
