@@ -16,6 +16,7 @@ call (its status printed), 2 the file cannot be read or the arguments are wrong.
 
 import argparse
 import glob
+import json
 import sys
 import time
 from pathlib import Path
@@ -78,25 +79,39 @@ def unary_audio(path: Path, config: asr_pb2.RecognitionConfig, encoding: str = "
     return pcm, seconds
 
 
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
 def add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="localhost:50051")
+    p.add_argument("--target", default="localhost:50051",
+                   help="HOST:PORT, or any gRPC target: dns:///NAME:PORT (every address the name resolves to, "
+                        "e.g. a Kubernetes headless Service), ipv4:ADDR:PORT,ADDR:PORT")
+    p.add_argument("--round-robin", action="store_true",
+                   help="spread calls over every address of --target (client-side balancing), not the first only")
     p.add_argument("--ca", type=Path, help="PEM CA bundle: connect with TLS, trusting it")
     p.add_argument("--cert", type=Path, help="PEM client certificate (mutual TLS), with --key")
     p.add_argument("--key", type=Path, help="PEM private key of --cert")
     p.add_argument("--token", help="bearer token sent as `authorization` metadata")
+    p.add_argument("--token-file", type=Path, help="or the first token of a tokens file (as the server's "
+                                                    "--auth-tokens-file: one a line, # comments)")
 
 
 def open_channel(a: argparse.Namespace) -> grpc.Channel:
+    options = [("grpc.service_config", ROUND_ROBIN)] if a.round_robin else []
     if not a.ca:
-        return grpc.insecure_channel(a.target)
+        return grpc.insecure_channel(a.target, options)
     creds = grpc.ssl_channel_credentials(
         root_certificates=a.ca.read_bytes(), private_key=a.key.read_bytes() if a.key else None,
         certificate_chain=a.cert.read_bytes() if a.cert else None)
-    return grpc.secure_channel(a.target, creds)
+    return grpc.secure_channel(a.target, creds, options)
 
 
 def call_metadata(a: argparse.Namespace) -> list[tuple[str, str]] | None:
-    return [("authorization", f"Bearer {a.token}")] if a.token else None
+    token = a.token
+    if a.token_file:
+        token = next(t for t in (line.strip() for line in a.token_file.read_text().splitlines())
+                     if t and not t.startswith("#"))
+    return [("authorization", f"Bearer {token}")] if token else None
 
 
 def print_final(alt: asr_pb2.SpeechRecognitionAlternative, endpoint_reason: str = "") -> None:

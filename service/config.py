@@ -27,6 +27,8 @@ class ServerConfig:
     max_stream_audio_seconds: float = 300.0
     max_message_bytes: int = 10 * 1024 * 1024
     grace_seconds: float = 10.0
+    max_connection_age_seconds: float = 300.0
+    max_connection_age_grace_seconds: float = 300.0
     max_concurrent_streams: int = 64
     max_concurrent_recognize: int = 4
     max_stream_lag_seconds: float = 1.0
@@ -71,7 +73,7 @@ class ServerConfig:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
         for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
-                     "max_message_bytes", "max_concurrent_streams", "max_concurrent_recognize", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "max_chunk_bytes", "max_messages_per_second",
+                     "max_message_bytes", "max_connection_age_seconds", "max_connection_age_grace_seconds", "max_concurrent_streams", "max_concurrent_recognize", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "max_chunk_bytes", "max_messages_per_second",
                      "stream_idle_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -112,6 +114,10 @@ HELP = {
     "max_stream_audio_seconds": "longest audio one StreamingRecognize call accepts (OUT_OF_RANGE past it)",
     "max_message_bytes": "largest gRPC message accepted (RESOURCE_EXHAUSTED past it)",
     "grace_seconds": "on SIGTERM, how long in-flight calls may take to finish",
+    "max_connection_age_seconds": "gRPC connections are asked to go away (GOAWAY) after this long, so that clients "
+                                  "re-resolve and spread over replicas",
+    "max_connection_age_grace_seconds": "calls still open on an aged connection get this long to finish (streams "
+                                        "run up to --max-stream-audio-seconds)",
     "max_concurrent_streams": "StreamingRecognize calls served at once (RESOURCE_EXHAUSTED past it)",
     "max_concurrent_recognize": "whole-file calls (Recognize, HTTP transcriptions) served at once "
                                 "(RESOURCE_EXHAUSTED past it)",

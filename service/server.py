@@ -94,6 +94,10 @@ async def start(cfg: ServerConfig) -> RunningServer:
     server = grpc.aio.server(interceptors=interceptors,
                              # no SO_REUSEPORT: a second server on a taken port must fail, not share it
                              options=[("grpc.so_reuseport", 0),
+                                      # long-lived connections go away in time, so clients spread over replicas
+                                      ("grpc.max_connection_age_ms", int(cfg.max_connection_age_seconds * 1000)),
+                                      ("grpc.max_connection_age_grace_ms",
+                                       int(cfg.max_connection_age_grace_seconds * 1000)),
                                       # up to SLACK over the limit the servicer refuses (and counts) it
                                       ("grpc.max_receive_message_length", cfg.max_message_bytes + SLACK),
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
