@@ -5,15 +5,19 @@
 ARG BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 FROM ${BASE} AS build
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-dev g++ zlib1g-dev \
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ make zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md /src/
 COPY ctc_asr /src/ctc_asr
 COPY service /src/service
 COPY models/__init__.py /src/models/__init__.py
 COPY export/__init__.py /src/export/__init__.py
-# The native beam search is compiled in the source tree, then installed with it.
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir /src \
+# The native beam search is compiled in the source tree, then installed with it. A build behind a
+# TLS-intercepting proxy passes the proxy's CA bundle as a secret (it stays out of the image):
+#   --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir /src \
     && cd /src && /opt/venv/bin/python -m service.native.build \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall /src
 

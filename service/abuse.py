@@ -26,16 +26,11 @@ import numpy as np
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.benchmark import run_streams
-from service.loadgen import RATE, cpu_seconds, start_server, test_audio
+from service.loadgen import RATE, cpu_seconds, rss_mb, start_server, test_audio
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 STREAM_CONFIG = asr_pb2.StreamingRecognitionConfig(
     config=asr_pb2.RecognitionConfig(encoding=Encoding.LINEAR16, sample_rate_hertz=RATE), interim_results=True)
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 async def tiny_messages(target: str, seconds: float, stop: asyncio.Event) -> None:
