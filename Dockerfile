@@ -1,5 +1,6 @@
 # The service image: CUDA-capable ONNX Runtime, the bundled model, no torch, non-root.
-# Not built in this project's CI (no Docker engine there); see README.
+# CI builds the CPU image without a Docker engine and smoke-tests it: scripts/build_image.sh
+# (buildah, on a debootstrapped Debian base: --build-arg BASE=localhost/debian-bookworm-base).
 #   docker build -t ctc-asr . && docker run --gpus all -p 50051:50051 -p 8080:8080 -p 8000:8000 ctc-asr
 # onnxruntime-gpu 1.31 wants CUDA 13 and cuDNN 9; without a GPU it falls back to the CPU provider.
 ARG BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04

@@ -84,6 +84,10 @@ def test_manifests_agree_with_the_service_flags_and_metrics():
     assert grace >= pre_stop + cfg["grace_seconds"] + 5  # the drain fits before the kill
     live = container["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] > grace  # a draining pod is not restarted
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"--uid {pod['securityContext']['runAsUser']} " in dockerfile  # the image's user
+    exposed = re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split()
+    assert sorted(map(int, exposed)) == sorted(ports.values())
     mounted = {v["mountPath"] for v in container["volumeMounts"]}
     assert str(Path(cfg["auth_tokens_file"]).parent) in mounted
 

@@ -43,7 +43,8 @@ def kenlm_source() -> Path:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "kenlm",
                         "-d", tmp, f"kenlm=={KENLM_VERSION}"], check=True)
         with tarfile.open(next(Path(tmp).glob("kenlm-*.tar.gz"))) as tar:
-            tar.extractall(tmp, filter="data")
+            # the "data" filter (no paths out of tmp) exists from Python 3.11.4 (Debian 12 has 3.11.2)
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         src = next(p for p in Path(tmp).iterdir() if p.is_dir() and p.name.startswith("kenlm-"))
         if not KENLM_DIR.exists():
             shutil.move(src, KENLM_DIR)
