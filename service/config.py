@@ -11,9 +11,28 @@ from service.endpointing import EndpointConfig
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
 
 
+ModelArg = tuple[str, Path]  # (name, directory); "" names a model by its own model.json name
+
+
+def model_args(value: "str | Path | tuple") -> tuple[ModelArg, ...]:
+    """`--model [NAME=]DIR`, repeated (or CTC_ASR_MODEL, comma-separated): the first is the default."""
+    if isinstance(value, (str, Path)):
+        value = [value] if isinstance(value, Path) else value.split(",")
+    out = []
+    for item in value:
+        if isinstance(item, tuple):
+            out.append((item[0], Path(item[1])))
+            continue
+        name, sep, directory = str(item).partition("=")
+        out.append((name, Path(directory)) if sep and name and "/" not in name else ("", Path(item)))
+    if not out or any(str(d) in ("", ".") for _, d in out):
+        raise ValueError("--model needs a model directory ([NAME=]DIR)")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    model: Path = BUNDLED_MODEL
+    model: tuple[ModelArg, ...] = (("", BUNDLED_MODEL),)
     host: str = "0.0.0.0"
     port: int = 50051
     metrics_host: str = "0.0.0.0"
@@ -64,6 +83,10 @@ class ServerConfig:
                               self.endpoint_blank_threshold)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model", model_args(self.model))  # a bare directory is one model
+        names = [name for name, _ in self.model if name]
+        if len(names) != len(set(names)):
+            raise ValueError(f"--model names must differ: {', '.join(names)}")
         _ = self.endpoint  # EndpointConfig checks the endpoint settings
         if self.provider not in ("auto", "cuda", "cpu"):
             raise ValueError(f"--provider must be auto, cuda or cpu, not {self.provider!r}")
@@ -97,7 +120,8 @@ class ServerConfig:
 
 
 HELP = {
-    "model": "model directory written by `python -m export` (default: the bundled model)",
+    "model": "[NAME=]DIR: a model directory written by `python -m export`; repeat to serve several, the first "
+             "the default (NAME: what requests ask for; default: the model's own name; default: the bundled model)",
     "host": "gRPC listen address",
     "port": "gRPC port (0: any free port)",
     "metrics_host": "address of the /metrics HTTP server (e.g. 127.0.0.1 to keep it local)",
@@ -149,6 +173,7 @@ HELP = {
 }
 
 
+REPEATED = ("model",)  # flags that may be given more than once
 EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str: "a value", Path: "a path"}
 
 
@@ -175,13 +200,17 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p = argparse.ArgumentParser(prog="python -m service", description="ctc-asr gRPC speech recognition server")
     for f in fields(ServerConfig):
         env = f"CTC_ASR_{f.name.upper()}"
-        p.add_argument(f"--{f.name.replace('_', '-')}", default=os.environ.get(env, f.default),
-                       metavar="BOOL" if f.type is bool else None,
-                       help=f"{HELP[f.name]} [env {env}; default %(default)s]")
+        repeated = f.name in REPEATED
+        p.add_argument(f"--{f.name.replace('_', '-')}", default=None if repeated else os.environ.get(env, f.default),
+                       action="append" if repeated else "store", metavar="BOOL" if f.type is bool else None,
+                       help=f"{HELP[f.name]} [env {env}" + ("]" if repeated else "; default %(default)s]"))
     args = vars(p.parse_args(argv))
     values = {}
     for f in fields(ServerConfig):
         try:
+            if f.name in REPEATED:
+                values[f.name] = model_args(args[f.name] or os.environ.get(f"CTC_ASR_{f.name.upper()}") or f.default)
+                continue
             values[f.name] = _convert(f.type, args[f.name])
         except ValueError as e:
             p.error(f"--{f.name.replace('_', '-')} (or CTC_ASR_{f.name.upper()}): {e}")

@@ -4,7 +4,7 @@
   clients call it (multipart `file`, `model`, `language`, `prompt`,
   `response_format`, `timestamp_granularities[]`, `temperature`, `stream`),
   plus `format_numbers`; errors as OpenAI's JSON errors.
-- `GET /v1/models`: the served model, in OpenAI's list shape.
+- `GET /v1/models`: the served models, in OpenAI's list shape.
 - `/v1/stream`: WebSocket streaming, `StreamingRecognitionConfig` and
   `StreamingRecognizeResponse` in protobuf's JSON mapping.
 - `/`: a page that streams the microphone; `/healthz`, `/readyz`.
@@ -69,13 +69,13 @@ class TranscriptionRequest:
     stream: bool
 
 
-def _transcription_request(form, model_name: str) -> TranscriptionRequest:
+def _transcription_request(form, served: list[str]) -> TranscriptionRequest:
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise FormError("file", "an audio file is required (multipart field `file`)")
     model = form.get("model", "")
-    if model not in ("", model_name):
-        raise FormError("model", f"{model!r} is not served; this server serves {model_name!r}")
+    if model and model not in served:
+        raise FormError("model", f"{model!r} is not served; this server serves {', '.join(map(repr, served))}")
     response_format = form.get("response_format", "json")
     if response_format not in RESPONSE_FORMATS:
         raise FormError("response_format", f"one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}")
@@ -88,7 +88,7 @@ def _transcription_request(form, model_name: str) -> TranscriptionRequest:
         temperature = -1.0
     if not 0 <= temperature <= 1:
         raise FormError("temperature", "a number between 0 and 1")
-    config = asr_pb2.RecognitionConfig(language_code=form.get("language", ""), enable_word_time_offsets=True,
+    config = asr_pb2.RecognitionConfig(model=model, language_code=form.get("language", ""), enable_word_time_offsets=True,
                                        format_numbers=_flag(form.get("format_numbers", ""), "format_numbers"))
     return TranscriptionRequest(upload.file.read(), config, response_format, "word" in granularities,
                                 "segment" in granularities or not granularities,
@@ -185,10 +185,10 @@ class HttpApi:
             self._authorize(request)
         except ServiceError as e:
             return _openai_error(e)
-        spec = self.speech.spec
         return web.json_response({"object": "list", "data": [
-            {"id": spec.name, "object": "model", "created": 0, "owned_by": "ctc-asr", "version": spec.version,
-             "sample_rate_hertz": spec.features.sample_rate, "language_code": spec.language_code}]})
+            {"id": name, "object": "model", "created": 0, "owned_by": "ctc-asr", "version": served.spec.version,
+             "sample_rate_hertz": served.spec.features.sample_rate, "language_code": served.spec.language_code}
+            for name, served in self.speech.models.items()]})
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -199,7 +199,7 @@ class HttpApi:
                 except web.HTTPRequestEntityTooLarge:
                     raise ServiceError(Status.OUT_OF_RANGE, "the request is larger than "
                                        f"{self.cfg.max_message_bytes} bytes (--max-message-bytes)") from None
-                req = _transcription_request(form, self.speech.spec.name)
+                req = _transcription_request(form, list(self.speech.models))
                 events = self.speech.transcribe_file("HTTPTranscriptions", req.config, req.audio)
                 if req.stream:
                     return await self._stream_sse(request, events)

@@ -6,6 +6,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service import canary
 from service.batcher import ModelBatcher
 from service.config import ServerConfig
 from service.decoder import CtcDecoder
@@ -22,7 +24,7 @@ from service.recognizer import Recognizer
 from service.http_api import HttpApi
 from service.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
 from service.servicer import SpeechServicer
-from service.speech import Speech
+from service.speech import ServedModel, Speech
 
 log = logging.getLogger(__name__)
 SLACK = 1024 * 1024
@@ -63,9 +65,9 @@ class StartupError(Exception):
     """The server cannot start as configured (a port in use): one line for the operator."""
 
 
-async def start(cfg: ServerConfig) -> RunningServer:
-    spec = ModelSpec.load(cfg.model, cfg.window_ms)
-    metrics = Metrics()
+def load_model(name: str, directory: Path, cfg: ServerConfig, metrics: Metrics) -> ServedModel:
+    """One model directory, loaded, warmed up and given its own batcher (started by the caller)."""
+    spec = ModelSpec.load(directory, cfg.window_ms)
     try:
         session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
         warmed = session.warm_up(cfg.max_batch)
@@ -78,13 +80,31 @@ async def start(cfg: ServerConfig) -> RunningServer:
         raise ModelDirectoryError(f"{spec.lm}: the language model cannot be loaded ({_first_line(e)})") from e
     inference = metrics.inference.labels(session.provider)
     recognizer = Recognizer(session, decoder, on_inference=inference.observe, on_decode=metrics.decode.observe)
-    metrics.model_info.labels(spec.name, spec.version, session.provider).set(1)
-    metrics.provider_fallbacks.inc(0)  # the series exists from the start, so alerts can compare it
+    name = name or spec.name
+    metrics.model_info.labels(name, spec.version, session.provider).set(1)
     if cfg.provider == "auto" and session.provider == CPU:
         metrics.provider_fallbacks.inc()
-    log.info("model %s %s on %s (%d parameters, LM: %s, beam search: %s; warmed up at batch sizes %s)",
-             spec.name, spec.version, session.provider, spec.parameters, "yes" if recognizer.decoder.has_lm else "no",
-             recognizer.decoder.engine_description, ", ".join(map(str, warmed)))
+    log.info("model %s (%s %s) on %s (%d parameters, LM: %s, beam search: %s; warmed up at batch sizes %s)",
+             name, spec.name, spec.version, session.provider, spec.parameters,
+             "yes" if recognizer.decoder.has_lm else "no", recognizer.decoder.engine_description,
+             ", ".join(map(str, warmed)))
+    batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix=f"asr-model-{name}"), cfg.max_batch,
+                           cfg.max_batch_wait_ms / 1000, on_batch=lambda s, n: (inference.observe(s),
+                                                                                 metrics.batch_size.observe(n)),
+                           decode=recognizer.decode_many)
+    return ServedModel(name, recognizer, batcher, canary.CanaryTracker(metrics, name, cfg.max_canary_sets))
+
+
+async def start(cfg: ServerConfig) -> RunningServer:
+    metrics = Metrics()
+    metrics.provider_fallbacks.inc(0)  # the series exists from the start, so alerts can compare it
+    models = [load_model(name, directory, cfg, metrics) for name, directory in cfg.model]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise StartupError(f"--model: two models are named alike ({', '.join(names)}); name them: --model NAME=DIR")
+    for served in models:
+        served.batcher.start()
+    metrics.model_busy.set_function(lambda: max(m.batcher.busy_ratio() for m in models))
 
     tokens = read_bearer_tokens(cfg.auth_tokens_file) if cfg.auth_tokens_file else None
     def refused(method: str) -> None:
@@ -102,13 +122,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
                                       ("grpc.max_receive_message_length", cfg.max_message_bytes + SLACK),
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
-    batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix="asr-model"), cfg.max_batch,
-                           cfg.max_batch_wait_ms / 1000, on_batch=lambda s, n: (inference.observe(s),
-                                                                                 metrics.batch_size.observe(n)),
-                           decode=recognizer.decode_many)
-    batcher.start()
-    metrics.model_busy.set_function(batcher.busy_ratio)
-    speech = Speech(recognizer, batcher, pool, metrics, cfg)
+    speech = Speech(models, pool, metrics, cfg)
     asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,8 +8,8 @@ from google.protobuf.duration_pb2 import Duration
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.beam_search import vocabulary_kind
 from service.decoder import Hypothesis
-from service.speech import (EndOfSingleUtterance, Event, FinalResult, InterimResult, ServiceError, Speech,
-                            SpeechBegin, SpeechEnd, Status)
+from service.speech import (EndOfSingleUtterance, Event, FinalResult, InterimResult, ServedModel, ServiceError,
+                            Speech, SpeechBegin, SpeechEnd, Status)
 
 SpeechEvent = asr_pb2.StreamingRecognizeResponse.SpeechEventType
 
@@ -57,15 +57,15 @@ def streaming_response(event: Event, word_offsets: bool) -> asr_pb2.StreamingRec
     raise TypeError(f"not a stream event: {event!r}")
 
 
-def model_info(speech: Speech) -> asr_pb2.ModelInfo:
-    s = speech.spec
+def model_info(served: ServedModel) -> asr_pb2.ModelInfo:
+    s, recognizer = served.spec, served.recognizer
     step = s.features.hop_length / s.features.sample_rate
     return asr_pb2.ModelInfo(
-        name=s.name, version=s.version, sample_rate_hertz=s.features.sample_rate, tokens=s.tokens,
+        name=served.name, version=s.version, sample_rate_hertz=s.features.sample_rate, tokens=s.tokens,
         subsampling_factor=s.subsampling_factor, chunk_duration=_duration(s.chunk_frames * step),
-        lookahead=_duration(s.lookahead_frames * step), provider=speech.recognizer.session.provider,
-        has_language_model=speech.recognizer.decoder.has_lm, parameters=s.parameters,
-        language_code=s.language_code, decoder=speech.recognizer.decoder.engine_description,
+        lookahead=_duration(s.lookahead_frames * step), provider=recognizer.session.provider,
+        has_language_model=recognizer.decoder.has_lm, parameters=s.parameters,
+        language_code=s.language_code, decoder=recognizer.decoder.engine_description,
         frontend=s.features.kind + ("" if s.features.normalize == "none" else f", {s.features.normalize} "
                                     "normalization per window"),
         vocabulary=vocabulary_kind(list(s.tokens)), streaming=s.streaming_description)
@@ -127,6 +127,13 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
     async def GetModelInfo(self, request, context):
         try:
             async with self.speech.call("GetModelInfo"):
-                return model_info(self.speech)
+                return model_info(self.speech.model(request.name))
+        except ServiceError as e:
+            await _abort(context, e)
+
+    async def ListModels(self, request, context):
+        try:
+            async with self.speech.call("ListModels"):
+                return asr_pb2.ListModelsResponse(models=[model_info(m) for m in self.speech.models.values()])
         except ServiceError as e:
             await _abort(context, e)

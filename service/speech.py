@@ -146,24 +146,51 @@ class LagTracker:
             self.shedding = False
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """One model a server serves, under the name requests ask for: its streams batch only together."""
+    name: str
+    recognizer: Recognizer
+    batcher: ModelBatcher
+    canaries: canary.CanaryTracker
+
+    @property
+    def spec(self):
+        return self.recognizer.spec
+
+
 class Speech:
-    def __init__(self, recognizer: Recognizer, batcher: ModelBatcher, pool: ThreadPoolExecutor, metrics: Metrics,
+    def __init__(self, models: list[ServedModel], pool: ThreadPoolExecutor, metrics: Metrics,
                  cfg: ServerConfig) -> None:
-        self.recognizer = recognizer
-        self.batcher = batcher
-        self.spec = recognizer.spec
+        """`models`: the first is the default."""
+        self.models = {m.name: m for m in models}
+        self.default = models[0]
         self.metrics = metrics
         self.cfg = cfg
         self._pool = pool
-        self.canaries = canary.CanaryTracker(metrics, self.spec.name, cfg.max_canary_sets)
         self.active_streams = 0  # admitted streams of every transport (grpc.aio's own limit is unreliable)
         self.active_unary = 0
         self.in_flight = 0  # calls of every kind, for draining
         self.draining = False
         self.lag = LagTracker(metrics.stream_lag, cfg.max_stream_lag_seconds)
 
+    @property
+    def spec(self):
+        """The default model's (GetModelInfo without a name, the HTTP API's sample rate)."""
+        return self.default.spec
+
+    def model(self, name: str) -> ServedModel:
+        """The model a request names ("" for the default); INVALID_ARGUMENT naming those served."""
+        if not name:
+            return self.default
+        if name not in self.models:
+            raise ServiceError(Status.INVALID_ARGUMENT, f"model {name!r} is not served; this server serves "
+                               + ", ".join(repr(n) for n in self.models))
+        return self.models[name]
+
     async def close(self) -> None:
-        await self.batcher.stop()
+        for served in self.models.values():
+            await served.batcher.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn, *args):
@@ -200,7 +227,7 @@ class Speech:
     def _shed(self, method: str) -> None:
         """New work is refused while the model is busy near its capacity with live streams (before
         they fall behind), and while live streams are behind real time (so that they catch up)."""
-        busy = self.batcher.busy_ratio()
+        busy = max(served.batcher.busy_ratio() for served in self.models.values())  # they share the machine
         if self.lag.shedding or busy > self.cfg.max_model_busy_ratio:
             self.metrics.load_shed.labels(method).inc()
             why = (f"its streams are {self.lag.worst:.1f} s behind real time" if self.lag.shedding
@@ -236,15 +263,16 @@ class Speech:
         finally:
             self.active_unary -= 1
 
-    def _score_canary(self, opts: RequestOptions, transcript: str) -> asr_pb2.CanaryScore:
+    @staticmethod
+    def _score_canary(served: ServedModel, opts: RequestOptions, transcript: str) -> asr_pb2.CanaryScore:
         result = canary.score(opts.canary_reference, transcript, opts.canary_set)
-        self.canaries.record(result)
+        served.canaries.record(result)
         return result
 
     async def _decode_file(self, config: asr_pb2.RecognitionConfig, audio: bytes) -> tuple[np.ndarray, float]:
         c = config
         samples, seconds = await self._run(decode_unary, audio, c.encoding, c.sample_rate_hertz,
-                                           c.audio_channel_count, self.spec.features.sample_rate,
+                                           c.audio_channel_count, self.model(c.model).spec.features.sample_rate,
                                            self.cfg.max_unary_audio_seconds)
         if seconds > self.cfg.max_unary_audio_seconds:
             raise ServiceError(Status.OUT_OF_RANGE, f"audio is {seconds:.1f} s; at most "
@@ -258,7 +286,7 @@ class Speech:
         async with self.unary_slot(method):
             started = time.perf_counter()
             samples, seconds = await self._decode_file(config, audio)
-            rate = self.spec.features.sample_rate
+            rate = self.model(config.model).spec.features.sample_rate
             sc = asr_pb2.StreamingRecognitionConfig(config=config)
             sc.config.encoding, sc.config.sample_rate_hertz, sc.config.audio_channel_count = Encoding.FLOAT32, rate, 1
 
@@ -268,14 +296,14 @@ class Speech:
 
             async for event in self._decode(sc, pieces(), endpoint, live=False):
                 yield event
-            traffic = recognition_options(config, self.spec).traffic
+            traffic = recognition_options(config, self.model(config.model).spec).traffic
             elapsed = time.perf_counter() - started
             self.metrics.request_duration.labels(method, traffic).observe(elapsed)
             self.metrics.real_time_factor.labels(traffic).observe(elapsed / max(seconds, 1e-3))
 
     async def recognize(self, method: str, config: asr_pb2.RecognitionConfig, audio: bytes) -> Transcript:
         """A whole file as one utterance (cut only past --endpoint-max-utterance-seconds)."""
-        recognition_options(config, self.spec)  # a bad config is refused before the audio is decoded
+        recognition_options(config, self.model(config.model).spec)  # refused before the audio is decoded
         one_utterance = replace(self.cfg.endpoint, enabled=False)
         finals = [e async for e in self._file_events(method, config, audio, one_utterance)
                   if isinstance(e, FinalResult)]
@@ -288,21 +316,23 @@ class Speech:
         async for event in self._file_events(method, config, audio, self.cfg.endpoint):
             yield event
 
-    async def _advance(self, stream: StreamState, chunks: list[np.ndarray], progress: Progress,
+    async def _advance(self, served: ServedModel, stream: StreamState, chunks: list[np.ndarray], progress: Progress,
                        live: bool) -> Progress:
-        """Model steps through the batcher, decoding on the worker pool, chunk after chunk."""
+        """Model steps through the model's batcher, decoding on the worker pool, chunk after chunk."""
         for chunk in chunks:  # the batcher decodes each batch's outputs (Recognizer.decode_many)
-            logprobs, state = await self.batcher.step(chunk, stream.model_state, stream.decode, live)
-            await self._run(self.recognizer.consume, stream, logprobs, state, progress)
+            logprobs, state = await served.batcher.step(chunk, stream.model_state, stream.decode, live)
+            await self._run(served.recognizer.consume, stream, logprobs, state, progress)
         return progress
 
-    def _front_end(self, stream: StreamState, data: bytes) -> list[np.ndarray]:
+    @staticmethod
+    def _front_end(recognizer: Recognizer, stream: StreamState, data: bytes) -> list[np.ndarray]:
         """Bytes -> resampled samples -> feature chunks ready for the model (on the pool)."""
-        return self.recognizer.take_chunks(stream, stream.pcm.accept(data))
+        return recognizer.take_chunks(stream, stream.pcm.accept(data))
 
-    def _front_end_last(self, stream: StreamState) -> list[np.ndarray]:
-        chunks = self.recognizer.take_chunks(stream, stream.pcm.finish())
-        last = self.recognizer.take_last(stream)
+    @staticmethod
+    def _front_end_last(recognizer: Recognizer, stream: StreamState) -> list[np.ndarray]:
+        chunks = recognizer.take_chunks(stream, stream.pcm.finish())
+        last = recognizer.take_last(stream)
         return chunks + ([last] if len(last) else [])
 
     async def idle_limited(self, iterator: AsyncIterator):
@@ -326,14 +356,16 @@ class Speech:
 
     async def _decode(self, sc: asr_pb2.StreamingRecognitionConfig, audio: AsyncIterator[bytes],
                       endpoint: EndpointConfig, live: bool) -> AsyncIterator[Event]:
-        opts = recognition_options(sc.config, self.spec)
+        served = self.model(sc.config.model)
+        recognizer = served.recognizer
+        opts = recognition_options(sc.config, served.spec)
         if sc.config.encoding not in STREAM_ENCODINGS:
             raise AudioError("config.encoding must be LINEAR16, FLOAT32, MULAW or ALAW for streaming "
                              "(send audio files whole)")
         pcm = PcmStream(raw_format(sc.config.encoding, sc.config.sample_rate_hertz,
-                                   sc.config.audio_channel_count or 1), self.spec.features.sample_rate)
+                                   sc.config.audio_channel_count or 1), served.spec.features.sample_rate)
         # A new stream may build decoder state (an LM for a new weight pair): not on the event loop.
-        stream = await self._run(self.recognizer.new_stream, opts.decode, pcm, endpoint)
+        stream = await self._run(recognizer.new_stream, opts.decode, pcm, endpoint)
         transcript: list[str] = []
         first_audio_at: float | None = None
         sent_result = not live
@@ -350,7 +382,7 @@ class Speech:
                 ends_call = last or sc.single_utterance
                 score = None
                 if ends_call and opts.canary_reference:
-                    score = self._score_canary(opts, " ".join(t for t in transcript if t))
+                    score = self._score_canary(served, opts, " ".join(t for t in transcript if t))
                 out.append(FinalResult(_formatted(item.hypotheses, opts), item.reason, item.end,
                                        pcm.samples_in / pcm.fmt.sample_rate if ends_call else None, score))
                 if item.reason != HALF_CLOSE:
@@ -387,16 +419,16 @@ class Speech:
                 arrived = time.perf_counter()
                 first_audio_at = first_audio_at or arrived
                 before = pcm.samples_in
-                chunks = await self._run(self._front_end, stream, data)
+                chunks = await self._run(self._front_end, recognizer, stream, data)
                 if pcm.samples_in / pcm.fmt.sample_rate > self.cfg.max_stream_audio_seconds:
                     raise ServiceError(Status.OUT_OF_RANGE, "stream audio exceeds "
                                        f"{self.cfg.max_stream_audio_seconds:g} s")
-                progress = await self._advance(stream, chunks, Progress(), live)
+                progress = await self._advance(served, stream, chunks, Progress(), live)
                 out = events(progress, last=False)
                 if (sc.interim_results and not progress.finals and progress.frames
-                        and (partial := self.recognizer.partial(stream))[0].text):
+                        and (partial := recognizer.partial(stream))[0].text):
                     hyp, stability = partial
-                    out.append(InterimResult(hyp._replace(words=()), stability, self.recognizer.heard(stream)))
+                    out.append(InterimResult(hyp._replace(words=()), stability, recognizer.heard(stream)))
                 done = time.perf_counter()
                 if live:
                     lag = max(0.0, lag + (done - arrived) - (pcm.samples_in - before) / pcm.fmt.sample_rate)
@@ -410,8 +442,9 @@ class Speech:
                 pcm.finish()
                 return
             half_closed = time.perf_counter()
-            progress = await self._advance(stream, await self._run(self._front_end_last, stream), Progress(), live)
-            await self._run(self.recognizer.close, stream, progress)
+            progress = await self._advance(served, stream, await self._run(self._front_end_last, recognizer, stream),
+                                           Progress(), live)
+            await self._run(recognizer.close, stream, progress)
             out = events(progress, last=True)
             observe(out, half_closed, time.perf_counter())
             for event in out:

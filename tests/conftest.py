@@ -11,11 +11,11 @@ import pytest
 
 from ctc_asr.v1 import asr_pb2_grpc
 from service import server
-from service.config import ServerConfig
+from service.config import BUNDLED_MODEL, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
-BUNDLED = ServerConfig().model
+BUNDLED = BUNDLED_MODEL
 
 
 class ServerThread:

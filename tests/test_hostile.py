@@ -201,7 +201,7 @@ class FaultySession:
 
 def test_a_failing_model_call_fails_only_its_batch(make_server, caplog):
     srv = make_server()
-    session = srv.running.speech.recognizer.session
+    session = srv.running.speech.default.recognizer.session
     session.session = FaultySession(session.session, fail=1)
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
@@ -217,7 +217,7 @@ def test_a_dead_batcher_fails_waiting_streams_instead_of_hanging(make_server):
     srv = make_server()
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
-        srv.call(srv.running.speech.batcher.stop())
+        srv.call(srv.running.speech.default.batcher.stop())
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
             stream_responses(stub, [pcm("what_time.wav")], timeout=20)
@@ -226,7 +226,7 @@ def test_a_dead_batcher_fails_waiting_streams_instead_of_hanging(make_server):
 
 def test_streams_behind_real_time_shed_new_calls_until_they_catch_up(make_server):
     srv = make_server(max_stream_lag_seconds=0.3)
-    session = srv.running.speech.recognizer.session
+    session = srv.running.speech.default.recognizer.session
     slow = session.session = FaultySession(session.session, delay=0.6)  # model calls slower than their audio
     target = f"127.0.0.1:{srv.running.port}"
     audio = pcm("what_time.wav", 1.0)
@@ -248,7 +248,7 @@ def test_streams_behind_real_time_shed_new_calls_until_they_catch_up(make_server
         assert value(samples, "asr_load_shed_total", method="Recognize") == 1
         behind.join()
         slow.delay = 0.0
-        while srv.running.speech.batcher.busy_ratio() > 0.85:  # the busy window (2 s) passes
+        while srv.running.speech.default.batcher.busy_ratio() > 0.85:  # the busy window (2 s) passes
             time.sleep(0.1)
         assert status(stub, cfg())[0] == grpc.StatusCode.OK  # caught up: admitted again
         assert value(scrape(srv.running.metrics_port), "asr_stream_lag_seconds") == 0
@@ -256,7 +256,7 @@ def test_streams_behind_real_time_shed_new_calls_until_they_catch_up(make_server
 
 def test_a_model_busy_near_capacity_sheds_before_streams_fall_behind(make_server):
     srv = make_server(max_model_busy_ratio=0.2)
-    session = srv.running.speech.recognizer.session
+    session = srv.running.speech.default.recognizer.session
     session.session = FaultySession(session.session, delay=0.3)
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)

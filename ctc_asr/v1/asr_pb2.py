@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63tc_asr/v1/asr.proto\x12\nctc_asr.v1\x1a\x1egoogle/protobuf/duration.proto\"\xf3\x03\n\x11RecognitionConfig\x12=\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32+.ctc_asr.v1.RecognitionConfig.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x15\n\rlanguage_code\x18\x03 \x01(\t\x12\x18\n\x10max_alternatives\x18\x04 \x01(\x05\x12\x32\n\x0fspeech_contexts\x18\x06 \x03(\x0b\x32\x19.ctc_asr.v1.SpeechContext\x12\x1b\n\x13\x61udio_channel_count\x18\x07 \x01(\x05\x12 \n\x18\x65nable_word_time_offsets\x18\x08 \x01(\x08\x12+\n\x07\x64\x65\x63oder\x18\t \x01(\x0b\x32\x1a.ctc_asr.v1.DecoderOptions\x12\x16\n\x0e\x66ormat_numbers\x18\x0b \x01(\x08\x12\'\n\x06\x63\x61nary\x18\x64 \x01(\x0b\x32\x17.ctc_asr.v1.CanaryLabel\"l\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x12\x08\n\x04\x46LAC\x10\x03\x12\x07\n\x03WAV\x10\x04\x12\t\n\x05MULAW\x10\x05\x12\x08\n\x04\x41LAW\x10\x06J\x04\x08\x05\x10\x06\"/\n\rSpeechContext\x12\x0f\n\x07phrases\x18\x01 \x03(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"\x86\x01\n\x0e\x44\x65\x63oderOptions\x12\x12\n\nbeam_width\x18\x01 \x01(\x05\x12\x16\n\tlm_weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nword_bonus\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\ndisable_lm\x18\x04 \x01(\x08\x42\x0c\n\n_lm_weightB\r\n\x0b_word_bonus\"-\n\x0b\x43\x61naryLabel\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0b\n\x03set\x18\x02 \x01(\t\"X\n\x10RecognizeRequest\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.ctc_asr.v1.RecognitionConfig\x12\x15\n\raudio_content\x18\x02 \x01(\x0c\"\xae\x01\n\x11RecognizeResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.ctc_asr.v1.SpeechRecognitionResult\x12\x34\n\x11total_billed_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\x0c\x63\x61nary_score\x18\x64 \x01(\x0b\x32\x17.ctc_asr.v1.CanaryScore\"~\n\x1aStreamingRecognitionConfig\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.ctc_asr.v1.RecognitionConfig\x12\x18\n\x10single_utterance\x18\x02 \x01(\x08\x12\x17\n\x0finterim_results\x18\x03 \x01(\x08\"\x8d\x01\n\x19StreamingRecognizeRequest\x12\x42\n\x10streaming_config\x18\x01 \x01(\x0b\x32&.ctc_asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\xaf\x03\n\x1aStreamingRecognizeResponse\x12\x37\n\x07results\x18\x02 \x03(\x0b\x32&.ctc_asr.v1.StreamingRecognitionResult\x12Q\n\x11speech_event_type\x18\x04 \x01(\x0e\x32\x36.ctc_asr.v1.StreamingRecognizeResponse.SpeechEventType\x12\x34\n\x11total_billed_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0f\x65ndpoint_reason\x18\x06 \x01(\t\x12-\n\x0c\x63\x61nary_score\x18\x64 \x01(\x0b\x32\x17.ctc_asr.v1.CanaryScore\"\x80\x01\n\x0fSpeechEventType\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45ND_OF_SINGLE_UTTERANCE\x10\x01\x12\x19\n\x15SPEECH_ACTIVITY_BEGIN\x10\x02\x12\x17\n\x13SPEECH_ACTIVITY_END\x10\x03J\x04\x08\x01\x10\x02\"\x8d\x01\n\x17SpeechRecognitionResult\x12>\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32(.ctc_asr.v1.SpeechRecognitionAlternative\x12\x32\n\x0fresult_end_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb5\x01\n\x1aStreamingRecognitionResult\x12>\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32(.ctc_asr.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x32\n\x0fresult_end_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"k\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12#\n\x05words\x18\x03 \x03(\x0b\x32\x14.ctc_asr.v1.WordInfo\"\x88\x01\n\x08WordInfo\x12-\n\nstart_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04word\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"\x90\x01\n\x0b\x43\x61naryScore\x12\x0b\n\x03set\x18\x01 \x01(\t\x12\x13\n\x0bword_errors\x18\x02 \x01(\x05\x12\x17\n\x0freference_words\x18\x03 \x01(\x05\x12\x13\n\x0b\x63har_errors\x18\x04 \x01(\x05\x12\x17\n\x0freference_chars\x18\x05 \x01(\x05\x12\x0b\n\x03wer\x18\x06 \x01(\x01\x12\x0b\n\x03\x63\x65r\x18\x07 \x01(\x01\"\x15\n\x13GetModelInfoRequest\"\xf5\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x19\n\x11sample_rate_hertz\x18\x03 \x01(\x05\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x1a\n\x12subsampling_factor\x18\x05 \x01(\x05\x12\x31\n\x0e\x63hunk_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlookahead\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\x1a\n\x12has_language_model\x18\t \x01(\x08\x12\x12\n\nparameters\x18\n \x01(\x03\x12\x15\n\rlanguage_code\x18\x0b \x01(\t\x12\x0f\n\x07\x64\x65\x63oder\x18\x0c \x01(\t\x12\x10\n\x08\x66rontend\x18\r \x01(\t\x12\x12\n\nvocabulary\x18\x0e \x01(\t\x12\x11\n\tstreaming\x18\x0f \x01(\t2\x83\x02\n\x06Speech\x12H\n\tRecognize\x12\x1c.ctc_asr.v1.RecognizeRequest\x1a\x1d.ctc_asr.v1.RecognizeResponse\x12g\n\x12StreamingRecognize\x12%.ctc_asr.v1.StreamingRecognizeRequest\x1a&.ctc_asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.ctc_asr.v1.GetModelInfoRequest\x1a\x15.ctc_asr.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63tc_asr/v1/asr.proto\x12\nctc_asr.v1\x1a\x1egoogle/protobuf/duration.proto\"\x82\x04\n\x11RecognitionConfig\x12=\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32+.ctc_asr.v1.RecognitionConfig.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x15\n\rlanguage_code\x18\x03 \x01(\t\x12\x18\n\x10max_alternatives\x18\x04 \x01(\x05\x12\x32\n\x0fspeech_contexts\x18\x06 \x03(\x0b\x32\x19.ctc_asr.v1.SpeechContext\x12\x1b\n\x13\x61udio_channel_count\x18\x07 \x01(\x05\x12 \n\x18\x65nable_word_time_offsets\x18\x08 \x01(\x08\x12+\n\x07\x64\x65\x63oder\x18\t \x01(\x0b\x32\x1a.ctc_asr.v1.DecoderOptions\x12\r\n\x05model\x18\n \x01(\t\x12\x16\n\x0e\x66ormat_numbers\x18\x0b \x01(\x08\x12\'\n\x06\x63\x61nary\x18\x64 \x01(\x0b\x32\x17.ctc_asr.v1.CanaryLabel\"l\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x12\x08\n\x04\x46LAC\x10\x03\x12\x07\n\x03WAV\x10\x04\x12\t\n\x05MULAW\x10\x05\x12\x08\n\x04\x41LAW\x10\x06J\x04\x08\x05\x10\x06\"/\n\rSpeechContext\x12\x0f\n\x07phrases\x18\x01 \x03(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"\x86\x01\n\x0e\x44\x65\x63oderOptions\x12\x12\n\nbeam_width\x18\x01 \x01(\x05\x12\x16\n\tlm_weight\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nword_bonus\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\ndisable_lm\x18\x04 \x01(\x08\x42\x0c\n\n_lm_weightB\r\n\x0b_word_bonus\"-\n\x0b\x43\x61naryLabel\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0b\n\x03set\x18\x02 \x01(\t\"X\n\x10RecognizeRequest\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.ctc_asr.v1.RecognitionConfig\x12\x15\n\raudio_content\x18\x02 \x01(\x0c\"\xae\x01\n\x11RecognizeResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.ctc_asr.v1.SpeechRecognitionResult\x12\x34\n\x11total_billed_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\x0c\x63\x61nary_score\x18\x64 \x01(\x0b\x32\x17.ctc_asr.v1.CanaryScore\"~\n\x1aStreamingRecognitionConfig\x12-\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.ctc_asr.v1.RecognitionConfig\x12\x18\n\x10single_utterance\x18\x02 \x01(\x08\x12\x17\n\x0finterim_results\x18\x03 \x01(\x08\"\x8d\x01\n\x19StreamingRecognizeRequest\x12\x42\n\x10streaming_config\x18\x01 \x01(\x0b\x32&.ctc_asr.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\xaf\x03\n\x1aStreamingRecognizeResponse\x12\x37\n\x07results\x18\x02 \x03(\x0b\x32&.ctc_asr.v1.StreamingRecognitionResult\x12Q\n\x11speech_event_type\x18\x04 \x01(\x0e\x32\x36.ctc_asr.v1.StreamingRecognizeResponse.SpeechEventType\x12\x34\n\x11total_billed_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0f\x65ndpoint_reason\x18\x06 \x01(\t\x12-\n\x0c\x63\x61nary_score\x18\x64 \x01(\x0b\x32\x17.ctc_asr.v1.CanaryScore\"\x80\x01\n\x0fSpeechEventType\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45ND_OF_SINGLE_UTTERANCE\x10\x01\x12\x19\n\x15SPEECH_ACTIVITY_BEGIN\x10\x02\x12\x17\n\x13SPEECH_ACTIVITY_END\x10\x03J\x04\x08\x01\x10\x02\"\x8d\x01\n\x17SpeechRecognitionResult\x12>\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32(.ctc_asr.v1.SpeechRecognitionAlternative\x12\x32\n\x0fresult_end_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb5\x01\n\x1aStreamingRecognitionResult\x12>\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32(.ctc_asr.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x32\n\x0fresult_end_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"k\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12#\n\x05words\x18\x03 \x03(\x0b\x32\x14.ctc_asr.v1.WordInfo\"\x88\x01\n\x08WordInfo\x12-\n\nstart_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04word\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"\x90\x01\n\x0b\x43\x61naryScore\x12\x0b\n\x03set\x18\x01 \x01(\t\x12\x13\n\x0bword_errors\x18\x02 \x01(\x05\x12\x17\n\x0freference_words\x18\x03 \x01(\x05\x12\x13\n\x0b\x63har_errors\x18\x04 \x01(\x05\x12\x17\n\x0freference_chars\x18\x05 \x01(\x05\x12\x0b\n\x03wer\x18\x06 \x01(\x01\x12\x0b\n\x03\x63\x65r\x18\x07 \x01(\x01\"#\n\x13GetModelInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.ctc_asr.v1.ModelInfo\"\xf5\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x19\n\x11sample_rate_hertz\x18\x03 \x01(\x05\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x1a\n\x12subsampling_factor\x18\x05 \x01(\x05\x12\x31\n\x0e\x63hunk_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlookahead\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\x1a\n\x12has_language_model\x18\t \x01(\x08\x12\x12\n\nparameters\x18\n \x01(\x03\x12\x15\n\rlanguage_code\x18\x0b \x01(\t\x12\x0f\n\x07\x64\x65\x63oder\x18\x0c \x01(\t\x12\x10\n\x08\x66rontend\x18\r \x01(\t\x12\x12\n\nvocabulary\x18\x0e \x01(\t\x12\x11\n\tstreaming\x18\x0f \x01(\t2\xd0\x02\n\x06Speech\x12H\n\tRecognize\x12\x1c.ctc_asr.v1.RecognizeRequest\x1a\x1d.ctc_asr.v1.RecognizeResponse\x12g\n\x12StreamingRecognize\x12%.ctc_asr.v1.StreamingRecognizeRequest\x1a&.ctc_asr.v1.StreamingRecognizeResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.ctc_asr.v1.GetModelInfoRequest\x1a\x15.ctc_asr.v1.ModelInfo\x12K\n\nListModels\x12\x1d.ctc_asr.v1.ListModelsRequest\x1a\x1e.ctc_asr.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,41 +33,45 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ctc_asr.v1.asr_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOGNITIONCONFIG']._serialized_start=69
-  _globals['_RECOGNITIONCONFIG']._serialized_end=568
-  _globals['_RECOGNITIONCONFIG_AUDIOENCODING']._serialized_start=454
-  _globals['_RECOGNITIONCONFIG_AUDIOENCODING']._serialized_end=562
-  _globals['_SPEECHCONTEXT']._serialized_start=570
-  _globals['_SPEECHCONTEXT']._serialized_end=617
-  _globals['_DECODEROPTIONS']._serialized_start=620
-  _globals['_DECODEROPTIONS']._serialized_end=754
-  _globals['_CANARYLABEL']._serialized_start=756
-  _globals['_CANARYLABEL']._serialized_end=801
-  _globals['_RECOGNIZEREQUEST']._serialized_start=803
-  _globals['_RECOGNIZEREQUEST']._serialized_end=891
-  _globals['_RECOGNIZERESPONSE']._serialized_start=894
-  _globals['_RECOGNIZERESPONSE']._serialized_end=1068
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=1070
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1196
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1199
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1340
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1343
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1774
-  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_start=1640
-  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_end=1768
-  _globals['_SPEECHRECOGNITIONRESULT']._serialized_start=1777
-  _globals['_SPEECHRECOGNITIONRESULT']._serialized_end=1918
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1921
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=2102
-  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_start=2104
-  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_end=2211
-  _globals['_WORDINFO']._serialized_start=2214
-  _globals['_WORDINFO']._serialized_end=2350
-  _globals['_CANARYSCORE']._serialized_start=2353
-  _globals['_CANARYSCORE']._serialized_end=2497
-  _globals['_GETMODELINFOREQUEST']._serialized_start=2499
-  _globals['_GETMODELINFOREQUEST']._serialized_end=2520
-  _globals['_MODELINFO']._serialized_start=2523
-  _globals['_MODELINFO']._serialized_end=2896
-  _globals['_SPEECH']._serialized_start=2899
-  _globals['_SPEECH']._serialized_end=3158
+  _globals['_RECOGNITIONCONFIG']._serialized_end=583
+  _globals['_RECOGNITIONCONFIG_AUDIOENCODING']._serialized_start=469
+  _globals['_RECOGNITIONCONFIG_AUDIOENCODING']._serialized_end=577
+  _globals['_SPEECHCONTEXT']._serialized_start=585
+  _globals['_SPEECHCONTEXT']._serialized_end=632
+  _globals['_DECODEROPTIONS']._serialized_start=635
+  _globals['_DECODEROPTIONS']._serialized_end=769
+  _globals['_CANARYLABEL']._serialized_start=771
+  _globals['_CANARYLABEL']._serialized_end=816
+  _globals['_RECOGNIZEREQUEST']._serialized_start=818
+  _globals['_RECOGNIZEREQUEST']._serialized_end=906
+  _globals['_RECOGNIZERESPONSE']._serialized_start=909
+  _globals['_RECOGNIZERESPONSE']._serialized_end=1083
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=1085
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1211
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1214
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1355
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1358
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1789
+  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_start=1655
+  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_end=1783
+  _globals['_SPEECHRECOGNITIONRESULT']._serialized_start=1792
+  _globals['_SPEECHRECOGNITIONRESULT']._serialized_end=1933
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1936
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=2117
+  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_start=2119
+  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_end=2226
+  _globals['_WORDINFO']._serialized_start=2229
+  _globals['_WORDINFO']._serialized_end=2365
+  _globals['_CANARYSCORE']._serialized_start=2368
+  _globals['_CANARYSCORE']._serialized_end=2512
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2514
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2549
+  _globals['_LISTMODELSREQUEST']._serialized_start=2551
+  _globals['_LISTMODELSREQUEST']._serialized_end=2570
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2572
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2631
+  _globals['_MODELINFO']._serialized_start=2634
+  _globals['_MODELINFO']._serialized_end=3007
+  _globals['_SPEECH']._serialized_start=3010
+  _globals['_SPEECH']._serialized_end=3346
 # @@protoc_insertion_point(module_scope)

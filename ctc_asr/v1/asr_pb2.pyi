@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("encoding", "sample_rate_hertz", "language_code", "max_alternatives", "speech_contexts", "audio_channel_count", "enable_word_time_offsets", "decoder", "format_numbers", "canary")
+    __slots__ = ("encoding", "sample_rate_hertz", "language_code", "max_alternatives", "speech_contexts", "audio_channel_count", "enable_word_time_offsets", "decoder", "model", "format_numbers", "canary")
     class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ENCODING_UNSPECIFIED: _ClassVar[RecognitionConfig.AudioEncoding]
@@ -36,6 +36,7 @@ class RecognitionConfig(_message.Message):
     AUDIO_CHANNEL_COUNT_FIELD_NUMBER: _ClassVar[int]
     ENABLE_WORD_TIME_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     DECODER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_NUMBERS_FIELD_NUMBER: _ClassVar[int]
     CANARY_FIELD_NUMBER: _ClassVar[int]
     encoding: RecognitionConfig.AudioEncoding
@@ -46,9 +47,10 @@ class RecognitionConfig(_message.Message):
     audio_channel_count: int
     enable_word_time_offsets: bool
     decoder: DecoderOptions
+    model: str
     format_numbers: bool
     canary: CanaryLabel
-    def __init__(self, encoding: _Optional[_Union[RecognitionConfig.AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., language_code: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., speech_contexts: _Optional[_Iterable[_Union[SpeechContext, _Mapping]]] = ..., audio_channel_count: _Optional[int] = ..., enable_word_time_offsets: _Optional[bool] = ..., decoder: _Optional[_Union[DecoderOptions, _Mapping]] = ..., format_numbers: _Optional[bool] = ..., canary: _Optional[_Union[CanaryLabel, _Mapping]] = ...) -> None: ...
+    def __init__(self, encoding: _Optional[_Union[RecognitionConfig.AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., language_code: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., speech_contexts: _Optional[_Iterable[_Union[SpeechContext, _Mapping]]] = ..., audio_channel_count: _Optional[int] = ..., enable_word_time_offsets: _Optional[bool] = ..., decoder: _Optional[_Union[DecoderOptions, _Mapping]] = ..., model: _Optional[str] = ..., format_numbers: _Optional[bool] = ..., canary: _Optional[_Union[CanaryLabel, _Mapping]] = ...) -> None: ...
 
 class SpeechContext(_message.Message):
     __slots__ = ("phrases", "boost")
@@ -199,8 +201,20 @@ class CanaryScore(_message.Message):
     def __init__(self, set: _Optional[str] = ..., word_errors: _Optional[int] = ..., reference_words: _Optional[int] = ..., char_errors: _Optional[int] = ..., reference_chars: _Optional[int] = ..., wer: _Optional[float] = ..., cer: _Optional[float] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "sample_rate_hertz", "tokens", "subsampling_factor", "chunk_duration", "lookahead", "provider", "has_language_model", "parameters", "language_code", "decoder", "frontend", "vocabulary", "streaming")

@@ -49,6 +49,11 @@ class SpeechStub:
                 request_serializer=ctc__asr_dot_v1_dot_asr__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=ctc__asr_dot_v1_dot_asr__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/ctc_asr.v1.Speech/ListModels',
+                request_serializer=ctc__asr_dot_v1_dot_asr__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=ctc__asr_dot_v1_dot_asr__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class SpeechServicer:
@@ -75,6 +80,13 @@ class SpeechServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Every served model's ModelInfo, the default first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpeechServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_SpeechServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=ctc__asr_dot_v1_dot_asr__pb2.GetModelInfoRequest.FromString,
                     response_serializer=ctc__asr_dot_v1_dot_asr__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=ctc__asr_dot_v1_dot_asr__pb2.ListModelsRequest.FromString,
+                    response_serializer=ctc__asr_dot_v1_dot_asr__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class Speech:
             '/ctc_asr.v1.Speech/GetModelInfo',
             ctc__asr_dot_v1_dot_asr__pb2.GetModelInfoRequest.SerializeToString,
             ctc__asr_dot_v1_dot_asr__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctc_asr.v1.Speech/ListModels',
+            ctc__asr_dot_v1_dot_asr__pb2.ListModelsRequest.SerializeToString,
+            ctc__asr_dot_v1_dot_asr__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
