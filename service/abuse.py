@@ -77,11 +77,10 @@ async def not_reading(target: str, seconds: float, stop: asyncio.Event) -> None:
 
 
 async def measure(target: str, pid: int, a, abuse) -> str:
-    info_chunk, info_delay = 0.32, 0.16
     async with grpc.aio.insecure_channel(target) as channel:
         info = await asr_pb2_grpc.SpeechStub(channel).GetModelInfo(asr_pb2.GetModelInfoRequest(), timeout=30)
-        info_chunk = info.chunk_duration.ToTimedelta().total_seconds()
-        info_delay = info.lookahead.ToTimedelta().total_seconds()
+    info_chunk = info.chunk_duration.ToTimedelta().total_seconds()
+    info_delay = info.lookahead.ToTimedelta().total_seconds()
     stop = asyncio.Event()
     background = asyncio.create_task(abuse(stop)) if abuse else None
     await asyncio.sleep(1.0)  # the abuse is under way

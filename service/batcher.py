@@ -126,7 +126,8 @@ class ModelBatcher:
                             it[2].set_exception(e)
                     continue
                 live_share = sum(it[4] for it in items) / len(items)
-                self._busy.append((time.monotonic(), (time.monotonic() - started) * live_share))
+                ended = time.monotonic()
+                self._busy.append((ended, (ended - started) * live_share))
                 self._on_batch(seconds, len(items))
                 for it, out in zip(items, outputs):
                     if not it[2].done():

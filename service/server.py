@@ -104,7 +104,6 @@ async def start(cfg: ServerConfig) -> RunningServer:
         raise StartupError(f"--model: two models are named alike ({', '.join(names)}); name them: --model NAME=DIR")
     for served in models:
         served.batcher.start()
-    metrics.model_busy.set_function(lambda: max(m.batcher.busy_ratio() for m in models))
 
     tokens = read_bearer_tokens(cfg.auth_tokens_file) if cfg.auth_tokens_file else None
     def refused(method: str) -> None:
@@ -123,6 +122,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
     speech = Speech(models, pool, metrics, cfg)
+    metrics.model_busy.set_function(speech.busy_ratio)
     asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -52,10 +52,6 @@ class Status(enum.Enum):
     def http(self) -> int:
         return self.value
 
-    @property
-    def client_fault(self) -> bool:
-        return self in (Status.INVALID_ARGUMENT, Status.OUT_OF_RANGE, Status.UNAUTHENTICATED)
-
 
 class ServiceError(Exception):
     def __init__(self, status: Status, message: str) -> None:
@@ -224,10 +220,14 @@ class Speech:
             self.in_flight -= 1
             self.metrics.requests.labels(method, status.name).inc()
 
+    def busy_ratio(self) -> float:
+        """The busiest model's share of the last seconds (asr_model_busy_ratio): they share the machine."""
+        return max(served.batcher.busy_ratio() for served in self.models.values())
+
     def _shed(self, method: str) -> None:
         """New work is refused while the model is busy near its capacity with live streams (before
         they fall behind), and while live streams are behind real time (so that they catch up)."""
-        busy = max(served.batcher.busy_ratio() for served in self.models.values())  # they share the machine
+        busy = self.busy_ratio()
         if self.lag.shedding or busy > self.cfg.max_model_busy_ratio:
             self.metrics.load_shed.labels(method).inc()
             why = (f"its streams are {self.lag.worst:.1f} s behind real time" if self.lag.shedding
@@ -269,10 +269,11 @@ class Speech:
         served.canaries.record(result)
         return result
 
-    async def _decode_file(self, config: asr_pb2.RecognitionConfig, audio: bytes) -> tuple[np.ndarray, float]:
+    async def _decode_file(self, config: asr_pb2.RecognitionConfig, audio: bytes,
+                           rate: int) -> tuple[np.ndarray, float]:
         c = config
         samples, seconds = await self._run(decode_unary, audio, c.encoding, c.sample_rate_hertz,
-                                           c.audio_channel_count, self.model(c.model).spec.features.sample_rate,
+                                           c.audio_channel_count, rate,
                                            self.cfg.max_unary_audio_seconds)
         if seconds > self.cfg.max_unary_audio_seconds:
             raise ServiceError(Status.OUT_OF_RANGE, f"audio is {seconds:.1f} s; at most "
@@ -285,8 +286,10 @@ class Speech:
         second at a time, so that it shares the model with live streams instead of holding it."""
         async with self.unary_slot(method):
             started = time.perf_counter()
-            samples, seconds = await self._decode_file(config, audio)
-            rate = self.model(config.model).spec.features.sample_rate
+            served = self.model(config.model)
+            traffic = recognition_options(config, served.spec).traffic  # a bad config is refused before decoding
+            rate = served.spec.features.sample_rate
+            samples, seconds = await self._decode_file(config, audio, rate)
             sc = asr_pb2.StreamingRecognitionConfig(config=config)
             sc.config.encoding, sc.config.sample_rate_hertz, sc.config.audio_channel_count = Encoding.FLOAT32, rate, 1
 
@@ -296,14 +299,12 @@ class Speech:
 
             async for event in self._decode(sc, pieces(), endpoint, live=False):
                 yield event
-            traffic = recognition_options(config, self.model(config.model).spec).traffic
             elapsed = time.perf_counter() - started
             self.metrics.request_duration.labels(method, traffic).observe(elapsed)
             self.metrics.real_time_factor.labels(traffic).observe(elapsed / max(seconds, 1e-3))
 
     async def recognize(self, method: str, config: asr_pb2.RecognitionConfig, audio: bytes) -> Transcript:
         """A whole file as one utterance (cut only past --endpoint-max-utterance-seconds)."""
-        recognition_options(config, self.model(config.model).spec)  # refused before the audio is decoded
         one_utterance = replace(self.cfg.endpoint, enabled=False)
         finals = [e async for e in self._file_events(method, config, audio, one_utterance)
                   if isinstance(e, FinalResult)]
