@@ -48,9 +48,11 @@ class ModelBatcher:
         self._task.add_done_callback(self._ended)
 
     async def stop(self) -> None:
+        """Stops the loop and the executor it runs the model on (a replaced model's thread goes too)."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _ended(self, task: asyncio.Task) -> None:
         """The loop is gone (stopped, or a bug of ours): no step may wait for it forever."""

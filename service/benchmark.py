@@ -94,7 +94,7 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
                     out["last_final"] = now
     except grpc.aio.AioRpcError as e:
         # grpc aio's client reports a refusal that races with its own next write as INTERNAL "Internal
-        # error from Core" (grpc/grpc#36066): the server's asr_load_shed_total counts them as refusals.
+        # error from Core" (grpc/grpc#36066): the server's asr_shed_total counts them as refusals.
         shed = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED or (
             e.code() == grpc.StatusCode.INTERNAL and e.details() == "Internal error from Core")
         refused = shed and "last_final" not in out and not out["partial"]

@@ -54,6 +54,10 @@ class ServerConfig:
     max_model_busy_ratio: float = 0.85
     max_batch: int = 32
     max_canary_sets: int = 10
+    self_check_max_wer: float = 0.5
+    promotion_min_canaries: int = 20
+    promotion_max_wer_increase: float = 0.01
+    promotion_timeout_seconds: float = 3600.0
     max_batch_wait_ms: float = 0.0
     max_chunk_bytes: int = 1024 * 1024
     max_messages_per_second: float = 200.0
@@ -96,7 +100,8 @@ class ServerConfig:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
         for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
-                     "max_message_bytes", "max_connection_age_seconds", "max_connection_age_grace_seconds", "max_concurrent_streams", "max_concurrent_recognize", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "max_chunk_bytes", "max_messages_per_second",
+                     "max_message_bytes", "max_connection_age_seconds", "max_connection_age_grace_seconds", "max_concurrent_streams", "max_concurrent_recognize", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "promotion_min_canaries",
+                     "promotion_timeout_seconds", "max_chunk_bytes", "max_messages_per_second",
                      "stream_idle_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -115,6 +120,8 @@ class ServerConfig:
             raise ValueError("--max-model-busy-ratio must be above 0 and at most 1")
         if self.max_canary_sets < 2:
             raise ValueError("--max-canary-sets must be at least 2 (\"default\" and \"other\" are two)")
+        if self.self_check_max_wer < 0 or self.promotion_max_wer_increase < 0:
+            raise ValueError("--self-check-max-wer and --promotion-max-wer-increase must not be negative")
         if self.max_batch_wait_ms < 0:
             raise ValueError("--max-batch-wait-ms must not be negative")
 
@@ -152,6 +159,13 @@ HELP = {
     "max_batch": "most stream chunks run in one model call",
     "max_canary_sets": "distinct canary set labels in metrics, 'default' and 'other' included; further sets are "
                        "counted as 'other'",
+    "self_check_max_wer": "a reloaded model directory is served only if its canaries/ decode within this WER "
+                          "(on top of loading and a warm-up)",
+    "promotion_min_canaries": "a staged candidate is decided once every canary set seen has sent this many "
+                              "canaries",
+    "promotion_max_wer_increase": "a staged candidate is promoted when, on every set, its WER on the same canaries "
+                                  "is at most this much above the serving model's (0.01: one point)",
+    "promotion_timeout_seconds": "a staged candidate without enough canaries by then is dropped (result expired)",
     "max_batch_wait_ms": "how long a ready chunk may wait for others to batch with (0: take what is queued)",
     "max_chunk_bytes": "largest audio_content in one streaming message (OUT_OF_RANGE past it)",
     "max_messages_per_second": "a stream's messages are read at most this often (faster senders are slowed by "

@@ -3,15 +3,21 @@
     python -m service.prober [--target HOST:PORT] [--canaries DIR] [--once] [--interval 60] [--max-wer 0.5]
 
 Each round sends every clip of the set (default: the bundled model's
-canaries), alternating unary Recognize and StreamingRecognize at real-time
+canaries), alternating unary Recognize and StreamingRecognize (in pairs) at real-time
 pace, each labelled with its reference and set, so the server's canary
 metrics move. It prints each clip's score and the round's WER/CER. With
 --once it runs one round and exits non-zero if a request failed or the
 round's WER is above --max-wer, which suits a Kubernetes CronJob; without it,
 it runs a round every --interval seconds, as a sidecar.
+
+With --stage [NAME=]DIR it drives a canary-gated promotion: it asks the server
+to stage DIR as the candidate for model NAME (Admin.ReloadModel, stage=true)
+and sends canary rounds until the server decides, prints the decision with
+both models' WER per set, and exits 0 if the candidate was promoted, 1 if not.
 """
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -28,15 +34,22 @@ Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 
 
 def load_set(directory: Path) -> list[dict]:
+    """The clips, their sets taken in turn, so that every set is heard from the start of a round
+    (a staged candidate is decided once each set heard has enough canaries)."""
     with open(directory / "manifest.jsonl") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return [{**r, "audio": directory / r["audio"]} for r in rows]
+    by_set: dict[str, list[dict]] = {}
+    for r in rows:
+        by_set.setdefault(r.get("set", ""), []).append({**r, "audio": directory / r["audio"]})
+    turns = itertools.zip_longest(*by_set.values())
+    return [clip for turn in turns for clip in turn if clip is not None]
 
 
 def probe(stub, clip: dict, streaming: bool, realtime: bool, timeout: float,
-          metadata=None) -> tuple[str, asr_pb2.CanaryScore]:
+          metadata=None, model: str = "") -> tuple[str, asr_pb2.CanaryScore]:
     """One canary request; returns the transcript and the server's score."""
-    config = asr_pb2.RecognitionConfig(canary=asr_pb2.CanaryLabel(reference=clip["text"], set=clip.get("set", "")))
+    config = asr_pb2.RecognitionConfig(model=model, canary=asr_pb2.CanaryLabel(reference=clip["text"],
+                                                                               set=clip.get("set", "")))
     if not streaming:
         response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=clip["audio"].read_bytes()),
                                   timeout=timeout, metadata=metadata)
@@ -54,13 +67,18 @@ def probe(stub, clip: dict, streaming: bool, realtime: bool, timeout: float,
     return " ".join(t for t in finals if t), score
 
 
-def run_round(stub, clips: list[dict], realtime: bool, timeout: float, metadata=None) -> tuple[int, int, int, int, int]:
-    """Returns (failures, word errors, reference words, char errors, reference chars)."""
+def run_round(stub, clips: list[dict], realtime: bool, timeout: float, metadata=None, model: str = "",
+              until=lambda: False) -> tuple[int, int, int, int, int]:
+    """Returns (failures, word errors, reference words, char errors, reference chars); stops early
+    once `until()`."""
     totals = [0, 0, 0, 0, 0]
     for i, clip in enumerate(clips):
-        mode = "stream" if i % 2 else "unary"
+        if until():
+            break
+        streaming = i // 2 % 2 == 1  # in pairs, so that two interleaved sets both go both ways
+        mode = "stream" if streaming else "unary"
         try:
-            _, s = probe(stub, clip, i % 2 == 1, realtime, timeout, metadata)
+            _, s = probe(stub, clip, streaming, realtime, timeout, metadata, model)
         except (grpc.RpcError, RuntimeError) as e:
             code = e.code().name if isinstance(e, grpc.RpcError) else str(e)
             print(f"FAIL {mode:6s} {clip['audio'].name}: {code}", flush=True)
@@ -83,12 +101,19 @@ def main() -> int:
     p.add_argument("--max-wer", type=float, default=0.5, help="with --once: fail above this round WER")
     p.add_argument("--fast", action="store_true", help="stream as fast as possible instead of real time")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--model", default="", help="the served model to probe (default: the server's default)")
+    p.add_argument("--stage", metavar="[NAME=]DIR", help="stage DIR (a path on the server) as the candidate for "
+                   "model NAME (default: --model) and send canaries until the server decides")
+    p.add_argument("--stage-timeout", type=float, default=4000.0,
+                   help="seconds to wait for the decision (the server's --promotion-timeout-seconds decides first)")
     a = p.parse_args()
     if not (a.canaries / "manifest.jsonl").is_file():
         p.error(f"--canaries {a.canaries}: no manifest.jsonl")
     clips = load_set(a.canaries)
     with open_channel(a) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
+        if a.stage:
+            return promote(channel, stub, clips, a)
         while True:
             started = time.monotonic()
             failures, we, rw, ce, rc = run_round(stub, clips, not a.fast, a.timeout, call_metadata(a))
@@ -97,6 +122,29 @@ def main() -> int:
             if a.once:
                 return 1 if failures or wer > a.max_wer else 0
             time.sleep(max(0.0, started + a.interval - time.monotonic()))
+
+
+def promote(channel, stub, clips: list[dict], a) -> int:
+    """Stages the candidate, sends canary rounds until the server's decision, prints it."""
+    name, _, directory = a.stage.rpartition("=")
+    name = name or a.model
+    request = asr_pb2.ReloadModelRequest(name=name, directory=directory, stage=True)
+    decision = asr_pb2_grpc.AdminStub(channel).ReloadModel.future(request, timeout=a.stage_timeout,
+                                                                  metadata=call_metadata(a))
+    rounds = 0
+    while not decision.done():
+        run_round(stub, clips, not a.fast, a.timeout, call_metadata(a), name, until=decision.done)
+        rounds += 1
+    try:
+        response = decision.result()
+    except grpc.RpcError as e:
+        print(f"staging {directory} failed: {e.code().name}: {e.details()}", flush=True)
+        return 1
+    for s in response.sets:
+        print(f"set {s.set}: {s.canaries} canaries, candidate WER {s.candidate_wer:.3f}, "
+              f"serving WER {s.serving_wer:.3f}", flush=True)
+    print(f"{response.result} after {rounds} round(s): {response.message}", flush=True)
+    return 0 if response.result == "promoted" else 1
 
 
 if __name__ == "__main__":

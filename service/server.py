@@ -6,7 +6,6 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,27 +13,25 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service import canary
-from service.batcher import ModelBatcher
 from service.config import ServerConfig
-from service.decoder import CtcDecoder
 from service.metrics import Metrics
-from service.model_session import CPU, ModelDirectoryError, ModelSession, ModelSpec
-from service.recognizer import Recognizer
+from service.model_registry import Reloader, announce, load_model
 from service.http_api import HttpApi
 from service.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
-from service.servicer import SpeechServicer
-from service.speech import ServedModel, Speech
+from service.servicer import AdminServicer, SpeechServicer
+from service.speech import Speech
 
 log = logging.getLogger(__name__)
 SLACK = 1024 * 1024
 SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
+ADMIN_NAME = asr_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
     speech: Speech
+    reloader: Reloader
     http: HttpApi
     health: health.aio.HealthServicer
     port: int
@@ -46,53 +43,20 @@ class RunningServer:
         """Health goes NOT_SERVING (gRPC health, /readyz) and new calls get UNAVAILABLE (counted),
         while calls in flight get `grace` seconds to finish; then the transports close."""
         self.speech.draining = True
+        self.reloader.stop_candidates()  # a staged ReloadModel call answers now instead of holding the drain
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while self.speech.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.gather(self.server.stop(max(0.0, deadline - loop.time())), self.http.stop())
+        await self.reloader.close()
         await self.speech.close()
         self._metrics_http.shutdown()
 
 
-def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
 class StartupError(Exception):
     """The server cannot start as configured (a port in use): one line for the operator."""
-
-
-def load_model(name: str, directory: Path, cfg: ServerConfig, metrics: Metrics) -> ServedModel:
-    """One model directory, loaded, warmed up and given its own batcher (started by the caller)."""
-    spec = ModelSpec.load(directory, cfg.window_ms)
-    try:
-        session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
-        warmed = session.warm_up(cfg.max_batch)
-    except Exception as e:  # ONNX Runtime's errors: a corrupt or truncated graph, or one that cannot run
-        raise ModelDirectoryError(f"{spec.directory / 'model.onnx'}: ONNX Runtime cannot load or run it "
-                                  f"({_first_line(e)})") from e
-    try:
-        decoder = CtcDecoder(spec, cfg.decoder, threads=cfg.workers)
-    except Exception as e:  # KenLM's: a corrupt or truncated binary or ARPA file
-        raise ModelDirectoryError(f"{spec.lm}: the language model cannot be loaded ({_first_line(e)})") from e
-    inference = metrics.inference.labels(session.provider)
-    recognizer = Recognizer(session, decoder, on_inference=inference.observe, on_decode=metrics.decode.observe)
-    name = name or spec.name
-    metrics.model_info.labels(name, spec.version, session.provider).set(1)
-    if cfg.provider == "auto" and session.provider == CPU:
-        metrics.provider_fallbacks.inc()
-    log.info("model %s (%s %s) on %s (%d parameters, LM: %s, beam search: %s; warmed up at batch sizes %s)",
-             name, spec.name, spec.version, session.provider, spec.parameters,
-             "yes" if recognizer.decoder.has_lm else "no", recognizer.decoder.engine_description,
-             ", ".join(map(str, warmed)))
-    batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix=f"asr-model-{name}"), cfg.max_batch,
-                           cfg.max_batch_wait_ms / 1000, on_batch=lambda s, n: (inference.observe(s),
-                                                                                 metrics.batch_size.observe(n)),
-                           decode=recognizer.decode_many)
-    return ServedModel(name, recognizer, batcher, canary.CanaryTracker(metrics, name, cfg.max_canary_sets))
 
 
 async def start(cfg: ServerConfig) -> RunningServer:
@@ -103,6 +67,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
     if len(set(names)) != len(names):
         raise StartupError(f"--model: two models are named alike ({', '.join(names)}); name them: --model NAME=DIR")
     for served in models:
+        announce(metrics, served)
         served.batcher.start()
 
     tokens = read_bearer_tokens(cfg.auth_tokens_file) if cfg.auth_tokens_file else None
@@ -123,11 +88,13 @@ async def start(cfg: ServerConfig) -> RunningServer:
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
     speech = Speech(models, pool, metrics, cfg)
     metrics.model_busy.set_function(speech.busy_ratio)
+    reloader = Reloader(speech, cfg, metrics)
     asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech), server)
+    asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(speech, reloader), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, ADMIN_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     address = f"{cfg.host}:{cfg.port}"
     try:
         if cfg.tls_cert:
@@ -158,7 +125,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
     log.info("serving gRPC on %s:%d and HTTP on port %d (%s%s), metrics on %s:%d/metrics", cfg.host, port, http_port,
              "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
              ", bearer tokens" if tokens else "", cfg.metrics_host, metrics_http.server_port)
-    return RunningServer(server, speech, http, health_servicer, port, http_port, metrics_http.server_port,
+    return RunningServer(server, speech, reloader, http, health_servicer, port, http_port, metrics_http.server_port,
                          metrics_http)
 
 
@@ -168,6 +135,15 @@ async def serve(cfg: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()
+
+    def reload_all() -> None:
+        log.info("SIGHUP: reloading every model from its directory")
+        task = loop.create_task(running.reloader.reload_all())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_all)
     await stop.wait()
     log.info("shutting down (grace %.0f s)", cfg.grace_seconds)
     await running.stop(cfg.grace_seconds)

@@ -8,6 +8,7 @@ from google.protobuf.duration_pb2 import Duration
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.beam_search import vocabulary_kind
 from service.decoder import Hypothesis
+from service.model_registry import Reloader
 from service.speech import (EndOfSingleUtterance, Event, FinalResult, InterimResult, ServedModel, ServiceError,
                             Speech, SpeechBegin, SpeechEnd, Status)
 
@@ -137,3 +138,19 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                 return asr_pb2.ListModelsResponse(models=[model_info(m) for m in self.speech.models.values()])
         except ServiceError as e:
             await _abort(context, e)
+
+
+class AdminServicer(asr_pb2_grpc.AdminServicer):
+    def __init__(self, speech: Speech, reloader: Reloader) -> None:
+        self.speech = speech
+        self.reloader = reloader
+
+    async def ReloadModel(self, request, context):
+        try:
+            async with self.speech.call("ReloadModel"):
+                outcome = await self.reloader.reload(request.name, request.directory, request.stage)
+        except ServiceError as e:
+            await _abort(context, e)
+        return asr_pb2.ReloadModelResponse(result=outcome.result, message=outcome.message,
+                                           model=model_info(outcome.serving), sets=outcome.sets,
+                                           self_check_wer=outcome.self_check_wer)

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -109,6 +110,30 @@ def _formatted(hyps: list[Hypothesis], opts: RequestOptions) -> list[Hypothesis]
     return [h._replace(text=format_numbers(h.text)) for h in hyps] if opts.format_numbers else hyps
 
 
+def float32_config(config: asr_pb2.RecognitionConfig, rate: int) -> asr_pb2.StreamingRecognitionConfig:
+    """A stream of decoded samples: mono float32 at `rate`, the rest of `config` as it was."""
+    sc = asr_pb2.StreamingRecognitionConfig(config=config)
+    sc.config.encoding, sc.config.sample_rate_hertz, sc.config.audio_channel_count = Encoding.FLOAT32, rate, 1
+    return sc
+
+
+def seconds_of(samples: np.ndarray, rate: int) -> AsyncIterator[bytes]:
+    """Samples as float32 messages of a second each (how whole files go through the batcher)."""
+    async def pieces():
+        for start in range(0, len(samples), rate):
+            yield samples[start:start + rate].astype(np.float32).tobytes()
+    return pieces()
+
+
+def quiet_config(sc: asr_pb2.StreamingRecognitionConfig) -> asr_pb2.StreamingRecognitionConfig:
+    """The same audio format and decoding, without the canary label or number formatting."""
+    quiet = asr_pb2.StreamingRecognitionConfig()
+    quiet.CopyFrom(sc)
+    quiet.config.ClearField("canary")
+    quiet.config.format_numbers = False
+    return quiet
+
+
 class LagTracker:
     """How far behind real time the live streams are. A stream's lag is its backlog by Lindley's
     recursion over its messages: time spent on a message beyond the audio it carried adds to
@@ -142,17 +167,33 @@ class LagTracker:
             self.shedding = False
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ServedModel:
-    """One model a server serves, under the name requests ask for: its streams batch only together."""
+    """One model a server serves, under the name requests ask for: its streams batch only together.
+    `users` counts the calls decoding with it, so that a replaced model is freed only once they end."""
     name: str
+    directory: Path
     recognizer: Recognizer
     batcher: ModelBatcher
     canaries: canary.CanaryTracker
+    users: int = 0
 
     @property
     def spec(self):
         return self.recognizer.spec
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    """A canary the serving model answered, for a staged candidate to decode again."""
+    sc: asr_pb2.StreamingRecognitionConfig  # the audio's format; no canary label, numbers as spoken
+    messages: list[bytes]
+    endpoint: EndpointConfig
+    score: asr_pb2.CanaryScore  # the serving model's
+    reference: str
 
 
 class Speech:
@@ -160,7 +201,9 @@ class Speech:
                  cfg: ServerConfig) -> None:
         """`models`: the first is the default."""
         self.models = {m.name: m for m in models}
-        self.default = models[0]
+        self._default_name = models[0].name
+        # Staged candidates by model name (`service.model_registry`): they are offered canaries.
+        self.candidates: dict[str, Callable[[ShadowJob], None]] = {}
         self.metrics = metrics
         self.cfg = cfg
         self._pool = pool
@@ -169,6 +212,10 @@ class Speech:
         self.in_flight = 0  # calls of every kind, for draining
         self.draining = False
         self.lag = LagTracker(metrics.stream_lag, cfg.max_stream_lag_seconds)
+
+    @property
+    def default(self) -> ServedModel:
+        return self.models[self._default_name]
 
     @property
     def spec(self):
@@ -184,9 +231,19 @@ class Speech:
                                + ", ".join(repr(n) for n in self.models))
         return self.models[name]
 
+    @contextlib.contextmanager
+    def using(self, name: str):
+        """The model a request names, held for the call: a reload switches new calls only."""
+        served = self.model(name)
+        served.users += 1
+        try:
+            yield served
+        finally:
+            served.users -= 1
+
     async def close(self) -> None:
         for served in self.models.values():
-            await served.batcher.stop()
+            await served.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn, *args):
@@ -285,23 +342,17 @@ class Speech:
         """A whole file decoded as a stream, as fast as the model goes, through the batcher a
         second at a time, so that it shares the model with live streams instead of holding it."""
         async with self.unary_slot(method):
-            started = time.perf_counter()
-            served = self.model(config.model)
-            traffic = recognition_options(config, served.spec).traffic  # a bad config is refused before decoding
-            rate = served.spec.features.sample_rate
-            samples, seconds = await self._decode_file(config, audio, rate)
-            sc = asr_pb2.StreamingRecognitionConfig(config=config)
-            sc.config.encoding, sc.config.sample_rate_hertz, sc.config.audio_channel_count = Encoding.FLOAT32, rate, 1
-
-            async def pieces():
-                for start in range(0, len(samples), rate):
-                    yield samples[start:start + rate].tobytes()
-
-            async for event in self._decode(sc, pieces(), endpoint, live=False):
-                yield event
-            elapsed = time.perf_counter() - started
-            self.metrics.request_duration.labels(method, traffic).observe(elapsed)
-            self.metrics.real_time_factor.labels(traffic).observe(elapsed / max(seconds, 1e-3))
+            with self.using(config.model) as served:
+                started = time.perf_counter()
+                traffic = recognition_options(config, served.spec).traffic  # a bad config is refused before decoding
+                rate = served.spec.features.sample_rate
+                samples, seconds = await self._decode_file(config, audio, rate)
+                sc = float32_config(config, rate)
+                async for event in self._decode(served, sc, seconds_of(samples, rate), endpoint, live=False):
+                    yield event
+                elapsed = time.perf_counter() - started
+                self.metrics.request_duration.labels(method, traffic, served.name).observe(elapsed)
+                self.metrics.real_time_factor.labels(traffic, served.name).observe(elapsed / max(seconds, 1e-3))
 
     async def recognize(self, method: str, config: asr_pb2.RecognitionConfig, audio: bytes) -> Transcript:
         """A whole file as one utterance (cut only past --endpoint-max-utterance-seconds)."""
@@ -352,12 +403,25 @@ class Speech:
     async def stream(self, sc: asr_pb2.StreamingRecognitionConfig, audio: AsyncIterator[bytes]) -> AsyncIterator[Event]:
         """A live stream: audio messages in, events out (interim results as chunks decode, a
         final at each endpoint and at the end of the audio), latencies and lag measured."""
-        async for event in self._decode(sc, audio, self.cfg.endpoint, live=True):
-            yield event
+        with self.using(sc.config.model) as served:
+            async for event in self._decode(served, sc, audio, self.cfg.endpoint, live=True):
+                yield event
 
-    async def _decode(self, sc: asr_pb2.StreamingRecognitionConfig, audio: AsyncIterator[bytes],
-                      endpoint: EndpointConfig, live: bool) -> AsyncIterator[Event]:
-        served = self.model(sc.config.model)
+    async def transcribe_quietly(self, served: ServedModel, sc: asr_pb2.StreamingRecognitionConfig,
+                                 messages: list[bytes], endpoint: EndpointConfig) -> str:
+        """The transcript of audio no one waits for (self-checks, shadow decodes of canaries):
+        decoded like a whole file, with no canary scored and no audio counted."""
+        async def pieces():
+            for message in messages:
+                yield message
+
+        finals = [e async for e in self._decode(served, sc, pieces(), endpoint, live=False, counted=False)
+                  if isinstance(e, FinalResult)]
+        return " ".join(t for f in finals if (t := f.hypotheses[0].text))
+
+    async def _decode(self, served: ServedModel, sc: asr_pb2.StreamingRecognitionConfig,
+                      audio: AsyncIterator[bytes], endpoint: EndpointConfig, live: bool,
+                      counted: bool = True) -> AsyncIterator[Event]:
         recognizer = served.recognizer
         opts = recognition_options(sc.config, served.spec)
         if sc.config.encoding not in STREAM_ENCODINGS:
@@ -372,6 +436,9 @@ class Speech:
         sent_result = not live
         lag = 0.0
         next_read = 0.0  # live streams: messages are read at most --max-messages-per-second
+        # A labelled canary's audio is kept while a candidate is staged, for it to decode too.
+        shadow = self.candidates.get(served.name) if opts.canary_reference else None
+        kept: list[bytes] = []
 
         def events(progress: Progress, last: bool) -> list[Event]:
             out: list[Event] = []
@@ -384,6 +451,8 @@ class Speech:
                 score = None
                 if ends_call and opts.canary_reference:
                     score = self._score_canary(served, opts, " ".join(t for t in transcript if t))
+                    if shadow is not None:
+                        shadow(ShadowJob(quiet_config(sc), kept, endpoint, score, opts.canary_reference))
                 out.append(FinalResult(_formatted(item.hypotheses, opts), item.reason, item.end,
                                        pcm.samples_in / pcm.fmt.sample_rate if ends_call else None, score))
                 if item.reason != HALF_CLOSE:
@@ -398,13 +467,13 @@ class Speech:
             if not live:
                 return
             if any(isinstance(e, FinalResult) for e in out):
-                self.metrics.final_latency.labels(opts.traffic).observe(now - since)
+                self.metrics.final_latency.labels(opts.traffic, served.name).observe(now - since)
             elif any(isinstance(e, InterimResult) for e in out):
-                self.metrics.partial_latency.labels(opts.traffic).observe(now - since)
+                self.metrics.partial_latency.labels(opts.traffic, served.name).observe(now - since)
             else:
                 return
             if not sent_result:
-                self.metrics.first_result_latency.labels(opts.traffic).observe(now - first_audio_at)
+                self.metrics.first_result_latency.labels(opts.traffic, served.name).observe(now - first_audio_at)
                 sent_result = True
 
         try:
@@ -419,6 +488,8 @@ class Speech:
                                        f"at most {self.cfg.max_chunk_bytes} per message")
                 arrived = time.perf_counter()
                 first_audio_at = first_audio_at or arrived
+                if shadow is not None:
+                    kept.append(data)
                 before = pcm.samples_in
                 chunks = await self._run(self._front_end, recognizer, stream, data)
                 if pcm.samples_in / pcm.fmt.sample_rate > self.cfg.max_stream_audio_seconds:
@@ -451,6 +522,7 @@ class Speech:
             for event in out:
                 yield event
         finally:
-            self.metrics.audio_seconds.inc(pcm.samples_in / pcm.fmt.sample_rate)
+            if counted:
+                self.metrics.audio_seconds.inc(pcm.samples_in / pcm.fmt.sample_rate)
             if live:
                 self.lag.remove(id(stream))

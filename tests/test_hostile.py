@@ -149,8 +149,9 @@ def test_outcomes_are_counted_under_their_own_codes(make_server, tmp_path):
     assert value(after, "asr_requests_total", method="StreamingRecognize", code="CANCELLED") == 0
     assert value(after, "asr_audio_seconds_total") - value(before, "asr_audio_seconds_total") == pytest.approx(
         len(pcm("what_time.wav", 2.0)) / 2 / 16000)
-    assert value(after, "asr_first_result_latency_seconds_count", traffic="user") - \
-        value(before, "asr_first_result_latency_seconds_count", traffic="user") == 1
+    model = srv.running.speech.spec.name
+    assert value(after, "asr_first_result_latency_seconds_count", traffic="user", model=model) - \
+        value(before, "asr_first_result_latency_seconds_count", traffic="user", model=model) == 1
 
 
 def test_whole_file_calls_have_their_own_limit(make_server):
@@ -244,8 +245,8 @@ def test_streams_behind_real_time_shed_new_calls_until_they_catch_up(make_server
         assert status(stub, cfg())[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
         samples = scrape(srv.running.metrics_port)
         assert value(samples, "asr_stream_lag_seconds") > 0.3
-        assert value(samples, "asr_load_shed_total", method="StreamingRecognize") == 1
-        assert value(samples, "asr_load_shed_total", method="Recognize") == 1
+        assert value(samples, "asr_shed_total", method="StreamingRecognize") == 1
+        assert value(samples, "asr_shed_total", method="Recognize") == 1
         behind.join()
         slow.delay = 0.0
         while srv.running.speech.default.batcher.busy_ratio() > 0.85:  # the busy window (2 s) passes

@@ -31,18 +31,20 @@ def test_requests_latency_and_audio_are_counted(running, stub):
     stream(stub, pcm, 3200, interim=True, encoding=asr_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=rate)
     after = scrape(running.metrics_port)
 
+    model = running.speech.spec.name  # latency and inference carry the model that served the call
+
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
 
     assert delta("asr_requests_total", method="Recognize", code="OK") == 1
     assert delta("asr_requests_total", method="Recognize", code="INVALID_ARGUMENT") == 1
     assert delta("asr_requests_total", method="StreamingRecognize", code="OK") == 1
-    assert delta("asr_request_duration_seconds_count", method="Recognize", traffic="user") == 1
-    assert delta("asr_final_latency_seconds_count", traffic="user") == 1
-    assert delta("asr_partial_latency_seconds_count", traffic="user") >= 5
-    assert delta("asr_first_result_latency_seconds_count", traffic="user") == 1
+    assert delta("asr_request_duration_seconds_count", method="Recognize", traffic="user", model=model) == 1
+    assert delta("asr_final_latency_seconds_count", traffic="user", model=model) == 1
+    assert delta("asr_partial_latency_seconds_count", traffic="user", model=model) >= 5
+    assert delta("asr_first_result_latency_seconds_count", traffic="user", model=model) == 1
     assert delta("asr_audio_seconds_total") == pytest.approx(2 * 26424 / 16000, abs=0.01)
-    assert delta("asr_inference_seconds_count", provider="CPUExecutionProvider") > 5
+    assert delta("asr_inference_seconds_count", provider="CPUExecutionProvider", model=model) > 5
     assert value(after, "asr_active_streams") == 0
     spec = running.speech.spec
     assert value(after, "asr_model_info", model=spec.name, version=spec.version, provider="CPUExecutionProvider") == 1
@@ -68,4 +70,5 @@ def test_canaries_feed_running_accuracy(make_server):
     labels = {dict(labels)["set"] for (name, labels) in samples if name == "asr_canary_requests_total"}
     assert labels == {"default", "a", "other"}
     assert value(samples, "asr_canary_wer", set="other", model=model) == pytest.approx(2 / 10)
-    assert value(samples, "asr_request_duration_seconds_count", method="Recognize", traffic="canary") == 3
+    assert value(samples, "asr_request_duration_seconds_count", method="Recognize", traffic="canary",
+                 model=model) == 3

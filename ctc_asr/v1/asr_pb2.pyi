@@ -206,6 +206,44 @@ class GetModelInfoRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class ReloadModelRequest(_message.Message):
+    __slots__ = ("name", "directory", "stage")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    directory: str
+    stage: bool
+    def __init__(self, name: _Optional[str] = ..., directory: _Optional[str] = ..., stage: _Optional[bool] = ...) -> None: ...
+
+class ReloadModelResponse(_message.Message):
+    __slots__ = ("result", "message", "model", "sets", "self_check_wer")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SETS_FIELD_NUMBER: _ClassVar[int]
+    SELF_CHECK_WER_FIELD_NUMBER: _ClassVar[int]
+    result: str
+    message: str
+    model: ModelInfo
+    sets: _containers.RepeatedCompositeFieldContainer[CanaryComparison]
+    self_check_wer: float
+    def __init__(self, result: _Optional[str] = ..., message: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., sets: _Optional[_Iterable[_Union[CanaryComparison, _Mapping]]] = ..., self_check_wer: _Optional[float] = ...) -> None: ...
+
+class CanaryComparison(_message.Message):
+    __slots__ = ("set", "canaries", "reference_words", "candidate_wer", "serving_wer")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    CANARIES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_WORDS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_WER_FIELD_NUMBER: _ClassVar[int]
+    SERVING_WER_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    canaries: int
+    reference_words: int
+    candidate_wer: float
+    serving_wer: float
+    def __init__(self, set: _Optional[str] = ..., canaries: _Optional[int] = ..., reference_words: _Optional[int] = ..., candidate_wer: _Optional[float] = ..., serving_wer: _Optional[float] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -228,3 +228,84 @@ class Speech:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Operators' actions, behind the same authentication as Speech.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadModel = channel.unary_unary(
+                '/ctc_asr.v1.Admin/ReloadModel',
+                request_serializer=ctc__asr_dot_v1_dot_asr__pb2.ReloadModelRequest.SerializeToString,
+                response_deserializer=ctc__asr_dot_v1_dot_asr__pb2.ReloadModelResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operators' actions, behind the same authentication as Speech.
+    """
+
+    def ReloadModel(self, request, context):
+        """Loads a model directory beside the serving model of that name and self-checks it (load,
+        warm-up, the directory's canaries within --self-check-max-wer). Without `stage`, new calls
+        then go to it, calls in flight finish on the old one, which is then freed. With `stage`, it
+        becomes the candidate: it shadow-decodes live canary traffic beside the serving model and is
+        promoted or rejected on its canary WER; the call returns when that is decided. A directory
+        that fails leaves the serving model as it was (INVALID_ARGUMENT saying why).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=ctc__asr_dot_v1_dot_asr__pb2.ReloadModelRequest.FromString,
+                    response_serializer=ctc__asr_dot_v1_dot_asr__pb2.ReloadModelResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ctc_asr.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ctc_asr.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operators' actions, behind the same authentication as Speech.
+    """
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctc_asr.v1.Admin/ReloadModel',
+            ctc__asr_dot_v1_dot_asr__pb2.ReloadModelRequest.SerializeToString,
+            ctc__asr_dot_v1_dot_asr__pb2.ReloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,301 @@
+"""The served models' lifecycle: loading a model directory, and replacing a model while it serves.
+
+A reload loads the new directory beside the serving model, off the event loop, and self-checks
+it (ONNX Runtime and the LM load, a warm-up at every batch size, then the directory's
+`canaries/` decoded within --self-check-max-wer). Only then do new calls go to it; calls in
+flight finish on the model they started with, which is freed when the last one ends. A staged
+reload makes it a candidate instead (`service.promotion`): it decodes again each canary the
+serving model answers until it is promoted or dropped. One reload runs at a time.
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import soundfile as sf
+
+from ctc_asr.v1 import asr_pb2
+from service import canary
+from service.batcher import ModelBatcher
+from service.config import ServerConfig
+from service.decoder import CtcDecoder
+from service.metrics import Metrics
+from service.model_session import CPU, ModelDirectoryError, ModelSession, ModelSpec
+from service.promotion import EXPIRED, PROMOTED, REPLACED, STOPPED, Decision, Evaluation
+from service.recognizer import Recognizer
+from service.speech import ServedModel, ServiceError, ShadowJob, Speech, Status, float32_config
+
+log = logging.getLogger(__name__)
+RELOADED, STAGED, FAILED = "reloaded", "staged", "failed"
+SHADOW_QUEUE = 16  # canaries waiting for a candidate's one shadow decode at a time; more are not shadowed
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def load_model(name: str, directory: Path, cfg: ServerConfig, metrics: Metrics) -> ServedModel:
+    """One model directory, loaded, warmed up and given its own batcher (started by the caller)."""
+    spec = ModelSpec.load(directory, cfg.window_ms)
+    name = name or spec.name
+    try:
+        session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
+        warmed = session.warm_up(cfg.max_batch)
+    except Exception as e:  # ONNX Runtime's errors: a corrupt or truncated graph, or one that cannot run
+        raise ModelDirectoryError(f"{spec.directory / 'model.onnx'}: ONNX Runtime cannot load or run it "
+                                  f"({_first_line(e)})") from e
+    try:
+        decoder = CtcDecoder(spec, cfg.decoder, threads=cfg.workers)
+    except Exception as e:  # KenLM's: a corrupt or truncated binary or ARPA file
+        raise ModelDirectoryError(f"{spec.lm}: the language model cannot be loaded ({_first_line(e)})") from e
+    inference, batch_size = metrics.inference.labels(session.provider, name), metrics.batch_size.labels(name)
+    recognizer = Recognizer(session, decoder, on_inference=inference.observe,
+                            on_decode=metrics.decode.labels(name).observe)
+    if cfg.provider == "auto" and session.provider == CPU:
+        metrics.provider_fallbacks.inc()
+    log.info("model %s (%s %s, %s) on %s (%d parameters, LM: %s, beam search: %s; warmed up at batch sizes %s)",
+             name, spec.name, spec.version, spec.directory, session.provider, spec.parameters,
+             "yes" if recognizer.decoder.has_lm else "no", recognizer.decoder.engine_description,
+             ", ".join(map(str, warmed)))
+    batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix=f"asr-model-{name}"), cfg.max_batch,
+                           cfg.max_batch_wait_ms / 1000,
+                           on_batch=lambda s, n: (inference.observe(s), batch_size.observe(n)),
+                           decode=recognizer.decode_many)
+    return ServedModel(name, Path(directory), recognizer, batcher,
+                       canary.CanaryTracker(metrics, name, cfg.max_canary_sets))
+
+
+def announce(metrics: Metrics, served: ServedModel, replacing: ServedModel | None = None) -> None:
+    """asr_model_info names the model now serving under the name."""
+    if replacing is not None:
+        metrics.model_info.remove(replacing.name, replacing.spec.version, replacing.recognizer.session.provider)
+    metrics.model_info.labels(served.name, served.spec.version, served.recognizer.session.provider).set(1)
+
+
+def release_memory() -> None:
+    """A freed model's memory back to the system: ONNX Runtime and KenLM free it, but glibc keeps
+    the pages in its arenas (RSS would otherwise grow by the model's size on the first reloads)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+
+
+class SelfCheckFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    result: str  # reloaded, or a staged candidate's decision
+    message: str
+    serving: ServedModel  # the model serving under the name afterwards
+    sets: tuple[asr_pb2.CanaryComparison, ...] = ()
+    self_check_wer: float = -1.0
+
+
+class Candidate:
+    """A staged model: it decodes again the canaries its serving model answers, one at a time,
+    until the evaluation decides, the deadline passes, or it is dropped."""
+
+    def __init__(self, served: ServedModel, serving: ServedModel, evaluation: Evaluation, self_check_wer: float,
+                 deadline: float) -> None:
+        self.served, self.serving, self.evaluation = served, serving, evaluation
+        self.self_check_wer = self_check_wer
+        self.deadline = deadline
+        self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(SHADOW_QUEUE)
+        self.decided: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self.worker: asyncio.Task | None = None
+        self.skipped = 0
+
+    def offer(self, job: ShadowJob) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(job)
+            return
+        self.skipped += 1
+        if self.skipped == 1:
+            log.warning("model %s: the candidate falls behind the canaries (%d waiting); later ones are not "
+                        "shadowed until it catches up", self.served.name, SHADOW_QUEUE)
+
+
+class Reloader:
+    def __init__(self, speech: Speech, cfg: ServerConfig, metrics: Metrics) -> None:
+        self.speech, self.cfg, self.metrics = speech, cfg, metrics
+        self._lock = asyncio.Lock()
+        self._candidates: dict[str, Candidate] = {}
+        self._retiring: set[ServedModel] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._shown: dict[str, Evaluation] = {}  # the evaluation whose numbers the metrics show, per model
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def self_check(self, served: ServedModel) -> float:
+        """The WER of the directory's canaries (-1 when it has none); SelfCheckFailed above the bound."""
+        manifest = served.directory / "canaries" / "manifest.jsonl"
+        if not manifest.is_file():
+            return -1.0
+        word_errors = words = 0
+        endpoint = replace(self.cfg.endpoint, enabled=False)  # each clip one utterance, as Recognize does
+        for line in manifest.read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            samples, clip_rate = await asyncio.to_thread(sf.read, served.directory / "canaries" / row["audio"],
+                                                         dtype="float32", always_2d=True)
+            sc = float32_config(asr_pb2.RecognitionConfig(), clip_rate)
+            pieces = [samples[i:i + clip_rate].mean(axis=1).tobytes() for i in range(0, len(samples), clip_rate)]
+            text = await self.speech.transcribe_quietly(served, sc, pieces, endpoint)
+            s = canary.score(row["text"], text, row.get("set", ""))
+            word_errors, words = word_errors + s.word_errors, words + s.reference_words
+        wer = word_errors / max(words, 1)
+        if wer > self.cfg.self_check_max_wer:
+            raise SelfCheckFailed(f"its canaries/ decode at WER {wer:.3f}, above --self-check-max-wer "
+                                  f"{self.cfg.self_check_max_wer:g}")
+        return wer
+
+    async def reload(self, name: str, directory: str, stage: bool) -> ReloadOutcome:
+        """Reload (or stage) model `name` ("" = the default) from `directory` ("" = its own)."""
+        async with self._lock:
+            serving = self.speech.model(name)
+            path = Path(directory) if directory else serving.directory
+            new = None
+            started = time.monotonic()
+            try:
+                new = await asyncio.to_thread(load_model, serving.name, path, self.cfg, self.metrics)
+                new.batcher.start()
+                wer = await self.self_check(new)
+            except (ModelDirectoryError, SelfCheckFailed) as e:
+                if new is not None:
+                    await new.close()
+                self.metrics.model_reloads.labels(serving.name, FAILED).inc()
+                log.error("model %s: %s is not served: %s; %s stays", serving.name, path, e, serving.directory)
+                raise ServiceError(Status.INVALID_ARGUMENT, f"model {serving.name!r}: {path} is not served: {e}; "
+                                   f"{serving.directory} goes on serving") from None
+            checked = (f"self-check WER {wer:.3f} on its canaries" if wer >= 0 else "no canaries/ to self-check")
+            self._end_candidate(serving.name, REPLACED, "another reload of the model came first")
+            if not stage:
+                self._switch(serving, new)
+                self.metrics.model_reloads.labels(serving.name, RELOADED).inc()
+                message = (f"model {serving.name!r}: {path} serving ({new.spec.name} {new.spec.version}; "
+                           f"loaded and checked in {time.monotonic() - started:.1f} s, {checked})")
+                log.info("%s", message)
+                return ReloadOutcome(RELOADED, message, new, self_check_wer=wer)
+            candidate = Candidate(new, serving, Evaluation(self.cfg.promotion_min_canaries,
+                                                           self.cfg.promotion_max_wer_increase),
+                                  wer, time.monotonic() + self.cfg.promotion_timeout_seconds)
+            self._candidates[serving.name] = candidate
+            self.speech.candidates[serving.name] = candidate.offer
+            self._show(serving.name, candidate.evaluation)
+            candidate.worker = self._spawn(self._evaluate(candidate))
+            self.metrics.model_reloads.labels(serving.name, STAGED).inc()
+            log.info("model %s: %s staged as a candidate (%s); it needs %d canaries per set within %.0f s",
+                     serving.name, path, checked, self.cfg.promotion_min_canaries, self.cfg.promotion_timeout_seconds)
+        decision = await asyncio.shield(candidate.decided)
+        return ReloadOutcome(decision.result, decision.message, self.speech.models[serving.name], decision.sets, wer)
+
+    def _show(self, name: str, evaluation: Evaluation) -> None:
+        """A new evaluation's numbers replace the last one's (kept until then, to show its decision)."""
+        previous = self._shown.get(name)
+        for set_name in previous.sets if previous else ():
+            self.metrics.promotion_canaries.remove(name, set_name)
+            for side in ("candidate", "serving"):
+                self.metrics.promotion_wer.remove(name, set_name, side)
+        self._shown[name] = evaluation
+
+    async def reload_all(self) -> None:
+        """SIGHUP: every model re-read from its directory, one after another."""
+        for name in list(self.speech.models):
+            with contextlib.suppress(ServiceError):  # logged and counted; the old one serves on
+                await self.reload(name, "", stage=False)
+
+    def _switch(self, serving: ServedModel, new: ServedModel) -> None:
+        self.speech.models[serving.name] = new
+        announce(self.metrics, new, serving)
+        self._retiring.add(serving)
+        self._spawn(self._retire(serving))
+
+    async def _retire(self, old: ServedModel) -> None:
+        """Frees a replaced model once the calls that started on it have ended."""
+        while old.users:
+            await asyncio.sleep(0.05)
+        self._retiring.discard(old)
+        described = f"model {old.name}: {old.directory} ({old.spec.version}) freed"
+        await self._free(old)
+        log.info("%s", described)
+
+    async def _free(self, served: ServedModel) -> None:
+        await served.close()
+        del served
+        release_memory()
+
+    async def _evaluate(self, candidate: Candidate) -> None:
+        name = candidate.serving.name
+        while not candidate.decided.done():
+            remaining = candidate.deadline - time.monotonic()
+            try:
+                job = await asyncio.wait_for(candidate.queue.get(), max(remaining, 0.0))
+            except TimeoutError:
+                self._end_candidate(name, EXPIRED, f"fewer than {self.cfg.promotion_min_canaries} canaries per "
+                                    f"set in {self.cfg.promotion_timeout_seconds:g} s")
+                return
+            try:
+                text = await self.speech.transcribe_quietly(candidate.served, job.sc, job.messages, job.endpoint)
+            except ServiceError as e:  # the audio was the serving model's to refuse; it is not counted
+                log.warning("model %s: the candidate could not decode a canary (%s)", name, e.message)
+                continue
+            label = candidate.serving.canaries.label(job.score.set)
+            tally = candidate.evaluation.add(label, job.score, canary.score(job.reference, text, label))
+            self.metrics.promotion_wer.labels(name, label, "candidate").set(tally.candidate_wer)
+            self.metrics.promotion_wer.labels(name, label, "serving").set(tally.serving_wer)
+            self.metrics.promotion_canaries.labels(name, label).set(tally.canaries)
+            decision = candidate.evaluation.decision()
+            if decision is not None:
+                self._decide(candidate, decision)
+
+    def _decide(self, candidate: Candidate, decision: Decision) -> None:
+        name = candidate.serving.name
+        self._candidates.pop(name, None)
+        self.speech.candidates.pop(name, None)
+        if decision.result == PROMOTED:
+            self._switch(candidate.serving, candidate.served)
+        else:
+            self._spawn(self._free(candidate.served))
+        self.metrics.model_promotions.labels(name, decision.result).inc()
+        (log.info if decision.result == PROMOTED else log.warning)(
+            "model %s: candidate %s %s", name, candidate.served.directory, decision.message)
+        candidate.decided.set_result(decision)
+
+    def _end_candidate(self, name: str, result: str, why: str) -> None:
+        candidate = self._candidates.get(name)
+        if candidate is None:
+            return
+        if candidate.worker is not None and candidate.worker is not asyncio.current_task():
+            candidate.worker.cancel()
+        self._decide(candidate, candidate.evaluation.ended(result, why))
+
+    def stop_candidates(self) -> None:
+        for name in list(self._candidates):
+            self._end_candidate(name, STOPPED, "the server is shutting down")
+
+    async def close(self) -> None:
+        """Server stop (calls in flight have ended): candidates dropped (stopped), replaced models freed."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.stop_candidates()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # the candidates' own close
+        for old in list(self._retiring):
+            await old.close()
+

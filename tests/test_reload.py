@@ -1,0 +1,208 @@
+"""Replacing a model while it serves: Admin.ReloadModel and SIGHUP reload beside the old one,
+self-check, switch new calls, free the old; a staged candidate is promoted or rejected on the
+canaries it shadow-decodes. Real servers, real channels, the prober as a CronJob runs it."""
+
+import gc
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import grpc
+import pytest
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from conftest import BUNDLED, ROOT, SAMPLES, TEST_CONFIG, ServerThread
+from service.loadgen import free_port
+from test_decoder import model_directory
+from test_lifecycle import wait_for
+from test_metrics import scrape, value
+from test_recognize import CLIPS
+from test_streaming import pcm
+
+WAV = (SAMPLES / "what_time.wav").read_bytes()
+TEXT = CLIPS["what_time.wav"]
+FILES = ("model.onnx", "model.json", "tokens.txt", "lm.bin", "unigrams.txt", "canaries")
+
+
+def full_directory(path):
+    """The bundled model (beam search + LM) in a directory of its own."""
+    path.mkdir(exist_ok=True)
+    for name in FILES:
+        (path / name).symlink_to(BUNDLED / name)
+    return path
+
+
+def greedy_directory(path):
+    """The same network decoded greedily without the LM: worse (about 51% WER on the canaries, 25% with)."""
+    path.mkdir(exist_ok=True)
+    model_directory(path, beam_width=1)
+    (path / "canaries").symlink_to(BUNDLED / "canaries")
+    return path
+
+
+def recognize(stub) -> str:
+    return stub.Recognize(asr_pb2.RecognizeRequest(audio_content=WAV), timeout=60).results[0].alternatives[0].transcript
+
+
+def reload(channel, **fields) -> asr_pb2.ReloadModelResponse:
+    return asr_pb2_grpc.AdminStub(channel).ReloadModel(asr_pb2.ReloadModelRequest(**fields), timeout=120)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    servers = []
+
+    def start(directory, **overrides):
+        servers.append(ServerThread(replace(TEST_CONFIG, model=(("asr", directory),), **overrides)))
+        return servers[-1]
+
+    yield start
+    for srv in servers:
+        srv.close()
+
+
+def test_a_reload_during_20_live_streams_loses_none_and_each_stream_keeps_its_model(serve, tmp_path):
+    srv = serve(full_directory(tmp_path / "full"), self_check_max_wer=0.9)
+    greedy = greedy_directory(tmp_path / "greedy")
+    audio, reloaded = pcm("what_time.wav"), threading.Event()
+    old = weakref.ref(srv.running.speech.models["asr"].recognizer.session)
+
+    def requests():  # the clip at real time, then silence at real time until the reload is done
+        yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+            config=asr_pb2.RecognitionConfig(encoding=asr_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=16000),
+            interim_results=True))
+        for start in range(0, len(audio), 3200):
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=audio[start:start + 3200])
+            time.sleep(0.1)
+        while not reloaded.is_set():
+            yield asr_pb2.StreamingRecognizeRequest(audio_content=b"\x00\x00" * 1600)
+            time.sleep(0.1)
+
+    def one_stream(stub):
+        texts = [r.results[0].alternatives[0].transcript for r in stub.StreamingRecognize(requests(), timeout=120)
+                 if r.results and r.results[0].is_final]
+        return " ".join(t for t in texts if t)
+
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        with ThreadPoolExecutor(20) as pool:
+            streams = [pool.submit(one_stream, stub) for _ in range(20)]
+            assert wait_for(lambda: srv.running.speech.active_streams == 20, 30)
+            response = reload(channel, directory=str(greedy))
+            assert srv.running.speech.active_streams == 20  # all still open when new calls switched
+            reloaded.set()
+            transcripts = [s.result() for s in streams]
+        assert transcripts == [TEXT] * 20  # every stream finished on the model it started with
+        assert response.result == "reloaded" and not response.model.has_language_model
+        assert 0 <= response.self_check_wer <= 0.9
+        assert recognize(stub) != TEXT  # a new call: the greedy model drops a letter or two
+        info = asr_pb2_grpc.SpeechStub(channel).ListModels(asr_pb2.ListModelsRequest(), timeout=10).models
+        assert [(m.name, m.has_language_model) for m in info] == [("asr", False)]
+    samples = scrape(srv.running.metrics_port)
+    assert value(samples, "asr_model_reloads_total", model="asr", result="reloaded") == 1
+    assert value(samples, "asr_requests_total", method="StreamingRecognize", code="OK") == 20
+
+    def freed():
+        gc.collect()
+        return old() is None
+    assert wait_for(freed, 10)  # the old model's session is gone once its last stream ended
+
+
+def test_a_directory_that_fails_to_load_or_self_check_leaves_the_old_model_serving(serve, tmp_path):
+    srv = serve(full_directory(tmp_path / "full"))  # --self-check-max-wer 0.5 by default
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in FILES[1:]:
+        (broken / name).symlink_to(BUNDLED / name)
+    (broken / "model.onnx").write_bytes((BUNDLED / "model.onnx").read_bytes()[:100_000])  # truncated
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        refused = {}
+        for why, fields in {"truncated": dict(directory=str(broken)),
+                            "worse than its bound": dict(directory=str(greedy_directory(tmp_path / "greedy"))),
+                            "missing": dict(directory=str(tmp_path / "nowhere")),
+                            "unknown name": dict(name="nope")}.items():
+            with pytest.raises(grpc.RpcError) as err:
+                reload(channel, **fields)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+            refused[why] = err.value.details()
+            assert recognize(stub) == TEXT, why  # the old model goes on serving
+        assert "model.onnx" in refused["truncated"] and "goes on serving" in refused["truncated"]
+        assert "above --self-check-max-wer 0.5" in refused["worse than its bound"]
+        assert "'asr'" in refused["unknown name"]
+        again = reload(channel)  # no directory: re-read its own
+        assert again.result == "reloaded" and again.model.has_language_model
+        assert 0.1 < again.self_check_wer < 0.35  # the model card's 25.0% on these canaries
+        assert recognize(stub) == TEXT
+    samples = scrape(srv.running.metrics_port)
+    assert value(samples, "asr_model_reloads_total", model="asr", result="failed") == 3  # the unknown name: no model
+
+
+def prober(port, stage, timeout=300):
+    return subprocess.run([sys.executable, "-m", "service.prober", "--target", f"127.0.0.1:{port}", "--fast",
+                           "--stage", stage], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_staged_candidate_is_promoted_when_better_and_rejected_when_worse(serve, tmp_path):
+    greedy = greedy_directory(tmp_path / "greedy")
+    srv = serve(greedy, self_check_max_wer=0.9, promotion_min_canaries=3)
+    port = srv.running.port
+    better = prober(port, f"asr={full_directory(tmp_path / 'full')}")  # the prober drives it, as its CronJob does
+    assert better.returncode == 0, better.stdout + better.stderr
+    assert "promoted after" in better.stdout
+    samples = scrape(srv.running.metrics_port)
+    assert value(samples, "asr_model_promotions_total", model="asr", result="promoted") == 1
+    sets = {dict(labels)["set"] for name, labels in samples if name == "asr_promotion_canaries"}
+    assert sets == {"seen_voices", "unseen_family"}
+    for s in sets:
+        assert value(samples, "asr_promotion_canaries", model="asr", set=s) >= 3
+        assert value(samples, "asr_promotion_wer", model="asr", set=s, side="candidate") < \
+            value(samples, "asr_promotion_wer", model="asr", set=s, side="serving")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert recognize(asr_pb2_grpc.SpeechStub(channel)) == TEXT  # the promoted model answers users now
+
+    worse = prober(port, f"asr={greedy}")
+    assert worse.returncode == 1, worse.stdout + worse.stderr
+    assert "rejected after" in worse.stdout and "worse than the serving model" in worse.stdout
+    samples = scrape(srv.running.metrics_port)
+    assert value(samples, "asr_model_promotions_total", model="asr", result="rejected") == 1
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert recognize(asr_pb2_grpc.SpeechStub(channel)) == TEXT  # still the better one
+    assert value(samples, "asr_model_reloads_total", model="asr", result="staged") == 2
+
+
+def test_sighup_rereads_every_model_directory(tmp_path):
+    directory = tmp_path / "model"
+    directory.mkdir()
+    for name in FILES:
+        if name != "model.json":
+            (directory / name).symlink_to(BUNDLED / name)
+    meta = json.loads((BUNDLED / "model.json").read_text())
+    (directory / "model.json").write_text(json.dumps(meta))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "service", "--model", f"asr={directory}", "--host", "127.0.0.1",
+                               "--port", str(port), "--metrics-port", "0", "--http-port", "0", "--provider", "cpu"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = asr_pb2_grpc.SpeechStub(channel)
+            assert stub.GetModelInfo(asr_pb2.GetModelInfoRequest(), timeout=10).version == meta["version"]
+            (directory / "model.json").write_text(json.dumps({**meta, "version": "9.9.9"}))
+            server.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: stub.GetModelInfo(asr_pb2.GetModelInfoRequest(), timeout=10).version == "9.9.9",
+                            60)
+            assert recognize(stub) == TEXT
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=30)[0]
+        assert server.returncode == 0, output
+        assert "SIGHUP: reloading every model" in output and "9.9.9" in output and "freed" in output
+    finally:
+        if server.poll() is None:
+            server.kill()
