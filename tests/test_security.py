@@ -63,6 +63,13 @@ def test_bearer_tokens_guard_unary_and_streaming(make_server, tmp_path):
         assert stream(channel, [("authorization", "Bearer first-secret")]) is not None
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+        admin = asr_pb2_grpc.AdminStub(channel)  # the operators' RPCs are behind the same tokens
+        with pytest.raises(grpc.RpcError) as err:
+            admin.ReloadModel(asr_pb2.ReloadModelRequest(), timeout=60)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reloaded = admin.ReloadModel(asr_pb2.ReloadModelRequest(), timeout=120,
+                                     metadata=[("authorization", "Bearer first-secret")])
+        assert reloaded.result == "reloaded"
 
 
 def test_tls(make_server, pki):
