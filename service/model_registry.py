@@ -31,7 +31,8 @@ from service.metrics import Metrics
 from service.model_session import CPU, ModelDirectoryError, ModelSession, ModelSpec
 from service.promotion import EXPIRED, PROMOTED, REPLACED, STOPPED, Decision, Evaluation
 from service.recognizer import Recognizer
-from service.speech import ServedModel, ServiceError, ShadowJob, Speech, Status, float32_config
+from service.speech import (ServedModel, ServiceError, ShadowJob, Speech, Status, float32_config, replay,
+                            seconds_of)
 
 log = logging.getLogger(__name__)
 RELOADED, STAGED, FAILED = "reloaded", "staged", "failed"
@@ -155,8 +156,8 @@ class Reloader:
             samples, clip_rate = await asyncio.to_thread(sf.read, served.directory / "canaries" / row["audio"],
                                                          dtype="float32", always_2d=True)
             sc = float32_config(asr_pb2.RecognitionConfig(), clip_rate)
-            pieces = [samples[i:i + clip_rate].mean(axis=1).tobytes() for i in range(0, len(samples), clip_rate)]
-            text = await self.speech.transcribe_quietly(served, sc, pieces, endpoint)
+            text = await self.speech.transcribe_quietly(served, sc, seconds_of(samples.mean(axis=1), clip_rate),
+                                                        endpoint)
             s = canary.score(row["text"], text, row.get("set", ""))
             word_errors, words = word_errors + s.word_errors, words + s.reference_words
         wer = word_errors / max(words, 1)
@@ -251,7 +252,8 @@ class Reloader:
                                     f"set in {self.cfg.promotion_timeout_seconds:g} s")
                 return
             try:
-                text = await self.speech.transcribe_quietly(candidate.served, job.sc, job.messages, job.endpoint)
+                text = await self.speech.transcribe_quietly(candidate.served, job.sc, replay(job.messages),
+                                                            job.endpoint)
             except ServiceError as e:  # the audio was the serving model's to refuse; it is not counted
                 log.warning("model %s: the candidate could not decode a canary (%s)", name, e.message)
                 continue

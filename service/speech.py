@@ -118,11 +118,16 @@ def float32_config(config: asr_pb2.RecognitionConfig, rate: int) -> asr_pb2.Stre
 
 
 def seconds_of(samples: np.ndarray, rate: int) -> AsyncIterator[bytes]:
-    """Samples as float32 messages of a second each (how whole files go through the batcher)."""
+    """float32 samples as messages of a second each (how whole files go through the batcher)."""
     async def pieces():
         for start in range(0, len(samples), rate):
-            yield samples[start:start + rate].astype(np.float32).tobytes()
+            yield samples[start:start + rate].tobytes()
     return pieces()
+
+
+async def replay(messages: list[bytes]) -> AsyncIterator[bytes]:
+    for message in messages:
+        yield message
 
 
 def quiet_config(sc: asr_pb2.StreamingRecognitionConfig) -> asr_pb2.StreamingRecognitionConfig:
@@ -408,14 +413,10 @@ class Speech:
                 yield event
 
     async def transcribe_quietly(self, served: ServedModel, sc: asr_pb2.StreamingRecognitionConfig,
-                                 messages: list[bytes], endpoint: EndpointConfig) -> str:
+                                 messages: AsyncIterator[bytes], endpoint: EndpointConfig) -> str:
         """The transcript of audio no one waits for (self-checks, shadow decodes of canaries):
         decoded like a whole file, with no canary scored and no audio counted."""
-        async def pieces():
-            for message in messages:
-                yield message
-
-        finals = [e async for e in self._decode(served, sc, pieces(), endpoint, live=False, counted=False)
+        finals = [e async for e in self._decode(served, sc, messages, endpoint, live=False, counted=False)
                   if isinstance(e, FinalResult)]
         return " ".join(t for f in finals if (t := f.hypotheses[0].text))
 
