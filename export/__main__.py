@@ -10,8 +10,8 @@ difference exceeds the tolerance. PATH is detected, and what it is printed:
   checks the int8 graph again (chunked vs whole and batched vs single gated like float32;
   its distance from float32 PyTorch printed, not gated: WER decides, models.evaluate);
 - a Hugging Face `*ForCTC` model directory (wav2vec2, HuBERT, WavLM, ...: config.json,
-  weights, vocab.json, preprocessor_config.json), read with transformers from that
-  directory only;
+  weights, vocab.json, preprocessor_config.json or processor_config.json), read with
+  transformers from that directory only;
 - an ONNX CTC graph in NeMo's or icefall/WeNet's convention (as sherpa-onnx has them) with
   its tokens.txt.
 Hugging Face and ONNX models are full-context: they stream buffered (left context + chunk +
@@ -35,7 +35,7 @@ def detect(path: Path) -> str:
         if huggingface.describe(path):
             return "huggingface"
         raise ValueError(f"{path}: a directory, but not a Hugging Face CTC model (expected config.json with a "
-                         "*ForCTC architecture, vocab.json and preprocessor_config.json)")
+                         "*ForCTC architecture, vocab.json and preprocessor_config.json or processor_config.json)")
     if not path.is_file():
         raise ValueError(f"{path}: no such file or directory")
     if path.suffix == ".onnx":

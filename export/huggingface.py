@@ -40,7 +40,11 @@ class _LogProbs(torch.nn.Module):
 
 def load(path: Path):
     from transformers import AutoFeatureExtractor, AutoModelForCTC  # the train extra; serving needs neither
-    missing = [f for f in ("vocab.json", "preprocessor_config.json") if not (path / f).is_file()]
+    # The feature extractor's settings: preprocessor_config.json, or (transformers 5's save_pretrained of a
+    # processor) inside processor_config.json; AutoFeatureExtractor reads either.
+    missing = [f for f in ("vocab.json",) if not (path / f).is_file()]
+    if not any((path / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
+        missing.append("preprocessor_config.json (or processor_config.json)")
     if missing:
         raise ValueError(f"{path}: a Hugging Face CTC directory needs {' and '.join(missing)} beside config.json")
     # eager attention: the SDPA path traces shape-dependent branches into the graph

@@ -71,6 +71,8 @@ def _ffmpeg(data: bytes, target_rate: int, max_seconds: float) -> np.ndarray:
                               input=data, capture_output=True, timeout=FFMPEG_SECONDS, check=False)
     except subprocess.TimeoutExpired:
         raise AudioError(f"the audio file took over {FFMPEG_SECONDS} s to decode") from None
+    if done.returncode == 0 and not done.stdout and not done.stderr:  # read well, and nothing in it
+        raise AudioError(NO_SAMPLES)
     if done.returncode != 0 or not done.stdout:
         reason = done.stderr.decode(errors="replace").strip().splitlines()
         raise AudioError("could not decode the audio file (not a format libsndfile or ffmpeg reads; for raw "
@@ -79,13 +81,28 @@ def _ffmpeg(data: bytes, target_rate: int, max_seconds: float) -> np.ndarray:
     return np.frombuffer(done.stdout, "<f4").copy()
 
 
+NO_SAMPLES = "the audio holds no samples (a header with no audio after it)"
+UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frame count for a file whose header leaves it open
+
+
+class UnknownLength(AudioError):
+    """A file libsndfile opens but cannot read to its end: ffmpeg reads it instead."""
+
+
 def decode_container(data: bytes, encoding: int, sample_rate: int, channels: int) -> tuple[np.ndarray, int]:
     """A file libsndfile reads -> (mono float32 samples, sample rate). A rate or channel
     count set in the config must match the header."""
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            frames, rate = f.frames, f.samplerate
+            # libsndfile cannot read a file whose header leaves its length open (FLAC streams' say 0)
+            samples = f.read(dtype="float32", always_2d=True) if 0 < frames < UNKNOWN_LENGTH else None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioError(f"could not decode the audio container: {e}") from None
+    if frames == 0:
+        raise AudioError(NO_SAMPLES)
+    if samples is None:
+        raise UnknownLength("the audio's header does not say its length")
     check_rate(rate, "the audio's sample rate")
     if sample_rate and sample_rate != rate:
         raise AudioError(f"config.sample_rate_hertz is {sample_rate} but the audio header says {rate}")
@@ -100,8 +117,9 @@ def decode_file(data: bytes, encoding: int, sample_rate: int, channels: int, tar
     that; otherwise libsndfile tries first and ffmpeg reads what it cannot."""
     try:
         samples, rate = decode_container(data, encoding, sample_rate, channels)
-    except AudioError:
-        if encoding in (Encoding.WAV, Encoding.FLAC) or data.startswith((b"RIFF", b"RIFX", b"fLaC")):
+    except AudioError as e:
+        named = encoding in (Encoding.WAV, Encoding.FLAC) or data.startswith((b"RIFF", b"RIFX", b"fLaC"))
+        if named and not isinstance(e, UnknownLength):
             raise  # a broken WAV/FLAC says what is wrong with it, not what ffmpeg thinks
         samples = _ffmpeg(data, target_rate, max_seconds)
         return samples, len(samples) / target_rate
@@ -157,6 +175,9 @@ def decode_unary(data: bytes, encoding: int, sample_rate: int, channels: int, ta
         raise AudioError("audio_content is empty")
     if encoding in RAW_WIDTH:
         stream = PcmStream(raw_format(encoding, sample_rate, channels or 1), target_rate)
-        samples = np.concatenate([stream.accept(data), stream.finish()])
-        return samples, stream.samples_in / sample_rate
-    return decode_file(data, encoding, sample_rate, channels, target_rate, max_seconds)
+        samples, seconds = np.concatenate([stream.accept(data), stream.finish()]), stream.samples_in / sample_rate
+    else:
+        samples, seconds = decode_file(data, encoding, sample_rate, channels, target_rate, max_seconds)
+    if not len(samples):  # a file's header with no samples after it: nothing to transcribe is a caller's error
+        raise AudioError(NO_SAMPLES)
+    return samples, seconds

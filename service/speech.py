@@ -511,7 +511,7 @@ class Speech:
                     yield event
                 if progress.finals and sc.single_utterance:
                     return
-            if first_audio_at is None:
+            if pcm.samples_in == 0:  # no audio, or only empty messages: nothing was said, no results
                 pcm.finish()
                 return
             half_closed = time.perf_counter()

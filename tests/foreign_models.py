@@ -22,7 +22,10 @@ def _decisive(linear: torch.nn.Linear, seed: int) -> None:
         linear.weight.copy_(torch.randn(linear.weight.shape, generator=g) * 2.0)
 
 
-def wav2vec2_dir(out: Path) -> Path:
+def wav2vec2_dir(out: Path, layout: str = "processor") -> Path:
+    """`layout`: "processor" as the installed transformers saves a processor (transformers 5:
+    processor_config.json holds the feature extractor's settings), or "preprocessor" as
+    transformers 4 did (preprocessor_config.json beside the tokenizer's files)."""
     from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
                               Wav2Vec2Processor)
     out.mkdir(parents=True, exist_ok=True)
@@ -39,8 +42,11 @@ def wav2vec2_dir(out: Path) -> Path:
                                      word_delimiter_token="|")
     extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                          return_attention_mask=False)
-    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
-    extractor.save_pretrained(out)  # preprocessor_config.json, which transformers 5 folds into the processor's
+    if layout == "processor":
+        Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
+    else:
+        tokenizer.save_pretrained(out)
+        extractor.save_pretrained(out)
     return out
 
 

@@ -6,6 +6,7 @@ path (front-ends, buffered streaming, token mapping, word boundaries) to what th
 own tools say."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -135,6 +136,61 @@ def test_streamed_equals_unary_with_the_language_model(servers, kind):
     assert info.vocabulary.startswith("characters ('|'" if kind == "wav2vec2" else "word pieces")
     assert info.frontend == {"wav2vec2": "waveform, utterance normalization per window",
                              "nemo_bpe": "nemo, per_feature normalization per window", "icefall": "kaldi"}[kind]
+
+
+def without_lm(directory, out):
+    """A copy of a model directory whose model.json names no language model."""
+    shutil.copytree(directory, out)
+    meta = json.loads((out / "model.json").read_text())
+    for key in ("lm", "unigrams"):
+        meta["decoder"].pop(key, None)
+    (out / "model.json").write_text(json.dumps(meta))
+    return out
+
+
+def test_every_exported_directory_is_served_by_both_engines_with_and_without_an_lm(exported, tmp_path):
+    """Word pieces with the blank last (NeMo), first (icefall), characters with `|` (wav2vec2) and
+    the bundled model, each with its LM and without one, in one server per engine: both
+    engines answer every model, unary and streamed, with the same transcripts."""
+    from conftest import TEST_CONFIG, ServerThread
+    from dataclasses import replace
+    models = [(kind, directory) for kind, (directory, _, _) in exported.items()] + [("bundled", BUNDLED)]
+    models += [(f"{kind}_nolm", without_lm(directory, tmp_path / f"{kind}_nolm")) for kind, directory in models]
+    audio, rate = sf.read(SAMPLES / "what_time.wav", dtype="int16")
+    config = dict(encoding=asr_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=rate)
+    heard = {}
+    for engine in ("native", "python"):
+        srv = ServerThread(replace(TEST_CONFIG, model=tuple(models), decoder=engine, endpointing=False))
+        try:
+            stub = stub_of(srv.running)
+            for name, _ in models:
+                cfg = asr_pb2.RecognitionConfig(model=name, **config)
+                unary = stub.Recognize(asr_pb2.RecognizeRequest(config=cfg, audio_content=audio.tobytes()),
+                                       timeout=60).results[0].alternatives[0].transcript
+                requests = [asr_pb2.StreamingRecognizeRequest(
+                    streaming_config=asr_pb2.StreamingRecognitionConfig(config=cfg, interim_results=True))]
+                requests += [asr_pb2.StreamingRecognizeRequest(audio_content=audio[i:i + 2000].tobytes())
+                             for i in range(0, len(audio), 2000)]
+                streamed = [r.alternatives[0].transcript for resp in stub.StreamingRecognize(iter(requests), timeout=60)
+                            for r in resp.results if r.is_final]
+                info = stub.GetModelInfo(asr_pb2.GetModelInfoRequest(name=name), timeout=5)
+                assert info.decoder == engine and info.has_language_model == (not name.endswith("_nolm"))
+                assert streamed == [unary], (engine, name)
+                heard[engine, name] = unary
+        finally:
+            srv.close()
+    assert {name: heard["native", name] for name, _ in models} == {name: heard["python", name] for name, _ in models}
+    assert heard["native", "bundled"] and heard["native", "bundled_nolm"]
+
+
+def test_both_hugging_face_layouts_export(tmp_path):
+    """transformers 5 saves a processor's feature-extractor settings in processor_config.json;
+    transformers 4 (and many published models) in preprocessor_config.json: both export."""
+    for layout in ("processor", "preprocessor"):
+        source = wav2vec2_dir(tmp_path / layout, layout)
+        has = {f for f in ("processor_config.json", "preprocessor_config.json") if (source / f).exists()}
+        assert has == {f"{layout}_config.json"}
+        assert "found: a Hugging Face Wav2Vec2ForCTC" in export(source, tmp_path / f"{layout}_model")
 
 
 def test_deployment_overrides_the_contexts_and_refuses_them_for_explicit_state(exported):

@@ -1,10 +1,11 @@
-"""deploy/kubernetes checked offline: every manifest against the Kubernetes API schemas
-(kubernetes-validate, strict), the GPU overlay's Deployment as kustomize merges it, and the
+"""deploy/kubernetes checked offline: both variants as `kubectl kustomize` renders them, every
+manifest against the Kubernetes API schemas (kubernetes-validate, strict), and the
 manifests' ports, probes, grace periods, flags and metric names against the service's own,
 so that they cannot drift apart."""
 
-import copy
+import functools
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import fields
@@ -20,41 +21,33 @@ from service.metrics import Metrics
 
 K8S = ROOT / "deploy" / "kubernetes"
 BUILT_IN = ("v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1")
+KUBECTL = shutil.which("kubectl")
+pytestmark = pytest.mark.skipif(not KUBECTL, reason="kubectl is not installed (apt-get install kubectl)")
 
 
 def documents(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+@functools.cache
+def rendered(variant: str) -> dict[str, dict]:
+    """What `kubectl apply -k` would apply, rendered by kubectl's own kustomize."""
+    run = subprocess.run([KUBECTL, "kustomize", str(K8S / variant)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in yaml.safe_load_all(run.stdout) if d}
+
+
 def manifests() -> dict[str, dict]:
-    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
-    return {f"{d['kind']}/{d['metadata']['name']}": d for name in listed for d in documents(K8S / name)}
-
-
-def merged(base: dict, patch: dict) -> dict:
-    """A strategic-merge patch as kustomize applies one to a Deployment: maps merge, containers by name."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if key == "containers":
-            by_name = {c["name"]: c for c in out[key]}
-            for c in value:
-                by_name[c["name"]] = merged(by_name.get(c["name"], {}), c)
-            out[key] = list(by_name.values())
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return rendered(".")
 
 
 def gpu_deployment() -> dict:
-    overlay = yaml.safe_load((K8S / "gpu" / "kustomization.yaml").read_text())
-    patch = documents(K8S / "gpu" / overlay["patches"][0]["path"])[0]
-    return merged(manifests()["Deployment/asr"], patch)
+    return rendered("gpu")["Deployment/asr"]
 
 
 def test_every_manifest_validates_against_the_kubernetes_schemas():
-    docs = list(manifests().values()) + [gpu_deployment()] + documents(K8S / "prometheus-adapter-rules.yaml")
+    docs = (list(manifests().values()) + list(rendered("gpu").values())
+            + documents(K8S / "prometheus-adapter-rules.yaml") + documents(K8S / "promotion-job.yaml"))
     checked = [d for d in docs if d["apiVersion"] in BUILT_IN]
     for doc in checked:
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
@@ -126,7 +119,18 @@ def test_the_adapter_query_is_promql_and_the_prober_job_runs_the_prober(tmp_path
         assert flag in usage, flag
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in K8S.glob("*.yaml")))
-def test_every_file_is_in_the_kustomization_or_said_apart(path):
-    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
-    assert path in listed or path in ("kustomization.yaml", "prometheus-adapter-rules.yaml")
+def test_every_manifest_is_in_the_kustomization_or_said_apart():
+    listed = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(p.name for p in (K8S / "base").glob("*.yaml")) == sorted(listed + ["kustomization.yaml"])
+    assert sorted(p.name for p in K8S.glob("*.yaml")) == ["kustomization.yaml", "prometheus-adapter-rules.yaml",
+                                                         "promotion-job.yaml"]
+    assert set(rendered("gpu")) == set(manifests())  # the overlay patches, adds nothing
+
+
+def test_the_promotion_job_stages_a_candidate_with_the_prober():
+    job = documents(K8S / "promotion-job.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert job["command"][:3] == ["python3", "-m", "service.prober"] and "--stage" in job["command"]
+    usage = subprocess.run([sys.executable, "-m", "service.prober", "--help"], capture_output=True, text=True,
+                           cwd=ROOT).stdout
+    for flag in (arg for arg in job["command"][3:] if arg.startswith("--")):
+        assert flag in usage, flag

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -111,9 +112,10 @@ class WordTrie {
   int64_t word(int node) const { return node == NONE ? -1 : word_[node]; }  // the word's LM index, -1 if none
 
  private:
-  std::vector<int> first_, target_;
+  // Unbuilt (no LM): the root alone, so a step from it is NONE, never a read past the end.
+  std::vector<int> first_{0, 0}, target_;
   std::vector<unsigned char> label_;
-  std::vector<int64_t> word_;
+  std::vector<int64_t> word_{-1};
 };
 
 // What every stream shares: the vocabulary, the LM and its known words. Immutable.
@@ -312,6 +314,11 @@ class Utterance {
   void check(const Frames &logprobs) const {
     if (logprobs.ndim() != 2 || static_cast<size_t>(logprobs.shape(1)) != d_->vocab_size())
       throw std::invalid_argument("log-probabilities must be (frames, vocabulary size)");
+    // NaN compares false everywhere: it would empty the beams. -inf (a model's log 0) is clipped.
+    const float *p = logprobs.data();
+    for (py::ssize_t i = 0, n = logprobs.size(); i < n; ++i)
+      if (std::isnan(p[i]) || p[i] == std::numeric_limits<float>::infinity())
+        throw std::invalid_argument("log-probabilities hold NaN or +inf");
   }
 
   // The frame loop: no Python object is touched.

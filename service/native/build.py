@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "beam_search.cpp"
 # What the kenlm Python module is built with (its setup.py): a model's order is at most 6.
 FLAGS = ["-O3", "-DNDEBUG", "-DKENLM_MAX_ORDER=6", "-DHAVE_ZLIB", "-std=c++17", "-fPIC", "-fvisibility=hidden"]
+SANITIZE = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 
 
 def kenlm_source() -> Path:
@@ -61,9 +62,12 @@ def _compile(cxx: str, src: Path, obj: Path, includes: list[str]) -> Path:
     return obj
 
 
-def build(jobs: int, force: bool = False) -> Path:
+def build(jobs: int, force: bool = False, sanitize: bool = False) -> Path:
+    """`sanitize`: the engine (not KenLM) under AddressSanitizer and UndefinedBehaviorSanitizer, for
+    tests only (load it with libasan preloaded: scripts/sanitize_native.sh)."""
     out = extension_path()
-    if not force and out.exists() and out.stat().st_mtime >= max(SOURCE.stat().st_mtime, Path(__file__).stat().st_mtime):
+    if (not force and not sanitize and out.exists()
+            and out.stat().st_mtime >= max(SOURCE.stat().st_mtime, Path(__file__).stat().st_mtime)):
         return out
     kenlm = kenlm_source()
     cxx = os.environ.get("CXX", "g++")
@@ -77,7 +81,8 @@ def build(jobs: int, force: bool = False) -> Path:
         objects = list(pool.map(lambda s: _compile(cxx, s, objects_dir / (s.parent.name + "_" + s.stem + ".o"),
                                                    includes), sources))
     tmp = out.with_suffix(".tmp")
-    subprocess.run([cxx, *FLAGS, "-shared", *(f"-I{i}" for i in includes), str(SOURCE), *map(str, objects),
+    flags = [*FLAGS, *SANITIZE] if sanitize else FLAGS  # the later -O1 wins: fewer frames optimized away
+    subprocess.run([cxx, *flags, "-shared", *(f"-I{i}" for i in includes), str(SOURCE), *map(str, objects),
                     "-o", str(tmp), "-lz", "-lrt"], check=True)
     tmp.replace(out)  # atomic: a running server never loads a half-written library
     return out
@@ -87,8 +92,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiler processes")
     p.add_argument("--force", action="store_true", help="rebuild even if the library is up to date")
+    p.add_argument("--sanitize", action="store_true", help="build the engine under ASan and UBSan in place of "
+                   "the library (tests only, in a copy of the tree: scripts/sanitize_native.sh)")
     a = p.parse_args()
-    print(f"built {build(a.jobs, a.force).relative_to(ROOT)}")
+    print(f"built {build(a.jobs, a.force, a.sanitize).relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
