@@ -27,6 +27,7 @@ serve: $(VENV)/.serve
 	$(PY) -m service
 
 test: $(VENV)/.dev
+	$(PY) tests/prerequisites.py
 	$(PY) -m service.native.build
 	$(PY) -m pytest
 

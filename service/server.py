@@ -3,6 +3,7 @@ adapter (with health and reflection), its HTTP adapter, /metrics."""
 
 import asyncio
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -122,9 +123,10 @@ async def start(cfg: ServerConfig) -> RunningServer:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving gRPC on %s:%d and HTTP on port %d (%s%s), metrics on %s:%d/metrics", cfg.host, port, http_port,
+    log.info("serving gRPC on %s:%d and HTTP on port %d (%s%s), metrics on %s:%d/metrics; pid %d (SIGHUP reloads "
+             "the models)", cfg.host, port, http_port,
              "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
-             ", bearer tokens" if tokens else "", cfg.metrics_host, metrics_http.server_port)
+             ", bearer tokens" if tokens else "", cfg.metrics_host, metrics_http.server_port, os.getpid())
     return RunningServer(server, speech, reloader, http, health_servicer, port, http_port, metrics_http.server_port,
                          metrics_http)
 

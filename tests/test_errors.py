@@ -6,7 +6,7 @@ import pytest
 
 from ctc_asr.v1 import asr_pb2
 from conftest import SAMPLES
-from test_recognize import CLIPS, recognize
+from test_recognize import heard, recognize
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -72,7 +72,7 @@ def recognize_raw(stub, cfg, audio):
 
 def assert_still_serving(stub):
     response = recognize(stub, (SAMPLES / "what_time.wav").read_bytes())
-    assert response.results[0].alternatives[0].transcript == CLIPS["what_time.wav"]
+    assert heard(response.results[0].alternatives[0].transcript, "what_time.wav")
 
 
 def streaming_config(**kw) -> asr_pb2.StreamingRecognizeRequest:

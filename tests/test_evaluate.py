@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 from conftest import BUNDLED, ROOT
+from prerequisites import requires
 
 
+@requires("fortunes")
 def test_evaluation_reports_each_set_and_its_plain_english_apart(tmp_path):
     canaries = BUNDLED / "canaries" / "manifest.jsonl"
     result = subprocess.run([sys.executable, "-m", "models.evaluate", "--model", str(BUNDLED),

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import BUNDLED, ROOT, SAMPLES, TEST_CONFIG, ServerThread
 from test_metrics import scrape, value
-from test_recognize import CLIPS
+from test_recognize import heard
 from test_streaming import pcm
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
@@ -209,8 +209,8 @@ def test_a_failing_model_call_fails_only_its_batch(make_server, caplog):
         with pytest.raises(grpc.RpcError) as err:
             stub.Recognize(asr_pb2.RecognizeRequest(config=cfg(), audio_content=WAV), timeout=30)
         assert err.value.code() == grpc.StatusCode.INTERNAL and err.value.details() == "internal error"
-        assert stub.Recognize(asr_pb2.RecognizeRequest(config=cfg(), audio_content=WAV),
-                              timeout=30).results[0].alternatives[0].transcript == CLIPS["what_time.wav"]
+        assert heard(stub.Recognize(asr_pb2.RecognizeRequest(config=cfg(), audio_content=WAV),
+                                    timeout=30).results[0].alternatives[0].transcript, "what_time.wav")
     assert "injected ONNX Runtime failure" in caplog.text
 
 
@@ -331,4 +331,4 @@ def test_refusals_while_draining_and_oversize_requests_are_counted():
     srv.loop.call_soon_threadsafe(srv.loop.stop)
     assert value(samples, "asr_requests_total", method="Recognize", code="UNAVAILABLE") == 1
     assert value(samples, "asr_requests_total", method="Recognize", code="RESOURCE_EXHAUSTED") == 1
-    assert [r.results[0].alternatives[0].transcript for r in responses if r.results] == [CLIPS["what_time.wav"]]
+    assert heard([r.results[0].alternatives[0].transcript for r in responses if r.results], "what_time.wav")

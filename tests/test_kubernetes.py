@@ -12,17 +12,17 @@ from dataclasses import fields
 from pathlib import Path
 
 import kubernetes_validate
-import pytest
 import yaml
 
 from conftest import ROOT
+from prerequisites import requires
 from service.config import ServerConfig, _convert
 from service.metrics import Metrics
 
 K8S = ROOT / "deploy" / "kubernetes"
 BUILT_IN = ("v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1")
 KUBECTL = shutil.which("kubectl")
-pytestmark = pytest.mark.skipif(not KUBECTL, reason="kubectl is not installed (apt-get install kubectl)")
+pytestmark = requires("kubectl")
 
 
 def documents(path: Path) -> list[dict]:
@@ -101,6 +101,7 @@ def test_manifests_agree_with_the_service_flags_and_metrics():
     assert gpu_deployment()["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
+@requires("promtool")
 def test_the_adapter_query_is_promql_and_the_prober_job_runs_the_prober(tmp_path):
     adapter = yaml.safe_load(documents(K8S / "prometheus-adapter-rules.yaml")[0]["data"]["config.yaml"])["rules"][0]
     query = (adapter["metricsQuery"].replace("<<.Series>>", "asr_active_streams")

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from conftest import BUNDLED, ROOT
+from prerequisites import requires
 from service.decoder import CtcDecoder, DecodeOptions
 from service.model_session import ModelSession, ModelSpec
 from service.recognizer import Recognizer
@@ -35,6 +36,7 @@ def transcript(directory) -> str:
     return recognizer.finish(stream).finals[0].hypotheses[0].text
 
 
+@requires("lmplz", "wordnet")
 def test_a_domain_lm_goes_into_a_copy_of_the_model_and_helps_on_its_domain(tmp_path):
     phrases = tmp_path / "phrases.txt"
     phrases.write_text(f"{CANARY['text']}\nAdd 7 apples to my list!\n\n")

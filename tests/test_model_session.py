@@ -29,3 +29,22 @@ def test_warm_up_runs_every_padded_batch_size():
     spec = ModelSpec.load(BUNDLED)
     assert ModelSession(spec, "cpu", pad_batches=True).warm_up(20) == [1, 2, 4, 8, 16, 32]
     assert ModelSession(spec, "cpu").warm_up(20) == [1]
+
+
+def test_the_bundled_int8_products_cannot_saturate_on_any_x86_kernel():
+    """ONNX Runtime's u8 x s8 products on x86 without VNNI (AVX2, AVX-512BW) multiply-add pairs
+    of products into 16 bits with saturation (vpmaddubsw); VNNI and AMX add them in 32 bits. With
+    every int8 weight within +-64 no pair can pass 2 * 255 * 64 = 32640 < 32767, so all kernels
+    compute the same integer products, and a CPU's kind cannot change a transcript through them
+    (export quantizes with 7-bit weights: `reduce_range`)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(BUNDLED / "model.onnx")).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    into_matmul = {i for n in graph.node if n.op_type == "MatMul" for i in n.input}
+    int8 = [weights[n.input[0]] for n in graph.node
+            if n.op_type == "DequantizeLinear" and n.output[0] in into_matmul
+            and weights.get(n.input[0], np.zeros(0)).dtype == np.int8]
+    assert len(int8) >= 16  # the encoder's and the head's matrix products are int8
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in int8) <= 64

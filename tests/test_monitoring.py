@@ -2,7 +2,6 @@
 run, and the alert rules pass promtool's checks and unit tests."""
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -15,12 +14,12 @@ import pytest
 from ctc_asr.v1 import asr_pb2_grpc
 from service.loadgen import free_port
 from conftest import ROOT, SAMPLES
+from prerequisites import requires
 from service.prober import probe
 from service.text import normalize
 
 DEPLOY = ROOT / "deploy"
-needs_prometheus = pytest.mark.skipif(not (shutil.which("prometheus") and shutil.which("promtool")),
-                                      reason="needs Debian's prometheus package (installed by .ci/run)")
+needs_prometheus = requires("promtool")
 
 
 @needs_prometheus

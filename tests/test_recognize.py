@@ -23,6 +23,15 @@ from conftest import BUNDLED, SAMPLES
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 CLIPS = {"what_time.wav": "what time is it in paris",
          "phone.flac": "my phone number is three two zero zero five nine one four five seven"}
+MAX_CER = 0.1  # a letter or two per clip; a wrong clip, a cut or a broken front-end is far past it
+
+
+def heard(said, *names: str, max_cer: float = MAX_CER) -> bool:
+    """What a user notices: each transcript (a string, or a list of finals) is its clip's words
+    with at most a letter or two wrong. Not the exact string: CPUs' float kernels differ in
+    their last bits, and a near tie in the beam may then go the other way by a letter."""
+    said = [said] if isinstance(said, str) else list(said)
+    return len(said) == len(names) and all(jiwer.cer(CLIPS[n], s) <= max_cer for n, s in zip(names, said))
 
 
 def recognize(stub, audio: bytes, **config) -> asr_pb2.RecognizeResponse:
@@ -48,7 +57,7 @@ def pcm16(name: str) -> tuple[bytes, int]:
 def test_file_is_transcribed_to_its_words(stub, name):
     response = recognize(stub, (SAMPLES / name).read_bytes())
     alt = response.results[0].alternatives[0]
-    assert alt.transcript == CLIPS[name]
+    assert heard(alt.transcript, name), alt.transcript
     assert 0 < alt.confidence <= 1
     assert response.total_billed_time.ToTimedelta().total_seconds() == pytest.approx(
         sf.info(SAMPLES / name).duration, abs=0.01)
@@ -58,7 +67,10 @@ def test_streamed_final_equals_unary_transcript(stub):
     pcm, rate = pcm16("what_time.wav")
     responses = stream(stub, pcm, chunk=3201, encoding=Encoding.LINEAR16, sample_rate_hertz=rate)  # odd splits
     finals = [r for resp in responses for r in resp.results if r.is_final]
-    assert [f.alternatives[0].transcript for f in finals] == [CLIPS["what_time.wav"]]
+    unary = recognize(stub, pcm, encoding=Encoding.LINEAR16, sample_rate_hertz=rate)
+    # one graph on one machine: the same chunks, so the same text however the messages are cut
+    assert [f.alternatives[0].transcript for f in finals] == [unary.results[0].alternatives[0].transcript]
+    assert heard(finals[0].alternatives[0].transcript, "what_time.wav")
     assert responses[-1].endpoint_reason == "half_close"
 
 
@@ -68,7 +80,7 @@ def test_interim_results_arrive_before_the_final(stub):
                        sample_rate_hertz=rate)
     results = [r for resp in responses for r in resp.results]
     assert len([r for r in results if not r.is_final]) >= 5
-    assert results[-1].is_final and results[-1].alternatives[0].transcript == CLIPS["phone.flac"]
+    assert results[-1].is_final and heard(results[-1].alternatives[0].transcript, "phone.flac")
     ends = [r.result_end_time.ToTimedelta().total_seconds() for r in results]
     assert ends == sorted(ends)
 
@@ -88,7 +100,7 @@ def test_float32_stereo_is_mixed_down(stub):
     audio, rate = sf.read(SAMPLES / "what_time.wav", dtype="float32")
     stereo = np.stack([audio, audio], axis=1).astype("<f4").tobytes()
     response = recognize(stub, stereo, encoding=Encoding.FLOAT32, sample_rate_hertz=rate, audio_channel_count=2)
-    assert response.results[0].alternatives[0].transcript == CLIPS["what_time.wav"]
+    assert heard(response.results[0].alternatives[0].transcript, "what_time.wav")
 
 
 def test_wav_container_from_flac(stub):
@@ -96,13 +108,14 @@ def test_wav_container_from_flac(stub):
     buf = io.BytesIO()
     sf.write(buf, audio, rate, format="WAV")
     response = recognize(stub, buf.getvalue(), encoding=Encoding.WAV)
-    assert response.results[0].alternatives[0].transcript == CLIPS["phone.flac"]
+    assert heard(response.results[0].alternatives[0].transcript, "phone.flac")
 
 
 def test_word_offsets_cover_the_words_in_order(stub):
     response = recognize(stub, (SAMPLES / "what_time.wav").read_bytes(), enable_word_time_offsets=True)
     words = response.results[0].alternatives[0].words
-    assert [w.word for w in words] == CLIPS["what_time.wav"].split()
+    assert " ".join(w.word for w in words) == response.results[0].alternatives[0].transcript
+    assert heard(response.results[0].alternatives[0].transcript, "what_time.wav")
     times = [(w.start_time.ToTimedelta().total_seconds(), w.end_time.ToTimedelta().total_seconds()) for w in words]
     assert all(s < e for s, e in times)
     assert all(e1 <= s2 for (_, e1), (s2, _) in zip(times, times[1:]))
@@ -163,4 +176,4 @@ def test_grpcurl_calls_recognize_through_reflection_as_the_readme_shows(running)
                           f"127.0.0.1:{running.port}", "ctc_asr.v1.Speech/Recognize"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["results"][0]["alternatives"][0]["transcript"] == CLIPS["what_time.wav"]
+    assert heard(json.loads(run.stdout)["results"][0]["alternatives"][0]["transcript"], "what_time.wav")

@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from conftest import BUNDLED, ROOT
+from prerequisites import requires
 from models import sentences
 from models.corpus import KOKORO_FAR_REACH, kokoro_jobs
 from models.model import TOKENS, ModelConfig, StreamingCTC, init_from, save_checkpoint
@@ -21,9 +22,7 @@ from models.train import (SR, Augment, _convert_voice, cached_features, load_con
                           typed_settings)
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
-needs_synthesis = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("espeak-ng", "flite", "text2wave", "pico2wave", "RHVoice-test", "mbrola")),
-    reason="needs espeak-ng, flite, festival, SVOX Pico, RHVoice and MBROLA (installed by .ci/run)")
+needs_synthesis = requires("synthesis", "fortunes")
 
 TINY = """
 seed = 0

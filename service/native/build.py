@@ -76,10 +76,16 @@ def build(jobs: int, force: bool = False, sanitize: bool = False) -> Path:
     objects_dir = kenlm / "native-build"
     objects_dir.mkdir(exist_ok=True)
     includes = [str(kenlm), pybind11.get_include(), sysconfig.get_paths()["include"]]
-    print(f"compiling the native beam search ({len(sources)} KenLM sources, {jobs} jobs)", file=sys.stderr)
+    print(f"compiling the native beam search ({len(sources)} KenLM sources, {jobs} jobs; a few minutes the "
+          "first time)", file=sys.stderr)
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        objects = list(pool.map(lambda s: _compile(cxx, s, objects_dir / (s.parent.name + "_" + s.stem + ".o"),
-                                                   includes), sources))
+        futures = [pool.submit(_compile, cxx, s, objects_dir / (s.parent.name + "_" + s.stem + ".o"), includes)
+                   for s in sources]
+        for done, _ in enumerate(concurrent.futures.as_completed(futures), 1):
+            print(f"\r  KenLM sources: {done}/{len(sources)}", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        objects = [f.result() for f in futures]
+    print("  linking the beam search", file=sys.stderr)
     tmp = out.with_suffix(".tmp")
     flags = [*FLAGS, *SANITIZE] if sanitize else FLAGS  # the later -O1 wins: fewer frames optimized away
     subprocess.run([cxx, *flags, "-shared", *(f"-I{i}" for i in includes), str(SOURCE), *map(str, objects),
