@@ -5,12 +5,14 @@ import logging
 import sys
 
 from service.config import parse_args
+from service.model_registry import fix_mmap_threshold
 from service.model_session import ModelDirectoryError
 from service.server import StartupError, serve
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fix_mmap_threshold()
     try:
         asyncio.run(serve(parse_args()))
     except (ModelDirectoryError, StartupError) as e:  # before anything is served: one line, as argparse's

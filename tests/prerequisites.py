@@ -30,7 +30,8 @@ PREREQUISITES = {
     "openssl": (_tool("openssl"), "openssl", "TLS certificates for the security tests", False),
     "promtool": (_tool("prometheus", "promtool"), "prometheus", "alert rules and the monitoring setup", False),
     "chromium": (_tool("chromium", "chromedriver"), "chromium chromium-driver", "the browser page", False),
-    "kubectl": (_tool("kubectl"), "kubectl", "rendering the Kubernetes manifests", False),
+    "kubectl": (_tool("kubectl"), "kubectl", "rendering the Kubernetes manifests (kustomize v5: Kubernetes' own apt "
+                "repository; Debian 12's kubernetes-client 1.20 is too old)", False),
     "lmplz": (lambda: _tool("cmake")() and Path("/usr/include/boost/program_options.hpp").exists(),
               "cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev",
               "building KenLM's lmplz (language models)", False),
