@@ -41,7 +41,8 @@ class Tokens:
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: Tokens, on_refused: Callable[[str], None] = lambda method: None) -> None:
-        """`on_refused(method)`: a call refused (the method's short name, e.g. Recognize)."""
+        """`on_refused(method)`: a call refused (the method's full path as the caller sent it,
+        e.g. /ctc_asr.v1.Speech/Recognize: anything, so only known ones may become labels)."""
         self._tokens = tokens
         self._on_refused = on_refused
 
@@ -49,7 +50,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         header = dict(details.invocation_metadata or ()).get("authorization", "")
         if details.method.startswith(OPEN_METHODS) or self._tokens.valid_header(header):
             return await continuation(details)
-        self._on_refused(details.method.rsplit("/", 1)[-1])
+        self._on_refused(details.method)
         handler = await continuation(details)
         deny = _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
         if handler is None:

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 SLACK = 1024 * 1024
 SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
 ADMIN_NAME = asr_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+# Method label values: the served methods' short names; any other path a caller makes up is "unknown",
+# so unauthenticated callers cannot add series to /metrics.
+KNOWN_METHODS = {f"/{service.full_name}/{method.name}": method.name
+                 for service in asr_pb2.DESCRIPTOR.services_by_name.values() for method in service.methods}
 
 
 @dataclass
@@ -73,7 +77,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
 
     tokens = read_bearer_tokens(cfg.auth_tokens_file) if cfg.auth_tokens_file else None
     def refused(method: str) -> None:
-        metrics.requests.labels(method, "UNAUTHENTICATED").inc()
+        metrics.requests.labels(KNOWN_METHODS.get(method, "unknown"), "UNAUTHENTICATED").inc()
 
     interceptors = [BearerTokenInterceptor(tokens, refused)] if tokens else []
     server = grpc.aio.server(interceptors=interceptors,

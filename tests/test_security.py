@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import SAMPLES
 from prerequisites import requires
+from test_metrics import scrape, value
 from test_recognize import heard
 
 AUDIO = (SAMPLES / "what_time.wav").read_bytes()
@@ -71,6 +72,28 @@ def test_bearer_tokens_guard_unary_and_streaming(make_server, tmp_path):
         reloaded = admin.ReloadModel(asr_pb2.ReloadModelRequest(), timeout=120,
                                      metadata=[("authorization", "Bearer first-secret")])
         assert reloaded.result == "reloaded"
+    samples = scrape(srv.running.metrics_port)
+    assert value(samples, "asr_requests_total", method="Recognize", code="UNAUTHENTICATED") == 3
+    assert value(samples, "asr_requests_total", method="ReloadModel", code="UNAUTHENTICATED") == 1
+
+
+def test_made_up_methods_cannot_grow_the_metrics(make_server, tmp_path):
+    """Calls to methods the server does not have, with long made-up names and no token, are
+    refused and counted under one series: /metrics does not grow with what callers send."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    srv = make_server(auth_tokens_file=tokens)
+    size = len(urllib.request.urlopen(f"http://127.0.0.1:{srv.running.metrics_port}/metrics", timeout=5).read())
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        for i in range(200):
+            call = channel.unary_unary(f"/evil.Service{i}/{'x' * 1000}{i}")
+            with pytest.raises(grpc.RpcError) as err:
+                call(b"", timeout=5)
+            assert err.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{srv.running.metrics_port}/metrics", timeout=5).read()
+    assert value(scrape(srv.running.metrics_port), "asr_requests_total", method="unknown",
+                 code="UNAUTHENTICATED") == 200
+    assert len(text) - size < 2000 and b"xxxx" not in text  # one new series, not 200
 
 
 @requires("openssl")
