@@ -83,24 +83,32 @@ def _ffmpeg(data: bytes, target_rate: int, max_seconds: float) -> np.ndarray:
 
 NO_SAMPLES = "the audio holds no samples (a header with no audio after it)"
 UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frame count for a file whose header leaves it open
+MAX_FILE_CHANNELS = 8  # as config.audio_channel_count: what a file may make the server decode at once
 
 
 class UnknownLength(AudioError):
     """A file libsndfile opens but cannot read to its end: ffmpeg reads it instead."""
 
 
-def decode_container(data: bytes, encoding: int, sample_rate: int, channels: int) -> tuple[np.ndarray, int]:
-    """A file libsndfile reads -> (mono float32 samples, sample rate). A rate or channel
-    count set in the config must match the header."""
+def decode_container(data: bytes, encoding: int, sample_rate: int, channels: int,
+                     max_seconds: float) -> tuple[np.ndarray, int, float]:
+    """A file libsndfile reads -> (mono float32 samples, sample rate, seconds). A rate or channel
+    count set in the config must match the header. At most `max_seconds` + 1 s are decoded, so
+    memory is bounded by the limit, not by what the header claims; a longer file's seconds are
+    its header's, for the caller to refuse."""
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            frames, rate = f.frames, f.samplerate
+            frames, rate, width = f.frames, f.samplerate, f.channels
+            cap = int((max_seconds + 1) * min(max(rate, 1), MAX_RATE))
             # libsndfile cannot read a file whose header leaves its length open (FLAC streams' say 0)
-            samples = f.read(dtype="float32", always_2d=True) if 0 < frames < UNKNOWN_LENGTH else None
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+            samples = (f.read(min(frames, cap), dtype="float32", always_2d=True)
+                       if 0 < frames < UNKNOWN_LENGTH and width <= MAX_FILE_CHANNELS else None)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
         raise AudioError(f"could not decode the audio container: {e}") from None
     if frames == 0:
         raise AudioError(NO_SAMPLES)
+    if width > MAX_FILE_CHANNELS:
+        raise AudioError(f"the audio has {width} channels; at most {MAX_FILE_CHANNELS}")
     if samples is None:
         raise UnknownLength("the audio's header does not say its length")
     check_rate(rate, "the audio's sample rate")
@@ -108,7 +116,8 @@ def decode_container(data: bytes, encoding: int, sample_rate: int, channels: int
         raise AudioError(f"config.sample_rate_hertz is {sample_rate} but the audio header says {rate}")
     if channels and channels != samples.shape[1]:
         raise AudioError(f"config.audio_channel_count is {channels} but the audio has {samples.shape[1]}")
-    return _to_mono(samples), rate
+    seconds = (frames if len(samples) == cap else len(samples)) / rate  # a header may claim more than is there
+    return _to_mono(samples), rate, seconds
 
 
 def decode_file(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int,
@@ -116,14 +125,13 @@ def decode_file(data: bytes, encoding: int, sample_rate: int, channels: int, tar
     """A whole audio file -> (samples at target_rate, seconds). WAV and FLAC, when named, must be
     that; otherwise libsndfile tries first and ffmpeg reads what it cannot."""
     try:
-        samples, rate = decode_container(data, encoding, sample_rate, channels)
+        samples, rate, seconds = decode_container(data, encoding, sample_rate, channels, max_seconds)
     except AudioError as e:
         named = encoding in (Encoding.WAV, Encoding.FLAC) or data.startswith((b"RIFF", b"RIFX", b"fLaC"))
         if named and not isinstance(e, UnknownLength):
             raise  # a broken WAV/FLAC says what is wrong with it, not what ffmpeg thinks
         samples = _ffmpeg(data, target_rate, max_seconds)
         return samples, len(samples) / target_rate
-    seconds = len(samples) / rate
     if rate != target_rate:
         samples = soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32)
     return samples, seconds

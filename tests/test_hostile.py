@@ -4,6 +4,7 @@ shed while streams fall behind real time, and the bugs a read of the code
 found, each reproduced first."""
 
 import asyncio
+import io
 import math
 import shutil
 import subprocess
@@ -13,7 +14,9 @@ import time
 from dataclasses import replace
 
 import grpc
+import numpy as np
 import pytest
+import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -332,3 +335,30 @@ def test_refusals_while_draining_and_oversize_requests_are_counted():
     assert value(samples, "asr_requests_total", method="Recognize", code="UNAVAILABLE") == 1
     assert value(samples, "asr_requests_total", method="Recognize", code="RESOURCE_EXHAUSTED") == 1
     assert heard([r.results[0].alternatives[0].transcript for r in responses if r.results], "what_time.wav")
+
+
+def flac_claiming(total_samples: int) -> bytes:
+    """phone.flac (4.3 s at 16 kHz) whose STREAMINFO claims `total_samples` samples."""
+    data = bytearray((SAMPLES / "phone.flac").read_bytes())
+    packed = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)  # the low 36 bits: total samples
+    data[18:26] = (packed | total_samples).to_bytes(8, "big")
+    return bytes(data)
+
+
+def test_a_file_is_decoded_no_further_than_the_limit_whatever_its_header_claims(stub):
+    """Decompression bombs: memory is bounded by --max-unary-audio-seconds (20 s here), not by the
+    file. A header claiming 2^36 - 1 samples (once a 256 GiB allocation and INTERNAL) is refused as
+    undecodable; 100 minutes of real 48 kHz FLAC silence (a few hundred KB) is refused at once."""
+    code, details = status(stub, cfg(), flac_claiming(2**36 - 1))  # libsndfile cannot read past what is there
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "could not decode" in details, details
+    bomb = io.BytesIO()
+    with sf.SoundFile(bomb, "w", 48000, 1, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(100):
+            f.write(np.zeros(48000 * 60, np.int16))
+    assert len(bomb.getvalue()) < 2_000_000
+    started = time.monotonic()
+    code, details = status(stub, cfg(), bomb.getvalue())
+    assert code == grpc.StatusCode.OUT_OF_RANGE and "audio is 6000.0 s" in details, details
+    assert time.monotonic() - started < 10  # 21 s decoded, not 100 minutes
+    assert heard(stub.Recognize(asr_pb2.RecognizeRequest(audio_content=WAV), timeout=30)
+                 .results[0].alternatives[0].transcript, "what_time.wav")
