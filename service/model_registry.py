@@ -57,7 +57,10 @@ def load_model(name: str, directory: Path, cfg: ServerConfig, metrics: Metrics) 
     try:
         decoder = CtcDecoder(spec, cfg.decoder, threads=cfg.workers)
     except Exception as e:  # KenLM's: a corrupt or truncated binary or ARPA file
-        raise ModelDirectoryError(f"{spec.lm}: the language model cannot be loaded ({_first_line(e)})") from e
+        # KenLM's message may quote the file's lines: the log has it, the caller (an RPC) does not.
+        log.warning("model %s: %s: KenLM cannot load it: %s", name, spec.lm, _first_line(e))
+        raise ModelDirectoryError(f"{spec.lm}: the language model cannot be loaded (not a KenLM binary or ARPA "
+                                  "file, or damaged; the server's log says more)") from e
     inference, batch_size = metrics.inference.labels(session.provider, name), metrics.batch_size.labels(name)
     recognizer = Recognizer(session, decoder, on_inference=inference.observe,
                             on_decode=metrics.decode.labels(name).observe)

@@ -23,6 +23,8 @@ import onnxruntime as ort
 from service.features import FeatureConfig, frontend, normalize_window
 
 MAX_BEAM_WIDTH = 256  # per request, and in model.json
+MAX_LM_WEIGHT = 5.0  # per request, and in model.json
+MAX_WORD_BONUS = 20.0
 
 log = logging.getLogger(__name__)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -30,6 +32,17 @@ CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 class ModelDirectoryError(ValueError):
     """A model directory that cannot be served, and why."""
+
+
+def _inside(directory: Path, name, field: str) -> Path | None:
+    """A file model.json names: a relative path inside the model directory (a directory served or
+    reloaded must not make the server open other files), or None where it names none."""
+    if not name:
+        return None
+    if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"{directory / 'model.json'}: {field} must name a file inside the model directory "
+                         f"(no absolute path, no '..'), not {name!r}")
+    return directory / name
 
 
 @dataclass(frozen=True)
@@ -143,8 +156,13 @@ class ModelSpec:
                                        or not 0 < blank_skip < 1):
             raise ValueError(f"{directory / 'model.json'}: decoder.blank_skip must be a probability between 0 "
                              f"and 1 (or null: off), not {blank_skip!r}")
-        lm = directory / decoder["lm"] if decoder.get("lm") else None
-        unigrams = directory / decoder["unigrams"] if decoder.get("unigrams") else None
+        lm, unigrams = (_inside(directory, decoder.get(field), f"decoder.{field}") for field in ("lm", "unigrams"))
+        weights = {"lm_weight": (decoder.get("lm_weight", 0.5), 0.0, MAX_LM_WEIGHT),
+                   "word_bonus": (decoder.get("word_bonus", 1.0), -MAX_WORD_BONUS, MAX_WORD_BONUS)}
+        for field, (value, low, high) in weights.items():  # what a request may ask; NaN fails the comparison
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"{directory / 'model.json'}: decoder.{field} must be a number from {low:g} to "
+                                 f"{high:g}, not {value!r}")
         features = FeatureConfig(**meta["features"])
         streaming = meta.get("streaming", {})
         scheme = streaming.get("scheme", "explicit_state")
@@ -174,7 +192,7 @@ class ModelSpec:
             states=tuple(StateSpec(s["input"], s["output"], tuple(s["shape"]), s["batch_axis"])
                          for s in meta.get("states", ())),
             parameters=meta.get("parameters", 0), lm=lm, unigrams=unigrams,
-            lm_weight=decoder.get("lm_weight", 0.5), word_bonus=decoder.get("word_bonus", 1.0),
+            lm_weight=weights["lm_weight"][0], word_bonus=weights["word_bonus"][0],
             beam_width=beam_width, blank_skip=blank_skip, io=ModelIO(**meta.get("io", {})), buffered=buffered,
             # the quiet tail must cover the right context, or a stream's last words would never be output
             tail_padding_ms=max(meta.get("tail_padding_ms", 320), round(lookahead * 1000 * features.hop_length

@@ -10,15 +10,13 @@ from dataclasses import dataclass
 from ctc_asr.v1 import asr_pb2
 from service.audio import RAW_WIDTH, AudioError, Encoding, check_rate
 from service.decoder import DecodeOptions
-from service.model_session import MAX_BEAM_WIDTH, ModelSpec
+from service.model_session import MAX_BEAM_WIDTH, MAX_LM_WEIGHT, MAX_WORD_BONUS, ModelSpec
 from service.text import normalize
 
 MAX_ALTERNATIVES = 10
 MAX_HOTWORDS = 100  # phrases, over all speech_contexts
 MAX_PHRASE_CHARS = 100
 MAX_BOOST = 100.0
-MAX_LM_WEIGHT = 5.0
-MAX_WORD_BONUS = 20.0
 MAX_LANGUAGE_CODE_CHARS = 35  # BCP-47's longest registered tags are shorter
 MAX_REFERENCE_CHARS = 5000
 MAX_SET_CHARS = 64

@@ -146,6 +146,41 @@ def test_a_directory_that_fails_to_load_or_self_check_leaves_the_old_model_servi
     assert value(samples, "asr_model_reloads_total", model="asr", result="failed") == 3  # the unknown name: no model
 
 
+def test_a_directory_cannot_make_the_server_open_other_files_or_serve_bad_settings(serve, tmp_path):
+    """model.json names files inside its directory only, and its decoder settings within what a request
+    may ask: refused at reload (and at start-up, by the same check) with INVALID_ARGUMENT, never quoting
+    a file's contents, while the old model goes on serving."""
+    srv = serve(full_directory(tmp_path / "full"))
+    meta = json.loads((BUNDLED / "model.json").read_text())
+    (tmp_path / "secret").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    cases = {"absolute": {"lm": str(tmp_path / "secret")}, "outside": {"lm": "../secret"},
+             "unigrams outside": {"unigrams": "../../secret"}, "NaN weight": {"lm_weight": float("nan")},
+             "negative weight": {"lm_weight": -50}, "absurd bonus": {"word_bonus": 1e308}}
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        serving = recognize(stub)
+        for why, decoder in cases.items():
+            directory = tmp_path / why.replace(" ", "_")
+            directory.mkdir()
+            for name in ("model.onnx", "tokens.txt", "lm.bin", "unigrams.txt"):
+                (directory / name).symlink_to(BUNDLED / name)
+            (directory / "model.json").write_text(json.dumps({**meta, "decoder": {**meta["decoder"], **decoder}}))
+            with pytest.raises(grpc.RpcError) as err:
+                reload(channel, directory=str(directory))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+            field = next(iter(decoder))
+            assert f"decoder.{field}" in err.value.details() and "root:" not in err.value.details(), why
+            assert recognize(stub) == serving, why
+        (tmp_path / "bad_lm").mkdir()
+        for name in ("model.onnx", "tokens.txt", "unigrams.txt", "model.json"):
+            (tmp_path / "bad_lm" / name).symlink_to(BUNDLED / name)
+        (tmp_path / "bad_lm" / "lm.bin").write_text("root:x:0:0:root:/root:/bin/bash\n")  # inside, not an LM
+        with pytest.raises(grpc.RpcError) as err:
+            reload(channel, directory=str(tmp_path / "bad_lm"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "root:" not in err.value.details()
+        assert "cannot be loaded" in err.value.details()
+
+
 def prober(port, stage, timeout=300):
     return subprocess.run([sys.executable, "-m", "service.prober", "--target", f"127.0.0.1:{port}", "--fast",
                            "--stage", stage], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
