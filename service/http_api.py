@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 
 from ctc_asr.v1 import asr_pb2
@@ -199,6 +200,11 @@ class HttpApi:
                 except web.HTTPRequestEntityTooLarge:
                     raise ServiceError(Status.OUT_OF_RANGE, "the request is larger than "
                                        f"{self.cfg.max_message_bytes} bytes (--max-message-bytes)") from None
+                except ConnectionError:  # the client went away mid-upload: its call, not our fault
+                    raise ServiceError(Status.CANCELLED, "the client closed the connection") from None
+                except (ValueError, HttpProcessingError) as e:  # aiohttp's parser: a malformed form body
+                    raise ServiceError(Status.INVALID_ARGUMENT, "the body is not a well-formed multipart/form-data "
+                                       f"(or urlencoded) form: {_first_line(e)[:200]}") from None
                 req = _transcription_request(form, list(self.speech.models))
                 events = self.speech.transcribe_file("HTTPTranscriptions", req.config, req.audio)
                 if req.stream:
@@ -252,6 +258,10 @@ class HttpApi:
             reason = f"{e.status.name}: {e.message}".encode()[:123]  # a close frame's reason has room for 123 bytes
             await ws.close(code=WS_CLOSE.get(e.status, 1008), message=reason)
         return ws
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 async def _ws_messages(ws: web.WebSocketResponse):

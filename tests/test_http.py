@@ -5,6 +5,8 @@ metrics, all on the real server's HTTP port."""
 import asyncio
 import json
 import re
+import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -211,3 +213,41 @@ def test_readiness_follows_draining(make_server):
         openai_client(srv.running).audio.transcriptions.create(model=srv.running.speech.spec.name,
                                                                file=(SAMPLES / "what_time.wav").open("rb"))
     assert err.value.status_code == 503
+
+
+MALFORMED = {
+    "wrong boundary": ("multipart/form-data; boundary=abc",
+                       b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\r\n--xyz--\r\n'),
+    "no boundary": ("multipart/form-data", b"--xyz\r\n\r\n"),
+    "truncated": ("multipart/form-data; boundary=abc",
+                  b'--abc\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'),
+    "garbage": ("multipart/form-data; boundary=abc", b"\x00\x01garbage" * 10),
+    "empty": ("multipart/form-data; boundary=abc", b""),
+    "100 KB filename": ("multipart/form-data; boundary=abc", b'--abc\r\nContent-Disposition: form-data; name="file"; '
+                        b'filename="' + b"a" * 100_000 + b'"\r\n\r\nRIFF\r\n--abc--\r\n'),
+}
+
+
+def test_malformed_forms_are_a_400_and_a_client_gone_mid_upload_is_cancelled(running, caplog):
+    url = f"http://127.0.0.1:{running.http_port}/v1/audio/transcriptions"
+    before = scrape(running.metrics_port)
+    for why, (content_type, body) in MALFORMED.items():
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=10)
+        assert err.value.code == 400, why
+        assert json.loads(err.value.read())["error"]["type"] == "invalid_request_error", why
+    with socket.create_connection(("127.0.0.1", running.http_port)) as client:  # announces 1 MB, sends 1 KB, leaves
+        client.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+                       b"Content-Type: multipart/form-data; boundary=abc\r\n\r\n--abc\r\n" + b"x" * 1000)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and value(scrape(running.metrics_port), "asr_requests_total",
+                                                method="HTTPTranscriptions", code="CANCELLED") == value(
+            before, "asr_requests_total", method="HTTPTranscriptions", code="CANCELLED"):
+        time.sleep(0.1)
+    after = scrape(running.metrics_port)
+    counts = {code: value(after, "asr_requests_total", method="HTTPTranscriptions", code=code)
+              - value(before, "asr_requests_total", method="HTTPTranscriptions", code=code)
+              for code in ("INVALID_ARGUMENT", "CANCELLED", "INTERNAL")}
+    assert counts == {"INVALID_ARGUMENT": len(MALFORMED), "CANCELLED": 1, "INTERNAL": 0}
+    assert "Traceback" not in caplog.text and "HTTPTranscriptions failed" not in caplog.text
