@@ -192,6 +192,7 @@ class HttpApi:
             for name, served in self.speech.models.items()]})
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
+        sse: web.StreamResponse | None = None
         try:
             async with self.speech.call("HTTPTranscriptions"):
                 self._authorize(request)
@@ -208,32 +209,30 @@ class HttpApi:
                 req = _transcription_request(form, list(self.speech.models))
                 events = self.speech.transcribe_file("HTTPTranscriptions", req.config, req.audio)
                 if req.stream:
-                    return await self._stream_sse(request, events)
+                    sse = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+                    await sse.prepare(request)
+                    await self._stream_sse(sse, events)
+                    return sse
                 finals = [e async for e in events if isinstance(e, FinalResult)]
                 return _body(req, finals, req.config.language_code or "en")
         except ServiceError as e:
-            return _openai_error(e)
+            if sse is None:
+                return _openai_error(e)
+            await _send_event(sse, _openai_error_body(e))  # the status line is sent: the error goes in the stream
+            await sse.write_eof()
+            return sse
 
-    async def _stream_sse(self, request: web.Request, events) -> web.StreamResponse:
+    @staticmethod
+    async def _stream_sse(response: web.StreamResponse, events) -> None:
         """OpenAI's streamed transcription: a `transcript.text.delta` event per utterance (deltas
         only append, as OpenAI's clients join them), then `transcript.text.done`."""
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
         texts = []
-
-        async def send(event: dict) -> None:
-            await response.write(f"data: {json.dumps(event)}\n\n".encode())
-
-        try:
-            async for event in events:
-                if isinstance(event, FinalResult) and (text := event.hypotheses[0].text):
-                    await send({"type": "transcript.text.delta", "delta": (" " if texts else "") + text})
-                    texts.append(text)
-            await send({"type": "transcript.text.done", "text": " ".join(texts)})
-        except ServiceError as e:  # the status line is sent: the error goes in the stream
-            await send(_openai_error_body(e))
+        async for event in events:
+            if isinstance(event, FinalResult) and (text := event.hypotheses[0].text):
+                await _send_event(response, {"type": "transcript.text.delta", "delta": (" " if texts else "") + text})
+                texts.append(text)
+        await _send_event(response, {"type": "transcript.text.done", "text": " ".join(texts)})
         await response.write_eof()
-        return response
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes)
@@ -258,6 +257,10 @@ class HttpApi:
             reason = f"{e.status.name}: {e.message}".encode()[:123]  # a close frame's reason has room for 123 bytes
             await ws.close(code=WS_CLOSE.get(e.status, 1008), message=reason)
         return ws
+
+
+async def _send_event(response: web.StreamResponse, event: dict) -> None:
+    await response.write(f"data: {json.dumps(event)}\n\n".encode())
 
 
 def _first_line(error: Exception) -> str:

@@ -251,3 +251,23 @@ def test_malformed_forms_are_a_400_and_a_client_gone_mid_upload_is_cancelled(run
               for code in ("INVALID_ARGUMENT", "CANCELLED", "INTERNAL")}
     assert counts == {"INVALID_ARGUMENT": len(MALFORMED), "CANCELLED": 1, "INTERNAL": 0}
     assert "Traceback" not in caplog.text and "HTTPTranscriptions failed" not in caplog.text
+
+
+def test_a_streamed_transcription_that_fails_says_so_inside_its_stream(running):
+    """stream=true: once the event stream has begun, an undecodable file is an error event in it
+    (OpenAI's shape), never a second HTTP response inside the first; it counts as INVALID_ARGUMENT."""
+    async def go():
+        form = aiohttp.FormData({"stream": "true"})
+        form.add_field("file", b"\x13\x37 not audio" * 50, filename="notes.wav")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            async with session.post(f"http://127.0.0.1:{running.http_port}/v1/audio/transcriptions", data=form) as r:
+                return r.status, r.headers["Content-Type"], await r.text()
+    before = scrape(running.metrics_port)
+    status, content_type, body = asyncio.run(go())
+    assert status == 200 and content_type.startswith("text/event-stream")
+    events = [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
+    assert len(events) == 1 and events[0]["error"]["code"] == "invalid_argument", body
+    assert "HTTP/1.1" not in body
+    after = scrape(running.metrics_port)
+    assert value(after, "asr_requests_total", method="HTTPTranscriptions", code="INVALID_ARGUMENT") - \
+        value(before, "asr_requests_total", method="HTTPTranscriptions", code="INVALID_ARGUMENT") == 1
