@@ -76,9 +76,14 @@ async def _abort(context: grpc.aio.ServicerContext, e: ServiceError):
     await context.abort(grpc.StatusCode[e.status.name], e.message)
 
 
+DEADLINE_SLACK_SECONDS = 0.5
+
+
 def _expired(context: grpc.aio.ServicerContext):
-    """Whether the call's deadline has passed (a cancellation then is DEADLINE_EXCEEDED)."""
-    return lambda: (remaining := context.time_remaining()) is not None and remaining <= 0
+    """Whether the call's deadline has passed (a cancellation then is DEADLINE_EXCEEDED). Our view of
+    the deadline starts when the call reaches us, later than the client's: on a loaded machine the
+    client's cancel at its deadline can arrive while ours is still a moment away, hence the slack."""
+    return lambda: (remaining := context.time_remaining()) is not None and remaining <= DEADLINE_SLACK_SECONDS
 
 
 class SpeechServicer(asr_pb2_grpc.SpeechServicer):
