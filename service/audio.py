@@ -71,9 +71,7 @@ def _ffmpeg(data: bytes, target_rate: int, max_seconds: float) -> np.ndarray:
                               input=data, capture_output=True, timeout=FFMPEG_SECONDS, check=False)
     except subprocess.TimeoutExpired:
         raise AudioError(f"the audio file took over {FFMPEG_SECONDS} s to decode") from None
-    if done.returncode == 0 and not done.stdout and not done.stderr:  # read well, and nothing in it
-        raise AudioError(NO_SAMPLES)
-    if done.returncode != 0 or not done.stdout:
+    if done.returncode != 0:  # (read well but empty: decode_unary says it holds no samples)
         reason = done.stderr.decode(errors="replace").strip().splitlines()
         raise AudioError("could not decode the audio file (not a format libsndfile or ffmpeg reads; for raw "
                          "audio set config.encoding and config.sample_rate_hertz)"
@@ -102,11 +100,9 @@ def decode_container(data: bytes, encoding: int, sample_rate: int, channels: int
             cap = int((max_seconds + 1) * min(max(rate, 1), MAX_RATE))
             # libsndfile cannot read a file whose header leaves its length open (FLAC streams' say 0)
             samples = (f.read(min(frames, cap), dtype="float32", always_2d=True)
-                       if 0 < frames < UNKNOWN_LENGTH and width <= MAX_FILE_CHANNELS else None)
+                       if frames < UNKNOWN_LENGTH and width <= MAX_FILE_CHANNELS else None)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
         raise AudioError(f"could not decode the audio container: {e}") from None
-    if frames == 0:
-        raise AudioError(NO_SAMPLES)
     if width > MAX_FILE_CHANNELS:
         raise AudioError(f"the audio has {width} channels; at most {MAX_FILE_CHANNELS}")
     if samples is None:
