@@ -58,7 +58,7 @@ Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 
 
 async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_delay: float, beam_width: int,
-                     out: dict) -> None:
+                     out: dict, metadata: tuple = ()) -> None:
     """One real-time stream; `out` gets its latencies, and its error code if it failed."""
     await asyncio.sleep(start_delay)
     step = int(MESSAGE_S * RATE) * 2
@@ -78,7 +78,7 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
 
     covered = 0.0  # audio seconds whose chunk latency was measured
     try:
-        async for response in stub.StreamingRecognize(requests()):
+        async for response in stub.StreamingRecognize(requests(), metadata=metadata):
             now = time.perf_counter()
             for result in response.results:
                 end = result.result_end_time.ToTimedelta().total_seconds()
@@ -105,14 +105,15 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
 
 
 async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay_s: float,
-                      clips: list[np.ndarray] | None, beam_width: int, ramp_s: float = 0.0) -> dict:
+                      clips: list[np.ndarray] | None, beam_width: int, ramp_s: float = 0.0,
+                      metadata: tuple = ()) -> dict:
     pcms = [test_audio(seconds, clips, first=i).astype("<i2").tobytes() for i in range(n if clips else 1)]
     results = [{"partial": [], "errors": [], "refused": []} for _ in range(n)]
     spread = ramp_s or MESSAGE_S  # at least over one message, so that streams do not arrive in lockstep
     async with grpc.aio.insecure_channel(target) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
-        await asyncio.gather(*(one_stream(stub, pcms[i % len(pcms)], chunk_s, delay_s, i * spread / n, beam_width, r)
-                               for i, r in enumerate(results)))
+        await asyncio.gather(*(one_stream(stub, pcms[i % len(pcms)], chunk_s, delay_s, i * spread / n, beam_width, r,
+                                          metadata) for i, r in enumerate(results)))
     partial = np.array([x for r in results for x in r["partial"]])
     final = np.array([r["final"] for r in results if "final" in r])
     refused = sum(len(r["refused"]) for r in results)

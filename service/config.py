@@ -50,7 +50,9 @@ class ServerConfig:
     max_connection_age_grace_seconds: float = 300.0
     max_concurrent_streams: int = 64
     max_concurrent_recognize: int = 4
-    max_stream_lag_seconds: float = 1.0
+    max_streams_per_client: int = 16
+    max_recognize_per_client: int = 2
+    max_stream_lag_seconds: float = 3.0
     max_model_busy_ratio: float = 0.85
     max_batch: int = 32
     max_canary_sets: int = 10
@@ -66,6 +68,7 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     auth_tokens_file: Path | None = None
+    admin_without_auth: bool = False
     endpointing: bool = True
     endpoint_silence_after_speech_seconds: float = 1.2
     endpoint_silence_no_speech_seconds: float = 2.4
@@ -100,7 +103,8 @@ class ServerConfig:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
         for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
-                     "max_message_bytes", "max_connection_age_seconds", "max_connection_age_grace_seconds", "max_concurrent_streams", "max_concurrent_recognize", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "promotion_min_canaries",
+                     "max_message_bytes", "max_connection_age_seconds", "max_connection_age_grace_seconds", "max_concurrent_streams", "max_concurrent_recognize", "max_streams_per_client",
+                     "max_recognize_per_client", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "promotion_min_canaries",
                      "promotion_timeout_seconds", "max_chunk_bytes", "max_messages_per_second",
                      "stream_idle_timeout_seconds"):
             if getattr(self, name) <= 0:
@@ -152,10 +156,15 @@ HELP = {
     "max_concurrent_streams": "StreamingRecognize calls served at once (RESOURCE_EXHAUSTED past it)",
     "max_concurrent_recognize": "whole-file calls (Recognize, HTTP transcriptions) served at once "
                                 "(RESOURCE_EXHAUSTED past it)",
-    "max_stream_lag_seconds": "load shedding: while a live stream is this far behind real time, new streams and "
-                              "whole-file calls get RESOURCE_EXHAUSTED (until the lag falls below half of it)",
+    "max_streams_per_client": "streams one client (bearer token, else address) may hold at once "
+                              "(RESOURCE_EXHAUSTED past it)",
+    "max_recognize_per_client": "whole-file calls one client (bearer token, else address) may have at once "
+                                "(RESOURCE_EXHAUSTED past it)",
+    "max_stream_lag_seconds": "a live stream this far behind real time is ended with RESOURCE_EXHAUSTED (the "
+                              "server lost capacity, or the stream's messages are too small to read in real time)",
     "max_model_busy_ratio": "load shedding: while the model (with its batch decoding) runs more than this share of "
-                            "the last 2 s, new streams and whole-file calls get RESOURCE_EXHAUSTED (1: never)",
+                            "the last 2 s for live streams, new streams and whole-file calls get RESOURCE_EXHAUSTED "
+                            "(1: never)",
     "max_batch": "most stream chunks run in one model call",
     "max_canary_sets": "distinct canary set labels in metrics, 'default' and 'other' included; further sets are "
                        "counted as 'other'",
@@ -175,6 +184,8 @@ HELP = {
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     "auth_tokens_file": "file of bearer tokens, one per line: calls need `authorization: Bearer <token>`",
+    "admin_without_auth": "serve the Admin service (ReloadModel) with neither --auth-tokens-file nor "
+                          "--tls-client-ca (only on a trusted network; by default it is closed then)",
     "endpointing": "streams: end utterances (final results) at silences; false: finals only at "
                    "--endpoint-max-utterance-seconds and at half-close",
     "endpoint_silence_after_speech_seconds": "trailing silence after speech that ends an utterance",

@@ -17,11 +17,12 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 
 from ctc_asr.v1 import asr_pb2
+from service.admission import client_id
 from service.config import ServerConfig
 from service.security import Tokens
 from service.servicer import streaming_response
@@ -162,13 +163,17 @@ class HttpApi:
     async def stop(self) -> None:
         await self.runner.cleanup()
 
-    def _authorize(self, request: web.Request, allow_query: bool = False) -> None:
+    def _authorize(self, request: web.Request, allow_query: bool = False) -> str:
+        """Checks the caller's token (where tokens are configured); whom per-client limits count."""
         if self.tokens is None:
-            return
+            return client_id(None, request.remote or "")
         header = request.headers.get("Authorization", "")
         token = request.query.get("access_token", "") if allow_query else ""  # browsers cannot set WebSocket headers
-        if not (self.tokens.valid_header(header) or (token and self.tokens.valid(token))):
-            raise ServiceError(Status.UNAUTHENTICATED, "missing or invalid bearer token")
+        if self.tokens.valid_header(header):
+            return client_id(header.removeprefix("Bearer "), "")
+        if token and self.tokens.valid(token):
+            return client_id(token, "")
+        raise ServiceError(Status.UNAUTHENTICATED, "missing or invalid bearer token")
 
     async def page(self, request: web.Request) -> web.Response:
         return web.Response(text=PAGE.read_text(), content_type="text/html")
@@ -195,7 +200,7 @@ class HttpApi:
         sse: web.StreamResponse | None = None
         try:
             async with self.speech.call("HTTPTranscriptions"):
-                self._authorize(request)
+                client = self._authorize(request)
                 try:
                     form = await request.post()
                 except web.HTTPRequestEntityTooLarge:
@@ -207,7 +212,7 @@ class HttpApi:
                     raise ServiceError(Status.INVALID_ARGUMENT, "the body is not a well-formed multipart/form-data "
                                        f"(or urlencoded) form: {_first_line(e)[:200]}") from None
                 req = _transcription_request(form, list(self.speech.models))
-                events = self.speech.transcribe_file("HTTPTranscriptions", req.config, req.audio)
+                events = self.speech.transcribe_file("HTTPTranscriptions", client, req.config, req.audio)
                 if req.stream:
                     sse = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
                     await sse.prepare(request)
@@ -234,29 +239,48 @@ class HttpApi:
         await _send_event(response, {"type": "transcript.text.done", "text": " ".join(texts)})
         await response.write_eof()
 
-    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes)
-        await ws.prepare(request)
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = _WebSocket(max_msg_size=self.cfg.max_chunk_bytes)
         try:
-            async with self.speech.call("WebSocketStream"), self.speech.stream_slot("WebSocketStream"):
-                self._authorize(request, allow_query=True)
-                messages = self.speech.idle_limited(_ws_messages(ws))
-                first = await anext(messages, None)
-                if first is None or first.type != WSMsgType.TEXT:
-                    raise ServiceError(Status.INVALID_ARGUMENT, "the first message must be a text message: a "
-                                       "StreamingRecognitionConfig in protobuf's JSON mapping")
-                try:
-                    sc = json_format.Parse(first.data, asr_pb2.StreamingRecognitionConfig())
-                except json_format.ParseError as e:
-                    raise ServiceError(Status.INVALID_ARGUMENT, f"the config message: {e}") from None
-                async for event in self.speech.stream(sc, _ws_audio(messages)):
-                    message = streaming_response(event, sc.config.enable_word_time_offsets)
-                    await ws.send_str(json_format.MessageToJson(message, indent=None))
+            async with self.speech.call("WebSocketStream"):
+                client = self._authorize(request, allow_query=True)  # before the upgrade: a refusal is a 401
+                await ws.prepare(request)
+                with self.speech.admission.stream_slot("WebSocketStream", client):
+                    messages = self.speech.idle_limited(_ws_messages(ws))
+                    first = await anext(messages, None)
+                    if first is None or first.type != WSMsgType.TEXT:
+                        raise ServiceError(Status.INVALID_ARGUMENT, "the first message must be a text message: a "
+                                           "StreamingRecognitionConfig in protobuf's JSON mapping")
+                    try:
+                        sc = json_format.Parse(first.data, asr_pb2.StreamingRecognitionConfig())
+                    except json_format.ParseError as e:
+                        raise ServiceError(Status.INVALID_ARGUMENT, f"the config message: {e}") from None
+                    async for event in self.speech.stream(sc, _ws_audio(messages)):
+                        message = streaming_response(event, sc.config.enable_word_time_offsets)
+                        await ws.send_str(json_format.MessageToJson(message, indent=None))
             await ws.close(code=1000)
         except ServiceError as e:
-            reason = f"{e.status.name}: {e.message}".encode()[:123]  # a close frame's reason has room for 123 bytes
-            await ws.close(code=WS_CLOSE.get(e.status, 1008), message=reason)
+            if not ws.prepared:
+                return _openai_error(e)
+            await ws.close(code=WS_CLOSE.get(e.status, 1008), message=_close_reason(e))
         return ws
+
+
+def _close_reason(e: ServiceError) -> bytes:
+    return f"{e.status.name}: {e.message}".encode()[:123]  # a close frame's reason has room for 123 bytes
+
+
+class _WebSocket(web.WebSocketResponse):
+    """aiohttp ends a stream whose message is over `max_msg_size` itself, with 1009 and no reason:
+    ours says which limit, as every other error does."""
+
+    def too_big(self) -> ServiceError:
+        return ServiceError(Status.OUT_OF_RANGE, f"a message over {self._max_msg_size} bytes (--max-chunk-bytes)")
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG:
+            code, message = 1008, _close_reason(self.too_big())
+        return await super().close(code=code, message=message, drain=drain)
 
 
 async def _send_event(response: web.StreamResponse, event: dict) -> None:
@@ -267,10 +291,12 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-async def _ws_messages(ws: web.WebSocketResponse):
+async def _ws_messages(ws: _WebSocket):
     """The client's data messages; its going away ends the call as CANCELLED."""
     while True:
         message = await ws.receive()
+        if message.type == WSMsgType.ERROR and getattr(message.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
+            raise ws.too_big()
         if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             raise ServiceError(Status.CANCELLED, "the client closed the connection")
         yield message

@@ -28,7 +28,9 @@ def start_server(extra_args: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                                "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()), "--http-port", "0",
-                               *extra_args],
+                               # one load generator plays many clients from one address
+                               "--max-streams-per-client", "100000", "--max-recognize-per-client", "100000",
+                               "--admin-without-auth", "true", *extra_args],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"
     with grpc.insecure_channel(target) as channel:

@@ -33,8 +33,11 @@ class Metrics:
                                 registry=r)
         self.model_busy = Gauge("asr_model_busy_ratio", "Share of the last 2 s the model and its batch decoding ran",
                                 registry=r)
-        self.load_shed = Counter("asr_shed_total", "Calls refused because live streams were behind real time",
-                                 ["method"], registry=r)
+        self.load_shed = Counter("asr_shed_total", "Calls refused because the model was busy near its capacity "
+                                 "with live streams", ["method"], registry=r)
+        self.client_refused = Counter("asr_client_refused_total", "Calls refused or streams ended by a per-client "
+                                      "rule: streams, whole_file (the client's limits), behind_real_time",
+                                      ["reason"], registry=r)
         self.inference = Histogram("asr_inference_seconds", "One ONNX Runtime model call", ["provider", "model"],
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("asr_batch_size", "Stream chunks per batched model call",

@@ -94,8 +94,9 @@ async def start(cfg: ServerConfig) -> RunningServer:
     speech = Speech(models, pool, metrics, cfg)
     metrics.model_busy.set_function(speech.busy_ratio)
     reloader = Reloader(speech, cfg, metrics)
-    asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech), server)
-    asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(speech, reloader), server)
+    asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech, by_token=tokens is not None), server)
+    admin_open = tokens is not None or cfg.tls_client_ca is not None or cfg.admin_without_auth
+    asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(speech, reloader, admin_open), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -6,6 +6,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service.admission import client_id, grpc_peer_host
 from service.beam_search import vocabulary_kind
 from service.decoder import Hypothesis
 from service.model_registry import Reloader
@@ -86,9 +87,17 @@ def _expired(context: grpc.aio.ServicerContext):
     return lambda: (remaining := context.time_remaining()) is not None and remaining <= DEADLINE_SLACK_SECONDS
 
 
+def _client(context: grpc.aio.ServicerContext, by_token: bool) -> str:
+    """Whom the call counts against for per-client limits: its token (already checked), else its address."""
+    token = dict(context.invocation_metadata() or ()).get("authorization", "").removeprefix("Bearer ")
+    return client_id(token if by_token else None, grpc_peer_host(context.peer()))
+
+
 class SpeechServicer(asr_pb2_grpc.SpeechServicer):
-    def __init__(self, speech: Speech) -> None:
+    def __init__(self, speech: Speech, by_token: bool) -> None:
+        """`by_token`: clients are told apart by their bearer tokens (configured), else by address."""
         self.speech = speech
+        self.by_token = by_token
 
     async def Recognize(self, request, context):
         try:
@@ -96,7 +105,8 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                 if (size := request.ByteSize()) > self.speech.cfg.max_message_bytes:
                     raise ServiceError(Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes; at most "
                                        f"{self.speech.cfg.max_message_bytes} (--max-message-bytes)")
-                transcript = await self.speech.recognize("Recognize", request.config, request.audio_content)
+                transcript = await self.speech.recognize("Recognize", _client(context, self.by_token), request.config,
+                                                         request.audio_content)
         except ServiceError as e:
             await _abort(context, e)
         response = asr_pb2.RecognizeResponse(total_billed_time=_duration(transcript.seconds))
@@ -109,8 +119,8 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
 
     async def StreamingRecognize(self, request_iterator, context):
         try:
-            async with (self.speech.call("StreamingRecognize", _expired(context)),
-                        self.speech.stream_slot("StreamingRecognize")):
+            async with self.speech.stream_call("StreamingRecognize", _client(context, self.by_token),
+                                               _expired(context)):
                 requests = self.speech.idle_limited(request_iterator)
                 first = await anext(requests, None)
                 if first is None or first.WhichOneof("streaming_request") != "streaming_config":
@@ -146,13 +156,19 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
 
 
 class AdminServicer(asr_pb2_grpc.AdminServicer):
-    def __init__(self, speech: Speech, reloader: Reloader) -> None:
+    def __init__(self, speech: Speech, reloader: Reloader, open_: bool) -> None:
+        """`open_`: callers are authenticated (tokens or mutual TLS) or the operator opened it anyway."""
         self.speech = speech
         self.reloader = reloader
+        self.open = open_
 
     async def ReloadModel(self, request, context):
         try:
             async with self.speech.call("ReloadModel"):
+                if not self.open:
+                    raise ServiceError(Status.PERMISSION_DENIED, "the Admin service is closed on a server without "
+                                       "--auth-tokens-file or --tls-client-ca (--admin-without-auth opens it on a "
+                                       "trusted network); SIGHUP reloads the models")
                 outcome = await self.reloader.reload(request.name, request.directory, request.stage)
         except ServiceError as e:
             await _abort(context, e)

@@ -12,7 +12,6 @@ loop keeps serving other calls.
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,40 +24,18 @@ import numpy as np
 from ctc_asr.v1 import asr_pb2
 from service import canary
 from service.audio import AudioError, Encoding, PcmStream, decode_unary, raw_format, STREAM_ENCODINGS
+from service.admission import Admission, StreamClock
 from service.batcher import ModelBatcher
 from service.config import ServerConfig
 from service.decoder import Hypothesis
 from service.endpointing import EndpointConfig
+from service.errors import ServiceError, Status
 from service.metrics import Metrics
 from service.options import RequestOptions, recognition_options
 from service.recognizer import HALF_CLOSE, SPEECH_BEGAN, Progress, Recognizer, StreamState
 from service.text import format_numbers
 
 log = logging.getLogger(__name__)
-
-
-class Status(enum.Enum):
-    """Call outcomes, named as gRPC's status codes; `http` is the status an HTTP API answers with."""
-    OK = 200
-    CANCELLED = 499
-    INVALID_ARGUMENT = 400
-    DEADLINE_EXCEEDED = 504
-    OUT_OF_RANGE = 413
-    RESOURCE_EXHAUSTED = 429
-    UNAUTHENTICATED = 401
-    UNAVAILABLE = 503
-    INTERNAL = 500
-
-    @property
-    def http(self) -> int:
-        return self.value
-
-
-class ServiceError(Exception):
-    def __init__(self, status: Status, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 # Events of a stream, in the order a client must see them.
@@ -139,39 +116,6 @@ def quiet_config(sc: asr_pb2.StreamingRecognitionConfig) -> asr_pb2.StreamingRec
     return quiet
 
 
-class LagTracker:
-    """How far behind real time the live streams are. A stream's lag is its backlog by Lindley's
-    recursion over its messages: time spent on a message beyond the audio it carried adds to
-    it, spare time drains it, so a server that keeps up shows 0 whatever the client's pace.
-    Past `limit` (the worst stream's lag) new calls are shed until it falls below half of it."""
-
-    def __init__(self, gauge, limit: float) -> None:
-        self._gauge = gauge
-        self._limit = limit
-        self._lags: dict[int, float] = {}
-        self.shedding = False
-
-    @property
-    def worst(self) -> float:
-        return max(self._lags.values(), default=0.0)
-
-    def update(self, key: int, lag: float) -> None:
-        self._lags[key] = lag
-        self._refresh()
-
-    def remove(self, key: int) -> None:
-        self._lags.pop(key, None)
-        self._refresh()
-
-    def _refresh(self) -> None:
-        worst = self.worst
-        self._gauge.set(worst)
-        if worst > self._limit:
-            self.shedding = True
-        elif worst < self._limit / 2:
-            self.shedding = False
-
-
 @dataclass(eq=False)
 class ServedModel:
     """One model a server serves, under the name requests ask for: its streams batch only together.
@@ -212,11 +156,9 @@ class Speech:
         self.metrics = metrics
         self.cfg = cfg
         self._pool = pool
-        self.active_streams = 0  # admitted streams of every transport (grpc.aio's own limit is unreliable)
-        self.active_unary = 0
         self.in_flight = 0  # calls of every kind, for draining
         self.draining = False
-        self.lag = LagTracker(metrics.stream_lag, cfg.max_stream_lag_seconds)
+        self.admission = Admission(cfg, metrics, self.busy_ratio)
 
     @property
     def default(self) -> ServedModel:
@@ -282,48 +224,16 @@ class Speech:
             self.in_flight -= 1
             self.metrics.requests.labels(method, status.name).inc()
 
+    @contextlib.asynccontextmanager
+    async def stream_call(self, method: str, client: str, expired: Callable[[], bool] = lambda: False):
+        """A streaming call (`call`) holding one of the streams' slots (`Admission.stream_slot`)."""
+        async with self.call(method, expired):
+            with self.admission.stream_slot(method, client):
+                yield
+
     def busy_ratio(self) -> float:
         """The busiest model's share of the last seconds (asr_model_busy_ratio): they share the machine."""
         return max(served.batcher.busy_ratio() for served in self.models.values())
-
-    def _shed(self, method: str) -> None:
-        """New work is refused while the model is busy near its capacity with live streams (before
-        they fall behind), and while live streams are behind real time (so that they catch up)."""
-        busy = self.busy_ratio()
-        if self.lag.shedding or busy > self.cfg.max_model_busy_ratio:
-            self.metrics.load_shed.labels(method).inc()
-            why = (f"its streams are {self.lag.worst:.1f} s behind real time" if self.lag.shedding
-                   else f"the model is busy {busy:.0%} of the time")
-            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"the server is at capacity ({why}); retry with backoff")
-
-    @contextlib.asynccontextmanager
-    async def stream_slot(self, method: str):
-        """Admission of a stream: at most --max-concurrent-streams at once, over all transports,
-        none while shedding load."""
-        self._shed(method)
-        if self.active_streams >= self.cfg.max_concurrent_streams:
-            raise ServiceError(Status.RESOURCE_EXHAUSTED, "too many concurrent streams "
-                               f"(at most {self.cfg.max_concurrent_streams}); retry with backoff")
-        self.active_streams += 1
-        self.metrics.active_streams.inc()
-        try:
-            yield
-        finally:
-            self.active_streams -= 1
-            self.metrics.active_streams.dec()
-
-    @contextlib.asynccontextmanager
-    async def unary_slot(self, method: str):
-        """Admission of a whole-file call: at most --max-concurrent-recognize at once, none while shedding."""
-        self._shed(method)
-        if self.active_unary >= self.cfg.max_concurrent_recognize:
-            raise ServiceError(Status.RESOURCE_EXHAUSTED, "too many concurrent whole-file requests "
-                               f"(at most {self.cfg.max_concurrent_recognize}); retry with backoff")
-        self.active_unary += 1
-        try:
-            yield
-        finally:
-            self.active_unary -= 1
 
     @staticmethod
     def _score_canary(served: ServedModel, opts: RequestOptions, transcript: str) -> asr_pb2.CanaryScore:
@@ -342,11 +252,11 @@ class Speech:
                                f"{self.cfg.max_unary_audio_seconds:g} s in one request (stream longer audio)")
         return samples, seconds
 
-    async def _file_events(self, method: str, config: asr_pb2.RecognitionConfig, audio: bytes,
+    async def _file_events(self, method: str, client: str, config: asr_pb2.RecognitionConfig, audio: bytes,
                            endpoint: EndpointConfig) -> AsyncIterator[Event]:
         """A whole file decoded as a stream, as fast as the model goes, through the batcher a
         second at a time, so that it shares the model with live streams instead of holding it."""
-        async with self.unary_slot(method):
+        with self.admission.unary_slot(method, client):
             with self.using(config.model) as served:
                 started = time.perf_counter()
                 traffic = recognition_options(config, served.spec).traffic  # a bad config is refused before decoding
@@ -359,18 +269,19 @@ class Speech:
                 self.metrics.request_duration.labels(method, traffic, served.name).observe(elapsed)
                 self.metrics.real_time_factor.labels(traffic, served.name).observe(elapsed / max(seconds, 1e-3))
 
-    async def recognize(self, method: str, config: asr_pb2.RecognitionConfig, audio: bytes) -> Transcript:
+    async def recognize(self, method: str, client: str, config: asr_pb2.RecognitionConfig,
+                        audio: bytes) -> Transcript:
         """A whole file as one utterance (cut only past --endpoint-max-utterance-seconds)."""
         one_utterance = replace(self.cfg.endpoint, enabled=False)
-        finals = [e async for e in self._file_events(method, config, audio, one_utterance)
+        finals = [e async for e in self._file_events(method, client, config, audio, one_utterance)
                   if isinstance(e, FinalResult)]
         spoken = [f for f in finals if f.hypotheses[0].text] or finals[-1:]
         return Transcript(spoken, finals[-1].billed_seconds, finals[-1].canary)
 
-    async def transcribe_file(self, method: str, config: asr_pb2.RecognitionConfig,
+    async def transcribe_file(self, method: str, client: str, config: asr_pb2.RecognitionConfig,
                               audio: bytes) -> AsyncIterator[Event]:
         """A whole file whose utterances end at silences, as a stream's do."""
-        async for event in self._file_events(method, config, audio, self.cfg.endpoint):
+        async for event in self._file_events(method, client, config, audio, self.cfg.endpoint):
             yield event
 
     async def _advance(self, served: ServedModel, stream: StreamState, chunks: list[np.ndarray], progress: Progress,
@@ -433,9 +344,8 @@ class Speech:
         # A new stream may build decoder state (an LM for a new weight pair): not on the event loop.
         stream = await self._run(recognizer.new_stream, opts.decode, pcm, endpoint)
         transcript: list[str] = []
-        first_audio_at: float | None = None
+        clock = StreamClock()
         sent_result = not live
-        lag = 0.0
         next_read = 0.0  # live streams: messages are read at most --max-messages-per-second
         # A labelled canary's audio is kept while a candidate is staged, for it to decode too.
         shadow = self.candidates.get(served.name) if opts.canary_reference else None
@@ -474,29 +384,32 @@ class Speech:
             else:
                 return
             if not sent_result:
-                self.metrics.first_result_latency.labels(opts.traffic, served.name).observe(now - first_audio_at)
+                self.metrics.first_result_latency.labels(opts.traffic, served.name).observe(now - clock.first_audio_at)
                 sent_result = True
 
         try:
             async for data in audio:
+                throttled = 0.0
                 if live:  # a flood of tiny messages is read no faster: gRPC's flow control holds the rest
                     now = time.perf_counter()
-                    if now < next_read:
-                        await asyncio.sleep(next_read - now)
+                    throttled = max(0.0, next_read - now)
+                    await asyncio.sleep(throttled)
                     next_read = max(now, next_read) + 1 / self.cfg.max_messages_per_second
                 if len(data) > self.cfg.max_chunk_bytes:
                     raise ServiceError(Status.OUT_OF_RANGE, f"an audio message of {len(data)} bytes; "
                                        f"at most {self.cfg.max_chunk_bytes} per message")
                 arrived = time.perf_counter()
-                first_audio_at = first_audio_at or arrived
                 if shadow is not None:
                     kept.append(data)
                 before = pcm.samples_in
                 chunks = await self._run(self._front_end, recognizer, stream, data)
+                seconds = (pcm.samples_in - before) / pcm.fmt.sample_rate
+                clock.arrived(arrived, seconds)
                 if pcm.samples_in / pcm.fmt.sample_rate > self.cfg.max_stream_audio_seconds:
                     raise ServiceError(Status.OUT_OF_RANGE, "stream audio exceeds "
                                        f"{self.cfg.max_stream_audio_seconds:g} s")
-                progress = await self._advance(served, stream, chunks, Progress(), live)
+                # Audio sent ahead of real time is not live: it fills what live streams leave.
+                progress = await self._advance(served, stream, chunks, Progress(), live and clock.live(arrived))
                 out = events(progress, last=False)
                 if (sc.interim_results and not progress.finals and progress.frames
                         and (partial := recognizer.partial(stream))[0].text):
@@ -504,8 +417,8 @@ class Speech:
                     out.append(InterimResult(hyp._replace(words=()), stability, recognizer.heard(stream)))
                 done = time.perf_counter()
                 if live:
-                    lag = max(0.0, lag + (done - arrived) - (pcm.samples_in - before) / pcm.fmt.sample_rate)
-                    self.lag.update(id(stream), lag)
+                    clock.processed(done - arrived + throttled, throttled, seconds)
+                    self.admission.check_lag(id(stream), clock, done)
                 observe(out, arrived, done)
                 for event in out:
                     yield event
@@ -526,4 +439,4 @@ class Speech:
             if counted:
                 self.metrics.audio_seconds.inc(pcm.samples_in / pcm.fmt.sample_rate)
             if live:
-                self.lag.remove(id(stream))
+                self.admission.stream_ended(id(stream))

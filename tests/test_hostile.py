@@ -228,34 +228,43 @@ def test_a_dead_batcher_fails_waiting_streams_instead_of_hanging(make_server):
         assert err.value.code() == grpc.StatusCode.INTERNAL and time.monotonic() - started < 5
 
 
-def test_streams_behind_real_time_shed_new_calls_until_they_catch_up(make_server):
-    srv = make_server(max_stream_lag_seconds=0.3)
+def test_a_stream_the_server_cannot_keep_in_real_time_is_ended_and_says_why(make_server):
+    """Capacity lost after admission (model calls slower than their audio): the stream is ended once it is
+    --max-stream-lag-seconds behind, instead of every stream falling further behind; the lag it
+    left leaves the gauge at once."""
+    srv = make_server(max_stream_lag_seconds=1.0)
     session = srv.running.speech.default.recognizer.session
-    slow = session.session = FaultySession(session.session, delay=0.6)  # model calls slower than their audio
-    target = f"127.0.0.1:{srv.running.port}"
+    session.session = FaultySession(session.session, delay=0.6)
     audio = pcm("what_time.wav", 1.0)
-    with grpc.insecure_channel(target) as channel:
+
+    def real_time():  # 160 ms messages at their own pace
+        for i in range(0, len(audio), 5120):
+            time.sleep(0.16)
+            yield audio[i:i + 5120]
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
-        behind = threading.Thread(target=stream_responses, args=(stub, [audio[i:i + 5120] for i in
-                                                                         range(0, len(audio), 5120)]))
-        behind.start()
-        deadline = time.monotonic() + 20
-        while srv.running.speech.lag.worst <= 0.3 and time.monotonic() < deadline:
-            time.sleep(0.05)
         with pytest.raises(grpc.RpcError) as err:
-            stream_responses(stub, [pcm("what_time.wav")])
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "behind real time" in err.value.details()
-        assert status(stub, cfg())[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
-        samples = scrape(srv.running.metrics_port)
-        assert value(samples, "asr_stream_lag_seconds") > 0.3
-        assert value(samples, "asr_shed_total", method="StreamingRecognize") == 1
-        assert value(samples, "asr_shed_total", method="Recognize") == 1
-        behind.join()
-        slow.delay = 0.0
-        while srv.running.speech.default.batcher.busy_ratio() > 0.85:  # the busy window (2 s) passes
-            time.sleep(0.1)
-        assert status(stub, cfg())[0] == grpc.StatusCode.OK  # caught up: admitted again
-        assert value(scrape(srv.running.metrics_port), "asr_stream_lag_seconds") == 0
+            stream_responses(stub, real_time(), interim_results=True)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "behind real time" in err.value.details() and "over capacity" in err.value.details()
+    samples = scrape(srv.running.metrics_port)
+    assert value(samples, "asr_client_refused_total", reason="behind_real_time") == 1
+    assert value(samples, "asr_stream_lag_seconds") == 0
+
+
+def test_a_stream_of_tiny_messages_is_ended_for_its_own_pace_and_sheds_no_one(make_server):
+    srv = make_server(max_stream_lag_seconds=1.0, max_model_busy_ratio=0.85)
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stream_responses(stub, (b"\x00\x00" for _ in range(100_000)))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "send at least 5 ms of audio in each" in err.value.details()
+        assert time.monotonic() - started < 10
+        assert heard([r.alternatives[0].transcript for r in stub.Recognize(
+            asr_pb2.RecognizeRequest(config=cfg(), audio_content=WAV), timeout=60).results], "what_time.wav")
+    assert value(scrape(srv.running.metrics_port), "asr_shed_total", method="Recognize") == 0
 
 
 def test_a_model_busy_near_capacity_sheds_before_streams_fall_behind(make_server):
@@ -266,7 +275,9 @@ def test_a_model_busy_near_capacity_sheds_before_streams_fall_behind(make_server
         stub = asr_pb2_grpc.SpeechStub(channel)
         assert status(stub, cfg())[0] == grpc.StatusCode.OK  # whole-file work only fills spare capacity
         assert status(stub, cfg())[0] == grpc.StatusCode.OK
-        stream_responses(stub, [pcm("what_time.wav")])  # a live stream's model calls keep the model busy
+        audio = pcm("what_time.wav")
+        paced = (time.sleep(0.1) or audio[i:i + 3200] for i in range(0, len(audio), 3200))
+        stream_responses(stub, paced)  # a live stream's model calls keep the model busy
         code, details = status(stub, cfg())
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "the model is busy" in details
         assert value(scrape(srv.running.metrics_port), "asr_model_busy_ratio") > 0.2
@@ -321,7 +332,7 @@ def test_refusals_while_draining_and_oversize_requests_are_counted():
         responses = []
         stream = threading.Thread(target=lambda: responses.extend(stub.StreamingRecognize(held(), timeout=30)))
         stream.start()
-        while srv.running.speech.active_streams < 1:
+        while srv.running.speech.admission.streams < 1:
             time.sleep(0.01)
         stopping = asyncio.run_coroutine_threadsafe(srv.running.stop(10.0), srv.loop)
         while not srv.running.speech.draining:

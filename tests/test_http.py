@@ -136,11 +136,13 @@ async def ws_stream(running, audio: bytes, config: dict, chunk: int = 3200, end=
             return messages, ws.close_code
 
 
-def ws_close_reason(running, first_message, query: str = "") -> tuple[int, str]:
+def ws_close_reason(running, first_message, query: str = "", audio: bytes = b"") -> tuple[int, str]:
     async def go():
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"http://127.0.0.1:{running.http_port}/v1/stream{query}") as ws:
                 await ws.send_str(first_message)
+                if audio:
+                    await ws.send_bytes(audio)
                 message = await ws.receive()
                 assert message.type == aiohttp.WSMsgType.CLOSE
                 return message.data, message.extra
@@ -177,11 +179,13 @@ def test_websocket_errors_close_with_the_status_name(running, make_server, tmp_p
     _, code = asyncio.run(ws_stream(running, b"\x00" * 3200, STREAM_CONFIG, end='{"type": "more"}'))
     assert code == 1008
 
+    # Over --max-chunk-bytes: aiohttp's own close (1009, no reason) says which limit, as other errors do.
+    code, reason = ws_close_reason(running, json.dumps(STREAM_CONFIG), audio=b"\x00" * (2 << 20))
+    assert code == 1008 and reason.startswith("OUT_OF_RANGE: a message over 1048576 bytes")
+
     tokens = tmp_path / "tokens"
     tokens.write_text("s3cret\n")
     srv = make_server(auth_tokens_file=tokens, max_concurrent_streams=1)
-    code, reason = ws_close_reason(srv.running, json.dumps(STREAM_CONFIG))
-    assert code == 1008 and reason.startswith("UNAUTHENTICATED")
     messages, code = asyncio.run(ws_stream(srv.running, pcm("what_time.wav"), STREAM_CONFIG,
                                               query="?access_token=s3cret"))
     assert code == 1000 and any(m.get("results", [{}])[0].get("isFinal") for m in messages)
@@ -191,7 +195,7 @@ def test_websocket_errors_close_with_the_status_name(running, make_server, tmp_p
             url = f"http://127.0.0.1:{srv.running.http_port}/v1/stream?access_token=s3cret"
             async with session.ws_connect(url) as held:
                 await held.send_str(json.dumps(STREAM_CONFIG))
-                while srv.running.speech.active_streams < 1:
+                while srv.running.speech.admission.streams < 1:
                     await asyncio.sleep(0.01)
                 async with session.ws_connect(url) as refused:
                     await refused.send_str(json.dumps(STREAM_CONFIG))
@@ -199,6 +203,20 @@ def test_websocket_errors_close_with_the_status_name(running, make_server, tmp_p
                     return message.data, message.extra
     code, reason = asyncio.run(one_too_many())
     assert code == 1013 and reason.startswith("RESOURCE_EXHAUSTED")
+
+    async def unauthenticated_while_full():  # authentication comes before admission and before the upgrade
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{srv.running.http_port}/v1/stream"
+            async with session.ws_connect(base + "?access_token=s3cret") as held:
+                await held.send_str(json.dumps(STREAM_CONFIG))
+                while srv.running.speech.admission.streams < 1:
+                    await asyncio.sleep(0.01)
+                with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                    await session.ws_connect(base + "?access_token=wrong")
+                return err.value.status
+    assert asyncio.run(unauthenticated_while_full()) == 401
+    assert value(scrape(srv.running.metrics_port), "asr_requests_total", method="WebSocketStream",
+                 code="UNAUTHENTICATED") == 1
 
 
 def test_readiness_follows_draining(make_server):

@@ -39,11 +39,11 @@ def test_deadline_and_cancel_free_the_stream_at_once(running, stub):
     with pytest.raises(grpc.RpcError) as err:
         list(stub.StreamingRecognize(slow_requests(stop), timeout=1.0))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert wait_for(lambda: speech.active_streams == 0, 2.0)
+    assert wait_for(lambda: speech.admission.streams == 0, 2.0)
     call = stub.StreamingRecognize(slow_requests(stop), timeout=30)
-    assert wait_for(lambda: speech.active_streams == 1)
+    assert wait_for(lambda: speech.admission.streams == 1)
     call.cancel()
-    assert wait_for(lambda: speech.active_streams == 0, 2.0)
+    assert wait_for(lambda: speech.admission.streams == 0, 2.0)
     stop.set()
 
 
@@ -62,7 +62,7 @@ def test_a_silent_client_is_timed_out(make_server):
         release.set()
     assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and "audio timeout" in err.value.details()
     assert time.monotonic() - started < 10
-    assert srv.running.speech.active_streams == 0
+    assert srv.running.speech.admission.streams == 0
 
 
 def test_sigterm_drains_in_flight_streams_and_exits_cleanly():

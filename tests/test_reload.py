@@ -94,9 +94,9 @@ def test_a_reload_during_20_live_streams_loses_none_and_each_stream_keeps_its_mo
         assert heard(full, "what_time.wav")
         with ThreadPoolExecutor(20) as pool:
             streams = [pool.submit(one_stream, stub) for _ in range(20)]
-            assert wait_for(lambda: srv.running.speech.active_streams == 20, 30)
+            assert wait_for(lambda: srv.running.speech.admission.streams == 20, 30)
             response = reload(channel, directory=str(greedy))
-            assert srv.running.speech.active_streams == 20  # all still open when new calls switched
+            assert srv.running.speech.admission.streams == 20  # all still open when new calls switched
             reloaded.set()
             transcripts = [s.result() for s in streams]
         assert transcripts == [full] * 20  # every stream finished on the model it started with

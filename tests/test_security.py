@@ -2,6 +2,8 @@
 
 import ssl
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -12,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import SAMPLES
 from prerequisites import requires
+from test_hostile import FaultySession
 from test_metrics import scrape, value
 from test_recognize import heard
 
@@ -132,3 +135,61 @@ def test_mutual_tls_requires_a_client_certificate(make_server, pki):
         urllib.request.urlopen(url, context=trusted, timeout=5)
     trusted.load_cert_chain(pki / "client.pem", pki / "client.key")
     assert urllib.request.urlopen(url, context=trusted, timeout=5).status == 200
+
+
+def test_the_admin_service_is_closed_without_authentication(make_server):
+    srv = make_server(admin_without_auth=False)  # a server with neither tokens nor mutual TLS
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            asr_pb2_grpc.AdminStub(channel).ReloadModel(asr_pb2.ReloadModelRequest(), timeout=60)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "--auth-tokens-file" in err.value.details()
+        assert heard(recognize(channel), "what_time.wav")  # the API is served all the same
+    assert value(scrape(srv.running.metrics_port), "asr_model_reloads_total", model=srv.running.speech.spec.name,
+                 result="reloaded") == 0
+
+
+def test_per_client_limits_hold_one_client_and_not_the_others(make_server, tmp_path):
+    """Told apart by token: client A's third stream and second whole-file call are refused while
+    client B's go through; counted in asr_client_refused_total."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("client-a\nclient-b\n")
+    srv = make_server(auth_tokens_file=tokens, max_streams_per_client=2, max_recognize_per_client=1)
+    a, b = [("authorization", "Bearer client-a")], [("authorization", "Bearer client-b")]
+    admission = srv.running.speech.admission
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        held = threading.Event()
+
+        def open_stream():
+            yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+                config=asr_pb2.RecognitionConfig(encoding=asr_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=16000)))
+            held.wait(30)
+        calls = [stub.StreamingRecognize(open_stream(), timeout=60, metadata=a) for _ in range(2)]
+        threads = [threading.Thread(target=list, args=(call,)) for call in calls]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while admission.streams < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as err:
+            stream(channel, a)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 2 per client" in err.value.details()
+        assert stream(channel, b) is not None
+        held.set()
+        for t in threads:
+            t.join(30)
+
+        session = srv.running.speech.default.recognizer.session
+        session.session = FaultySession(session.session, delay=0.3)  # a whole-file call stays open a while
+        first = stub.Recognize.future(asr_pb2.RecognizeRequest(audio_content=AUDIO), timeout=60, metadata=a)
+        while admission.unary < 1 and time.monotonic() < deadline + 20:
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as err:
+            recognize(channel, a)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "per client" in err.value.details()
+        assert heard(recognize(channel, b), "what_time.wav")
+        assert first.result().results
+    samples = scrape(srv.running.metrics_port)
+    assert value(samples, "asr_client_refused_total", reason="streams") == 1
+    assert value(samples, "asr_client_refused_total", reason="whole_file") == 1

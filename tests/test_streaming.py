@@ -136,7 +136,7 @@ def test_streams_past_the_limit_are_refused(make_server):
         stub = asr_pb2_grpc.SpeechStub(channel)
         first = stub.StreamingRecognize(held_open(), timeout=30)
         deadline = time.monotonic() + 10
-        while srv.running.speech.active_streams < 1 and time.monotonic() < deadline:
+        while srv.running.speech.admission.streams < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         with pytest.raises(grpc.RpcError) as err:
             run_stream(stub, pcm("what_time.wav"), [3200])

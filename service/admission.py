@@ -1,0 +1,165 @@
+"""Admission: which calls the server takes, and which live streams it ends, so that the
+streams it holds keep real time and no one client holds everyone's slots.
+
+- New streams and whole-file calls are refused (RESOURCE_EXHAUSTED, `asr_shed_total`) while
+  the model ran for live streams more than --max-model-busy-ratio of the last 2 s. Work that is
+  not live (whole files, and the audio a client streams ahead of real time) only fills what
+  live streams leave and does not count, so a client's own pace never shuts others out.
+- At most --max-concurrent-streams streams and --max-concurrent-recognize whole-file calls at
+  once; per client (its bearer token where tokens are configured, else its address) at most
+  --max-streams-per-client and --max-recognize-per-client (`asr_client_refused_total{reason}`).
+- A live stream more than --max-stream-lag-seconds behind real time is ended with
+  RESOURCE_EXHAUSTED: either the server lost capacity (a noisy neighbour, a throttled GPU; the
+  streams furthest behind go first and the others keep real time) or the stream's own messages
+  are too small to be read in real time (--max-messages-per-second).
+"""
+
+import contextlib
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from service.config import ServerConfig
+from service.errors import ServiceError, Status
+from service.metrics import Metrics
+
+AHEAD_ALLOWANCE_S = 1.0  # audio a live client may send ahead of real time before it stops counting as live
+
+
+def client_id(token: str | None, peer_host: str) -> str:
+    """Whom per-client limits count: a token (hashed: ids may reach logs, tokens must not), else an address."""
+    if token:
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    return "peer:" + peer_host
+
+
+def grpc_peer_host(peer: str) -> str:
+    """`ipv4:10.0.0.1:5000` / `ipv6:[::1]:5000` -> the host; other kinds (unix:...) as they are."""
+    kind, _, address = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return address.rsplit(":", 1)[0].strip("[]")
+    return peer
+
+
+@dataclass
+class StreamClock:
+    """How far one live stream is behind real time. Two views, and the smaller counts:
+    - its backlog by Lindley's recursion over its messages (time the server held a message,
+      throttling included, beyond the audio it carried adds; a client that pauses is not behind);
+    - real time since its first audio minus the audio processed (a client sending ahead of real
+      time is not behind however long its audio waits)."""
+    first_audio_at: float | None = None
+    received_s: float = 0.0
+    processed_s: float = 0.0
+    backlog_s: float = 0.0
+    throttled_s: float = 0.0  # of the backlog's additions, time its messages waited for --max-messages-per-second
+
+    def arrived(self, now: float, seconds: float) -> None:
+        self.first_audio_at = self.first_audio_at or now
+        self.received_s += seconds
+
+    def live(self, now: float) -> bool:
+        """Whether its next work is due now: audio more than AHEAD_ALLOWANCE_S ahead of real time is not."""
+        return self.received_s - (now - self.first_audio_at) <= AHEAD_ALLOWANCE_S
+
+    def processed(self, held_s: float, throttled_s: float, seconds: float) -> None:
+        """A message of `seconds` of audio processed `held_s` after it was due to be read (`throttled_s`
+        of that by the message rate limit)."""
+        self.processed_s += seconds
+        self.throttled_s += throttled_s
+        self.backlog_s = max(0.0, self.backlog_s + held_s - seconds)
+
+    @property
+    def own_pace(self) -> bool:
+        """Whether the rate limit on its messages, not the server, is what holds it back."""
+        return self.throttled_s >= self.backlog_s / 2
+
+    def behind(self, now: float) -> float:
+        if self.first_audio_at is None:
+            return 0.0
+        return min(self.backlog_s, max(0.0, now - self.first_audio_at - self.processed_s))
+
+
+@dataclass
+class Admission:
+    cfg: ServerConfig
+    metrics: Metrics
+    busy_ratio: Callable[[], float]
+    streams: int = 0  # admitted streams of every transport (grpc.aio's own limit is unreliable)
+    unary: int = 0
+    _streams_by_client: Counter = field(default_factory=Counter)
+    _unary_by_client: Counter = field(default_factory=Counter)
+    _lags: dict[int, float] = field(default_factory=dict)
+
+    def _shed(self, method: str) -> None:
+        busy = self.busy_ratio()
+        if busy > self.cfg.max_model_busy_ratio:
+            self.metrics.load_shed.labels(method).inc()
+            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"the server is at capacity (the model is busy {busy:.0%} "
+                               "of the time with live streams); retry with backoff")
+
+    def _refuse(self, reason: str, message: str) -> ServiceError:
+        self.metrics.client_refused.labels(reason).inc()
+        return ServiceError(Status.RESOURCE_EXHAUSTED, message)
+
+    @contextlib.contextmanager
+    def _slot(self, method: str, client: str, kind: str, by_client: Counter, total: int, per_client: int):
+        self._shed(method)
+        flag, what = ("streams", "streams") if kind == "streams" else ("recognize", "whole-file requests")
+        limit = getattr(self.cfg, f"max_concurrent_{flag}")
+        if total >= limit:
+            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"too many concurrent {what} (at most {limit} on this "
+                               f"server, --max-concurrent-{flag}); retry with backoff")
+        if by_client[client] >= per_client:
+            raise self._refuse(kind, f"this client already has {by_client[client]} {what} open (at most "
+                               f"{per_client} per client, --max-{flag}-per-client); retry when one ends")
+        by_client[client] += 1
+        try:
+            yield
+        finally:
+            by_client[client] -= 1
+            if not by_client[client]:
+                del by_client[client]  # the table holds only clients with calls open
+
+    @contextlib.contextmanager
+    def stream_slot(self, method: str, client: str):
+        """A stream's admission, held for the call."""
+        with self._slot(method, client, "streams", self._streams_by_client, self.streams,
+                        self.cfg.max_streams_per_client):
+            self.streams += 1
+            self.metrics.active_streams.inc()
+            try:
+                yield
+            finally:
+                self.streams -= 1
+                self.metrics.active_streams.dec()
+
+    @contextlib.contextmanager
+    def unary_slot(self, method: str, client: str):
+        """A whole-file call's admission, held for the call."""
+        with self._slot(method, client, "whole_file", self._unary_by_client, self.unary,
+                        self.cfg.max_recognize_per_client):
+            self.unary += 1
+            try:
+                yield
+            finally:
+                self.unary -= 1
+
+    def check_lag(self, key: int, clock: StreamClock, now: float) -> None:
+        """A live stream's lag after a message: recorded for `asr_stream_lag_seconds`, and past the
+        limit the stream is ended, with the reason (its own messages or the server's capacity)."""
+        behind = self._lags[key] = clock.behind(now)
+        self.metrics.stream_lag.set(max(self._lags.values()))
+        if behind <= self.cfg.max_stream_lag_seconds:
+            return
+        why = (f"its messages are too small to read in real time: at most {self.cfg.max_messages_per_second:g} are "
+               f"read a second (--max-messages-per-second), so send at least "
+               f"{1000 / self.cfg.max_messages_per_second:.0f} ms of audio in each" if clock.own_pace else
+               "the server is over capacity: the streams furthest behind end so that the others keep real time")
+        raise self._refuse("behind_real_time", f"this stream is {behind:.1f} s behind real time (at most "
+                           f"{self.cfg.max_stream_lag_seconds:g} s, --max-stream-lag-seconds): {why}; retry")
+
+    def stream_ended(self, key: int) -> None:
+        self._lags.pop(key, None)
+        self.metrics.stream_lag.set(max(self._lags.values(), default=0.0))
