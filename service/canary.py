@@ -3,7 +3,8 @@
 Both texts are normalized the same way and edits are counted with jiwer. The
 counters feed the PromQL running WER (rate of word errors / rate of reference
 words); the gauges are WER/CER over the most recent canaries of each set. The
-number of distinct set labels is bounded: sets beyond `max_sets` fold into one.
+number of distinct set labels is bounded: sets beyond `max_sets` (or outside the operator's
+pinned list) fold into one.
 """
 
 from collections import defaultdict, deque
@@ -31,10 +32,14 @@ def score(reference: str, hypothesis: str, set_name: str) -> asr_pb2.CanaryScore
 
 
 class CanaryTracker:
-    def __init__(self, metrics: Metrics, model: str, max_sets: int = 10, window: int = 100) -> None:
+    def __init__(self, metrics: Metrics, model: str, max_sets: int = 10, window: int = 100,
+                 pinned: tuple[str, ...] = ()) -> None:
+        """`pinned`: the set names that get labels of their own (the operator's list); without it,
+        the first sets seen, up to `max_sets`."""
         self.metrics = metrics
         self.model = model
         self.max_sets = max_sets
+        self.pinned = frozenset(pinned)
         self._recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
         # The default set's counters exist from the start, so rate() counts its first canary too.
         for counter in (metrics.canary_requests, metrics.canary_word_errors, metrics.canary_reference_words,
@@ -44,6 +49,8 @@ class CanaryTracker:
     def label(self, set_name: str) -> str:
         """At most `max_sets` labels in all: "default" and "other" are two of them."""
         set_name = set_name or DEFAULT_SET
+        if self.pinned:
+            return set_name if set_name in self.pinned or set_name == DEFAULT_SET else OTHER_SETS
         named = [s for s in self._recent if s not in (DEFAULT_SET, OTHER_SETS)]
         if set_name == DEFAULT_SET or set_name in self._recent or len(named) < self.max_sets - 2:
             return set_name

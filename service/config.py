@@ -35,7 +35,7 @@ class ServerConfig:
     model: tuple[ModelArg, ...] = (("", BUNDLED_MODEL),)
     host: str = "0.0.0.0"
     port: int = 50051
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str | None = None
     metrics_port: int = 8000
     http_port: int = 8080
     provider: str = "auto"
@@ -56,6 +56,7 @@ class ServerConfig:
     max_model_busy_ratio: float = 0.85
     max_batch: int = 32
     max_canary_sets: int = 10
+    canary_sets: str | None = None
     self_check_max_wer: float = 0.5
     promotion_min_canaries: int = 20
     promotion_max_wer_increase: float = 0.01
@@ -64,11 +65,15 @@ class ServerConfig:
     max_chunk_bytes: int = 1024 * 1024
     max_messages_per_second: float = 200.0
     stream_idle_timeout_seconds: float = 30.0
+    max_connections: int = 1000
+    read_timeout_seconds: float = 15.0
+    http_body_timeout_seconds: float = 60.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     auth_tokens_file: Path | None = None
     admin_without_auth: bool = False
+    metrics_tls: bool = False
     endpointing: bool = True
     endpoint_silence_after_speech_seconds: float = 1.2
     endpoint_silence_no_speech_seconds: float = 2.4
@@ -82,6 +87,18 @@ class ServerConfig:
     def window_ms(self) -> tuple[int | None, int | None, int | None]:
         """A buffered model's (left context, chunk, right context) overrides."""
         return self.left_context_ms, self.chunk_ms, self.right_context_ms
+
+    @property
+    def pinned_canary_sets(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in (self.canary_sets or "").split(",") if name.strip())
+
+    @property
+    def metrics_address(self) -> str:
+        """Where /metrics listens: --metrics-host, else loopback once the API has TLS or tokens (so that
+        /metrics is not the one open door), else every address."""
+        if self.metrics_host:
+            return self.metrics_host
+        return "127.0.0.1" if self.tls_cert or self.auth_tokens_file else "0.0.0.0"
 
     @property
     def endpoint(self) -> EndpointConfig:
@@ -106,13 +123,16 @@ class ServerConfig:
                      "max_message_bytes", "max_connection_age_seconds", "max_connection_age_grace_seconds", "max_concurrent_streams", "max_concurrent_recognize", "max_streams_per_client",
                      "max_recognize_per_client", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "promotion_min_canaries",
                      "promotion_timeout_seconds", "max_chunk_bytes", "max_messages_per_second",
-                     "stream_idle_timeout_seconds"):
+                     "stream_idle_timeout_seconds", "max_connections", "read_timeout_seconds",
+                     "http_body_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.metrics_tls and not self.tls_cert:
+            raise ValueError("--metrics-tls needs --tls-cert and --tls-key")
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
@@ -122,6 +142,11 @@ class ServerConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be {'positive' if name == 'chunk_ms' else 'at least 0'}")
         if not 0 < self.max_model_busy_ratio <= 1:
             raise ValueError("--max-model-busy-ratio must be above 0 and at most 1")
+        if len(self.pinned_canary_sets) > self.max_canary_sets - 2:
+            raise ValueError(f"--canary-sets names {len(self.pinned_canary_sets)} sets; at most --max-canary-sets "
+                             f"({self.max_canary_sets}) less two ('default' and 'other')")
+        if any(len(name) > 64 for name in self.pinned_canary_sets):
+            raise ValueError("--canary-sets: a set name is at most 64 characters")
         if self.max_canary_sets < 2:
             raise ValueError("--max-canary-sets must be at least 2 (\"default\" and \"other\" are two)")
         if self.self_check_max_wer < 0 or self.promotion_max_wer_increase < 0:
@@ -135,7 +160,8 @@ HELP = {
              "the default (NAME: what requests ask for; default: the model's own name; default: the bundled model)",
     "host": "gRPC listen address",
     "port": "gRPC port (0: any free port)",
-    "metrics_host": "address of the /metrics HTTP server (e.g. 127.0.0.1 to keep it local)",
+    "metrics_host": "address of the /metrics HTTP server (default: 127.0.0.1 when the API has --tls-cert or "
+                    "--auth-tokens-file, else 0.0.0.0; 0.0.0.0 to let Prometheus scrape another host's)",
     "metrics_port": "port of the /metrics HTTP server",
     "http_port": "HTTP port (on --host): OpenAI-compatible /v1/audio/transcriptions, WebSocket /v1/stream, "
                  "the browser page at /, /healthz and /readyz (0: any free port)",
@@ -168,6 +194,8 @@ HELP = {
     "max_batch": "most stream chunks run in one model call",
     "max_canary_sets": "distinct canary set labels in metrics, 'default' and 'other' included; further sets are "
                        "counted as 'other'",
+    "canary_sets": "comma-separated canary set names that get metric labels of their own (others count as "
+                   "'other'); empty: the first sets callers send, up to --max-canary-sets",
     "self_check_max_wer": "a reloaded model directory is served only if its canaries/ decode within this WER "
                           "(on top of loading and a warm-up)",
     "promotion_min_canaries": "a staged candidate is decided once every canary set seen has sent this many "
@@ -180,10 +208,17 @@ HELP = {
     "max_messages_per_second": "a stream's messages are read at most this often (faster senders are slowed by "
                                "flow control, not refused)",
     "stream_idle_timeout_seconds": "a stream that sends nothing for this long ends with OUT_OF_RANGE",
+    "max_connections": "open connections at once on each of the gRPC and HTTP ports (past it a new one is "
+                       "refused; HTTP answers 503 first)",
+    "read_timeout_seconds": "a connection that has not finished its handshake (gRPC), or is idle or still sending "
+                            "a request's headers (HTTP), for this long is closed",
+    "http_body_timeout_seconds": "a transcription request's body must arrive within this long (408 past it)",
     "tls_cert": "PEM certificate chain: serve TLS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     "auth_tokens_file": "file of bearer tokens, one per line: calls need `authorization: Bearer <token>`",
+    "metrics_tls": "serve /metrics over TLS with --tls-cert and --tls-key (and, with --tls-client-ca, only to "
+                   "clients with a certificate it signed)",
     "admin_without_auth": "serve the Admin service (ReloadModel) with neither --auth-tokens-file nor "
                           "--tls-client-ca (only on a trusted network; by default it is closed then)",
     "endpointing": "streams: end utterances (final results) at silences; false: finals only at "
@@ -204,11 +239,11 @@ EXPECTED = {int: "a whole number", float: "a number", bool: "true or false", str
 
 def _convert(kind, value):
     """A flag's or environment variable's text as its field's type; ValueError says what was expected."""
-    if value is None or (value == "" and kind in (Path | None, int | None)):
+    if value is None or (value == "" and kind in (Path | None, int | None, str | None)):
         return None
     if not isinstance(value, str):
         return value  # the field's default
-    base = int if kind == int | None else kind
+    base = {int | None: int, str | None: str}.get(kind, kind)
     if base is bool:
         if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise ValueError(f"expected true or false, not {value!r}")

@@ -12,6 +12,7 @@
 Same TLS, bearer tokens, limits, admission and metrics as gRPC.
 """
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from google.protobuf import json_format
 from ctc_asr.v1 import asr_pb2
 from service.admission import client_id
 from service.config import ServerConfig
+from service.http_connections import ConnectionGuard
 from service.security import Tokens
 from service.servicer import streaming_response
 from service.speech import FinalResult, ServiceError, Speech, Status
@@ -35,6 +37,19 @@ OPENAI_ERROR_TYPES = {Status.UNAUTHENTICATED: "authentication_error", Status.RES
                       Status.INTERNAL: "server_error", Status.UNAVAILABLE: "server_error"}
 WS_CLOSE = {Status.INTERNAL: 1011, Status.RESOURCE_EXHAUSTED: 1013, Status.UNAVAILABLE: 1013}  # else 1008
 LANGUAGES = {"en": "english"}
+
+
+class _RedactClientProtocols(logging.Filter):
+    """aiohttp logs the WebSocket subprotocols a client offered and the server does not speak;
+    some clients carry their token in one (`Bearer, <token>`): secrets never reach the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "Client protocols" in record.msg and len(record.args or ()) == 3:
+            record.args = (record.args[0], f"<{len(record.args[1])} redacted>", record.args[2])
+        return True
+
+
+REDACT_CLIENT_PROTOCOLS = _RedactClientProtocols()
 
 
 class FormError(ServiceError):
@@ -77,7 +92,7 @@ def _transcription_request(form, served: list[str]) -> TranscriptionRequest:
         raise FormError("file", "an audio file is required (multipart field `file`)")
     model = form.get("model", "")
     if model and model not in served:
-        raise FormError("model", f"{model!r} is not served; this server serves {', '.join(map(repr, served))}")
+        raise FormError("model", f"{model[:100]!r} is not served; this server serves {', '.join(map(repr, served))}")
     response_format = form.get("response_format", "json")
     if response_format not in RESPONSE_FORMATS:
         raise FormError("response_format", f"one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}")
@@ -145,7 +160,9 @@ class HttpApi:
         self.speech = speech
         self.cfg = cfg
         self.tokens = tokens
-        self.app = web.Application(client_max_size=cfg.max_message_bytes)
+        logging.getLogger("aiohttp.websocket").addFilter(REDACT_CLIENT_PROTOCOLS)
+        self.connections = ConnectionGuard(cfg.max_connections, cfg.read_timeout_seconds)
+        self.app = web.Application(client_max_size=cfg.max_message_bytes, middlewares=[self.connections.middleware])
         self.app.add_routes([
             web.get("/", self.page), web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
             web.get("/v1/models", self.models), web.post("/v1/audio/transcriptions", self.transcriptions),
@@ -153,14 +170,18 @@ class HttpApi:
         self.runner: web.AppRunner | None = None
 
     async def start(self, ssl_context) -> int:
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # Calls in flight had the drain's grace already (service.server): the rest are cut at once.
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.cfg.host, self.cfg.http_port, ssl_context=ssl_context,
-                           reuse_port=False)
-        await site.start()
-        return self.runner.addresses[0][1]
+        self.listener = await asyncio.get_running_loop().create_server(
+            self.connections.protocol_factory(self.runner.server), self.cfg.host, self.cfg.http_port,
+            ssl=ssl_context, reuse_port=False)
+        self.connections.start()
+        return self.listener.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        self.listener.close()
+        await self.connections.stop()
         await self.runner.cleanup()
 
     def _authorize(self, request: web.Request, allow_query: bool = False) -> str:
@@ -202,7 +223,10 @@ class HttpApi:
             async with self.speech.call("HTTPTranscriptions"):
                 client = self._authorize(request)
                 try:
-                    form = await request.post()
+                    form = await asyncio.wait_for(request.post(), self.cfg.http_body_timeout_seconds)
+                except TimeoutError:
+                    raise ServiceError(Status.DEADLINE_EXCEEDED, "the request body did not arrive within "
+                                       f"{self.cfg.http_body_timeout_seconds:g} s (--http-body-timeout-seconds)") from None
                 except web.HTTPRequestEntityTooLarge:
                     raise ServiceError(Status.OUT_OF_RANGE, "the request is larger than "
                                        f"{self.cfg.max_message_bytes} bytes (--max-message-bytes)") from None

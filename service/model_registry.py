@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2
@@ -75,7 +76,7 @@ def load_model(name: str, directory: Path, cfg: ServerConfig, metrics: Metrics) 
                            on_batch=lambda s, n: (inference.observe(s), batch_size.observe(n)),
                            decode=recognizer.decode_many)
     return ServedModel(name, Path(directory), recognizer, batcher,
-                       canary.CanaryTracker(metrics, name, cfg.max_canary_sets))
+                       canary.CanaryTracker(metrics, name, cfg.max_canary_sets, pinned=cfg.pinned_canary_sets))
 
 
 def announce(metrics: Metrics, served: ServedModel, replacing: ServedModel | None = None) -> None:
@@ -109,6 +110,31 @@ def release_memory() -> None:
 
 class SelfCheckFailed(Exception):
     pass
+
+
+def _canaries(directory: Path) -> list[tuple[Path, str, str]]:
+    """canaries/manifest.jsonl's rows (audio, reference, set); SelfCheckFailed naming the line of one
+    that is not a canary, or whose audio is not a file inside canaries/ (no contents quoted)."""
+    folder = directory / "canaries"
+    rows = []
+    for number, line in enumerate((folder / "manifest.jsonl").read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"canaries/manifest.jsonl line {number}"
+        try:
+            row = json.loads(line)
+            audio, text, set_name = row["audio"], row["text"], row.get("set", "")
+        except (ValueError, KeyError, TypeError):
+            raise SelfCheckFailed(f"{where}: not a JSON object with \"audio\" and \"text\"") from None
+        if not all(isinstance(v, str) for v in (audio, text, set_name)):
+            raise SelfCheckFailed(f"{where}: \"audio\", \"text\" and \"set\" must be strings")
+        path = folder / audio
+        if Path(audio).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+            raise SelfCheckFailed(f"{where}: the audio must be a file inside canaries/")
+        if not path.is_file():
+            raise SelfCheckFailed(f"{where}: canaries/{audio} is not a file")
+        rows.append((path, text, set_name))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -160,22 +186,33 @@ class Reloader:
         return task
 
     async def self_check(self, served: ServedModel) -> float:
-        """The WER of the directory's canaries (-1 when it has none); SelfCheckFailed above the bound."""
+        """The WER of the directory's canaries (-1 when it has none: generated audio is decoded
+        instead, so that a model that cannot decode is never served); SelfCheckFailed above the
+        bound, or naming the canary file (relative to the directory) it cannot read."""
+        endpoint = replace(self.cfg.endpoint, enabled=False)  # each clip one utterance, as Recognize does
+
+        async def transcribe(samples: np.ndarray, rate: int) -> str:
+            sc = float32_config(asr_pb2.RecognitionConfig(), rate)
+            return await self.speech.transcribe_quietly(served, sc, seconds_of(samples, rate), endpoint)
+
         manifest = served.directory / "canaries" / "manifest.jsonl"
         if not manifest.is_file():
+            rate = served.spec.features.sample_rate
+            noise = np.random.default_rng(0).normal(0, 0.05, 2 * rate).astype(np.float32)
+            try:
+                await transcribe(noise, rate)
+            except Exception as e:
+                raise SelfCheckFailed(f"it cannot decode generated audio ({_first_line(e)})") from e
             return -1.0
         word_errors = words = 0
-        endpoint = replace(self.cfg.endpoint, enabled=False)  # each clip one utterance, as Recognize does
-        for line in manifest.read_text().splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            samples, clip_rate = await asyncio.to_thread(sf.read, served.directory / "canaries" / row["audio"],
-                                                         dtype="float32", always_2d=True)
-            sc = float32_config(asr_pb2.RecognitionConfig(), clip_rate)
-            text = await self.speech.transcribe_quietly(served, sc, seconds_of(samples.mean(axis=1), clip_rate),
-                                                        endpoint)
-            s = canary.score(row["text"], text, row.get("set", ""))
+        for number, (audio, text, set_name) in enumerate(await asyncio.to_thread(_canaries, served.directory), 1):
+            try:
+                samples, clip_rate = await asyncio.to_thread(sf.read, audio, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, OSError, RuntimeError):
+                raise SelfCheckFailed(f"canaries/manifest.jsonl line {number}: canaries/"
+                                      f"{audio.relative_to(served.directory / 'canaries')} cannot be read as "
+                                      "audio") from None
+            s = canary.score(text, await transcribe(samples.mean(axis=1), clip_rate), set_name)
             word_errors, words = word_errors + s.word_errors, words + s.reference_words
         wer = word_errors / max(words, 1)
         if wer > self.cfg.self_check_max_wer:
@@ -194,9 +231,11 @@ class Reloader:
                 new = await asyncio.to_thread(load_model, serving.name, path, self.cfg, self.metrics)
                 new.batcher.start()
                 wer = await self.self_check(new)
-            except (ModelDirectoryError, SelfCheckFailed) as e:
+            except BaseException as e:  # failed, or cancelled (the caller's deadline): what it loaded goes
                 if new is not None:
-                    await new.close()
+                    await self._free(new)
+                if not isinstance(e, (ModelDirectoryError, SelfCheckFailed)):
+                    raise
                 self.metrics.model_reloads.labels(serving.name, FAILED).inc()
                 log.error("model %s: %s is not served: %s; %s stays", serving.name, path, e, serving.directory)
                 raise ServiceError(Status.INVALID_ARGUMENT, f"model {serving.name!r}: {path} is not served: {e}; "

@@ -42,7 +42,15 @@ def _inside(directory: Path, name, field: str) -> Path | None:
     if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
         raise ValueError(f"{directory / 'model.json'}: {field} must name a file inside the model directory "
                          f"(no absolute path, no '..'), not {name!r}")
-    return directory / name
+    return _own(directory, name)
+
+
+def _own(directory: Path, name: str) -> Path:
+    """`directory / name`, refused where a symlink leads out of the directory (where to is not said)."""
+    path = directory / name
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise ModelDirectoryError(f"{path}: a link to a file outside the model directory; copy the file in")
+    return path
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,7 @@ class ModelSpec:
     @classmethod
     def _parse(cls, directory: Path, window_ms) -> "ModelSpec":
         for required in ("model.onnx", "model.json", "tokens.txt"):
-            if not (directory / required).is_file():
+            if not _own(directory, required).is_file():
                 raise ModelDirectoryError(f"{directory}: no {required}; is this a model directory written by "
                                         "`python -m export`?")
         try:
@@ -220,8 +228,14 @@ class ModelSpec:
 
 def read_tokens(path: Path) -> tuple[str, ...]:
     """tokens.txt lines are `symbol id`, ids 0..V-1."""
-    pairs = [line.rsplit(" ", 1) for line in path.read_text().splitlines() if line.strip()]
-    by_id = {int(i): sym for sym, i in pairs}
+    by_id = {}
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        symbol, _, i = line.rpartition(" ")
+        if not line.strip():
+            continue
+        if not symbol or not i.isdigit():  # said without quoting it: the file may not be what it claims
+            raise ValueError(f"{path}: line {number} is not `symbol id`")
+        by_id[int(i)] = symbol
     if sorted(by_id) != list(range(len(by_id))):
         raise ValueError(f"{path}: token ids are not 0..{len(by_id) - 1}")
     return tuple(by_id[i] for i in range(len(by_id)))

@@ -87,6 +87,9 @@ async def start(cfg: ServerConfig) -> RunningServer:
                                       ("grpc.max_connection_age_ms", int(cfg.max_connection_age_seconds * 1000)),
                                       ("grpc.max_connection_age_grace_ms",
                                        int(cfg.max_connection_age_grace_seconds * 1000)),
+                                      # slow and idle clients cannot hold sockets without bound
+                                      ("grpc.server_handshake_timeout_ms", int(cfg.read_timeout_seconds * 1000)),
+                                      ("grpc.max_allowed_incoming_connections", cfg.max_connections),
                                       # up to SLACK over the limit the servicer refuses (and counts) it
                                       ("grpc.max_receive_message_length", cfg.max_message_bytes + SLACK),
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
@@ -113,9 +116,11 @@ async def start(cfg: ServerConfig) -> RunningServer:
         raise StartupError(f"--port {cfg.port}: cannot listen on {address}: the port is in use (or the address "
                            "is not this machine's); choose another with --port")
     try:
-        metrics_http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry=metrics.registry)
+        tls = dict(certfile=str(cfg.tls_cert), keyfile=str(cfg.tls_key), client_auth_required=bool(cfg.tls_client_ca),
+                   client_cafile=str(cfg.tls_client_ca) if cfg.tls_client_ca else None) if cfg.metrics_tls else {}
+        metrics_http, _ = start_http_server(cfg.metrics_port, cfg.metrics_address, registry=metrics.registry, **tls)
     except OSError as e:
-        raise StartupError(f"--metrics-port {cfg.metrics_port}: cannot listen on {cfg.metrics_host}:"
+        raise StartupError(f"--metrics-port {cfg.metrics_port}: cannot listen on {cfg.metrics_address}:"
                            f"{cfg.metrics_port} ({e.strerror}); choose another with --metrics-port") from e
     http = HttpApi(speech, cfg, tokens)
     try:
@@ -128,10 +133,11 @@ async def start(cfg: ServerConfig) -> RunningServer:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving gRPC on %s:%d and HTTP on port %d (%s%s), metrics on %s:%d/metrics; pid %d (SIGHUP reloads "
-             "the models)", cfg.host, port, http_port,
+    log.info("serving gRPC on %s:%d and HTTP on port %d (%s%s), metrics on %s://%s:%d/metrics; Admin %s; pid %d "
+             "(SIGHUP reloads the models)", cfg.host, port, http_port,
              "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
-             ", bearer tokens" if tokens else "", cfg.metrics_host, metrics_http.server_port, os.getpid())
+             ", bearer tokens" if tokens else "", "https" if cfg.metrics_tls else "http", cfg.metrics_address,
+             metrics_http.server_port, "open" if admin_open else "closed (no tokens or mutual TLS)", os.getpid())
     return RunningServer(server, speech, reloader, http, health_servicer, port, http_port, metrics_http.server_port,
                          metrics_http)
 

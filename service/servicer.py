@@ -164,7 +164,7 @@ class AdminServicer(asr_pb2_grpc.AdminServicer):
 
     async def ReloadModel(self, request, context):
         try:
-            async with self.speech.call("ReloadModel"):
+            async with self.speech.call("ReloadModel", _expired(context)):
                 if not self.open:
                     raise ServiceError(Status.PERMISSION_DENIED, "the Admin service is closed on a server without "
                                        "--auth-tokens-file or --tls-client-ca (--admin-without-auth opens it on a "

@@ -156,6 +156,9 @@ class Speech:
         self.metrics = metrics
         self.cfg = cfg
         self._pool = pool
+        # Whole files are decoded from their containers one at a time on a thread of their own, so
+        # that however many arrive, the workers stay free for live streams.
+        self._files = ThreadPoolExecutor(1, thread_name_prefix="asr-file")
         self.in_flight = 0  # calls of every kind, for draining
         self.draining = False
         self.admission = Admission(cfg, metrics, self.busy_ratio)
@@ -174,7 +177,7 @@ class Speech:
         if not name:
             return self.default
         if name not in self.models:
-            raise ServiceError(Status.INVALID_ARGUMENT, f"model {name!r} is not served; this server serves "
+            raise ServiceError(Status.INVALID_ARGUMENT, f"model {name[:100]!r} is not served; this server serves "
                                + ", ".join(repr(n) for n in self.models))
         return self.models[name]
 
@@ -192,6 +195,7 @@ class Speech:
         for served in self.models.values():
             await served.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._files.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -244,9 +248,9 @@ class Speech:
     async def _decode_file(self, config: asr_pb2.RecognitionConfig, audio: bytes,
                            rate: int) -> tuple[np.ndarray, float]:
         c = config
-        samples, seconds = await self._run(decode_unary, audio, c.encoding, c.sample_rate_hertz,
-                                           c.audio_channel_count, rate,
-                                           self.cfg.max_unary_audio_seconds)
+        samples, seconds = await asyncio.get_running_loop().run_in_executor(
+            self._files, decode_unary, audio, c.encoding, c.sample_rate_hertz, c.audio_channel_count, rate,
+            self.cfg.max_unary_audio_seconds)
         if seconds > self.cfg.max_unary_audio_seconds:
             raise ServiceError(Status.OUT_OF_RANGE, f"audio is {seconds:.1f} s; at most "
                                f"{self.cfg.max_unary_audio_seconds:g} s in one request (stream longer audio)")

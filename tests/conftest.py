@@ -2,6 +2,7 @@
 background event loop, and real channels to it."""
 
 import asyncio
+import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -74,3 +75,12 @@ def make_server():
     yield make
     for srv in started:
         srv.close()
+
+
+def place(source: Path, target: Path) -> Path:
+    """A copy of a bundled model file or folder (a model directory may not link to files outside it)."""
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copyfile(source, target)
+    return target

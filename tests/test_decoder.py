@@ -11,7 +11,7 @@ import soundfile as sf
 from pyctcdecode.alphabet import Alphabet
 from pyctcdecode.decoder import NULL_FRAMES, BeamSearchDecoderCTC
 
-from conftest import BUNDLED, ROOT
+from conftest import BUNDLED, ROOT, place
 from service.beam_search import _merge_beams
 from service.decoder import CtcDecoder, DecodeOptions
 from service.model_session import ModelSession, ModelSpec
@@ -52,7 +52,7 @@ def model_directory(path, **decoder):
     """The bundled model directory with other decoder settings in its model.json (no LM)."""
     for name in ("model.onnx", "tokens.txt"):
         if not (path / name).exists():
-            (path / name).symlink_to(BUNDLED / name)
+            place(BUNDLED / name, path / name)
     meta = json.loads((BUNDLED / "model.json").read_text())
     meta["decoder"] = {**meta["decoder"], "lm": None, "unigrams": None, **decoder}
     (path / "model.json").write_text(json.dumps(meta))

@@ -4,6 +4,7 @@ metrics, all on the real server's HTTP port."""
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import time
@@ -289,3 +290,17 @@ def test_a_streamed_transcription_that_fails_says_so_inside_its_stream(running):
     after = scrape(running.metrics_port)
     assert value(after, "asr_requests_total", method="HTTPTranscriptions", code="INVALID_ARGUMENT") - \
         value(before, "asr_requests_total", method="HTTPTranscriptions", code="INVALID_ARGUMENT") == 1
+
+
+def test_a_token_offered_as_a_websocket_subprotocol_never_reaches_the_log(running, caplog):
+    async def offer():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"http://127.0.0.1:{running.http_port}/v1/stream",
+                                          protocols=("Bearer", "s3cret-token-A")) as ws:
+                await ws.send_str(json.dumps(STREAM_CONFIG))
+                await ws.send_bytes(b"")
+                return [m async for m in ws]
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(offer())
+    assert "Client protocols" in caplog.text and "redacted" in caplog.text  # aiohttp still says it
+    assert "s3cret-token-A" not in caplog.text

@@ -72,3 +72,20 @@ def test_canaries_feed_running_accuracy(make_server):
     assert value(samples, "asr_canary_wer", set="other", model=model) == pytest.approx(2 / 10)
     assert value(samples, "asr_request_duration_seconds_count", method="Recognize", traffic="canary",
                  model=model) == 3
+
+
+def test_pinned_canary_sets_cannot_be_taken_by_callers(make_server):
+    """With --canary-sets, the first sets callers send do not take the labels: only the pinned do."""
+    srv = make_server(canary_sets="real")
+    audio = (SAMPLES / "what_time.wav").read_bytes()
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        for name in [f"made-up-{i}" for i in range(12)] + ["real"]:
+            stub.Recognize(asr_pb2.RecognizeRequest(audio_content=audio, config=asr_pb2.RecognitionConfig(
+                canary=asr_pb2.CanaryLabel(reference="what time is it in london", set=name))), timeout=30)
+    samples = scrape(srv.running.metrics_port)
+    labels = {dict(labels)["set"] for (name, labels) in samples if name == "asr_canary_requests_total"}
+    assert labels == {"default", "real", "other"}
+    model = srv.running.speech.spec.name
+    assert value(samples, "asr_canary_requests_total", set="other", model=model) == 12
+    assert value(samples, "asr_canary_requests_total", set="real", model=model) == 1

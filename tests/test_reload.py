@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from conftest import BUNDLED, ROOT, SAMPLES, TEST_CONFIG, ServerThread
+from conftest import BUNDLED, ROOT, SAMPLES, TEST_CONFIG, ServerThread, place
 from service.loadgen import free_port, rss_mb, start_server
 from test_decoder import model_directory
 from test_lifecycle import wait_for
@@ -33,7 +33,7 @@ def full_directory(path):
     """The bundled model (beam search + LM) in a directory of its own."""
     path.mkdir(exist_ok=True)
     for name in FILES:
-        (path / name).symlink_to(BUNDLED / name)
+        place(BUNDLED / name, path / name)
     return path
 
 
@@ -41,7 +41,7 @@ def greedy_directory(path):
     """The same network decoded greedily without the LM: worse (about 51% WER on the canaries, 25% with)."""
     path.mkdir(exist_ok=True)
     model_directory(path, beam_width=1)
-    (path / "canaries").symlink_to(BUNDLED / "canaries")
+    place(BUNDLED / "canaries", path / "canaries")
     return path
 
 
@@ -120,7 +120,7 @@ def test_a_directory_that_fails_to_load_or_self_check_leaves_the_old_model_servi
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in FILES[1:]:
-        (broken / name).symlink_to(BUNDLED / name)
+        place(BUNDLED / name, broken / name)
     (broken / "model.onnx").write_bytes((BUNDLED / "model.onnx").read_bytes()[:100_000])  # truncated
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
@@ -163,7 +163,7 @@ def test_a_directory_cannot_make_the_server_open_other_files_or_serve_bad_settin
             directory = tmp_path / why.replace(" ", "_")
             directory.mkdir()
             for name in ("model.onnx", "tokens.txt", "lm.bin", "unigrams.txt"):
-                (directory / name).symlink_to(BUNDLED / name)
+                place(BUNDLED / name, directory / name)
             (directory / "model.json").write_text(json.dumps({**meta, "decoder": {**meta["decoder"], **decoder}}))
             with pytest.raises(grpc.RpcError) as err:
                 reload(channel, directory=str(directory))
@@ -173,12 +173,60 @@ def test_a_directory_cannot_make_the_server_open_other_files_or_serve_bad_settin
             assert recognize(stub) == serving, why
         (tmp_path / "bad_lm").mkdir()
         for name in ("model.onnx", "tokens.txt", "unigrams.txt", "model.json"):
-            (tmp_path / "bad_lm" / name).symlink_to(BUNDLED / name)
+            place(BUNDLED / name, tmp_path / "bad_lm" / name)
         (tmp_path / "bad_lm" / "lm.bin").write_text("root:x:0:0:root:/root:/bin/bash\n")  # inside, not an LM
         with pytest.raises(grpc.RpcError) as err:
             reload(channel, directory=str(tmp_path / "bad_lm"))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "root:" not in err.value.details()
         assert "cannot be loaded" in err.value.details()
+
+        linked = tmp_path / "linked"  # every name inside, but a symlink leads out
+        linked.mkdir()
+        for name in ("model.onnx", "model.json", "lm.bin", "unigrams.txt"):
+            place(BUNDLED / name, linked / name)
+        (linked / "tokens.txt").symlink_to(tmp_path / "secret")
+        with pytest.raises(grpc.RpcError) as err:
+            reload(channel, directory=str(linked))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside the model directory" in \
+            err.value.details() and "root:" not in err.value.details() and "secret" not in err.value.details()
+        (linked / "tokens.txt").unlink()
+        (linked / "tokens.txt").write_text("root:x:0:0:root:/root:/bin/bash\n")  # inside, not tokens
+        with pytest.raises(grpc.RpcError) as err:
+            reload(channel, directory=str(linked))
+        assert "tokens.txt: line 1 is not `symbol id`" in err.value.details() and "root:" not in err.value.details()
+        assert recognize(stub) == serving
+
+
+def test_a_failed_or_cancelled_reload_frees_what_it_loaded_and_names_the_canary_file(serve, tmp_path, caplog):
+    srv = serve(full_directory(tmp_path / "full"))
+    canaries = {"not JSON": ("{", "line 1: not a JSON object"),
+                "no text": ('{"audio": "a.wav"}', "line 1: not a JSON object"),
+                "missing audio": ('{"audio": "nowhere.wav", "text": "x"}', "canaries/nowhere.wav is not a file"),
+                "audio outside": ('{"audio": "../model.onnx", "text": "x"}', "must be a file inside canaries/"),
+                "not audio": ('{"audio": "junk.wav", "text": "x"}', "canaries/junk.wav cannot be read as audio")}
+    threads = threading.active_count()
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        for why, (row, message) in canaries.items():
+            directory = tmp_path / why.replace(" ", "_")
+            directory.mkdir()
+            for name in ("model.onnx", "model.json", "tokens.txt", "lm.bin", "unigrams.txt"):
+                place(BUNDLED / name, directory / name)
+            (directory / "canaries").mkdir()
+            (directory / "canaries" / "junk.wav").write_bytes(b"RIFF-not-really")
+            (directory / "canaries" / "manifest.jsonl").write_text(row + "\n")
+            with pytest.raises(grpc.RpcError) as err:
+                reload(channel, directory=str(directory))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+            assert message in err.value.details(), (why, err.value.details())
+        with pytest.raises(grpc.RpcError) as err:  # cancelled by its deadline mid-way through the self-check
+            asr_pb2_grpc.AdminStub(channel).ReloadModel(asr_pb2.ReloadModelRequest(), timeout=1.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert wait_for(lambda: threading.active_count() <= threads, 10)  # every model thread stopped
+        assert heard([recognize(asr_pb2_grpc.SpeechStub(channel))], "what_time.wav")
+    samples = scrape(srv.running.metrics_port)
+    assert value(samples, "asr_requests_total", method="ReloadModel", code="INVALID_ARGUMENT") == len(canaries)
+    assert value(samples, "asr_requests_total", method="ReloadModel", code="DEADLINE_EXCEEDED") == 1
+    assert "Task was destroyed" not in caplog.text and "batcher died" not in caplog.text
 
 
 def prober(port, stage, timeout=300):
@@ -221,7 +269,7 @@ def test_sighup_rereads_every_model_directory(tmp_path):
     directory.mkdir()
     for name in FILES:
         if name != "model.json":
-            (directory / name).symlink_to(BUNDLED / name)
+            place(BUNDLED / name, directory / name)
     meta = json.loads((BUNDLED / "model.json").read_text())
     (directory / "model.json").write_text(json.dumps(meta))
     port = free_port()

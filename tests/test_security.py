@@ -117,6 +117,23 @@ def test_tls(make_server, pki):
 
 
 @requires("openssl")
+def test_metrics_follow_the_apis_protection(make_server, pki, tmp_path):
+    """With TLS or tokens on the API, /metrics listens on loopback unless told otherwise, and can be
+    served over TLS with the same certificate."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    assert make_server(metrics_host=None).running._metrics_http.server_address[0] == "0.0.0.0"
+    assert make_server(metrics_host=None, auth_tokens_file=tokens).running._metrics_http.server_address[0] == "127.0.0.1"
+    srv = make_server(metrics_host=None, tls_cert=pki / "server.pem", tls_key=pki / "server.key", metrics_tls=True)
+    assert srv.running._metrics_http.server_address[0] == "127.0.0.1"
+    trusted = ssl.create_default_context(cafile=pki / "ca.pem")
+    body = urllib.request.urlopen(f"https://127.0.0.1:{srv.running.metrics_port}/metrics", context=trusted).read()
+    assert b"asr_requests_total" in body
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{srv.running.metrics_port}/metrics", timeout=5)
+
+
+@requires("openssl")
 def test_mutual_tls_requires_a_client_certificate(make_server, pki):
     srv = make_server(tls_cert=pki / "server.pem", tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem")
     ca = (pki / "ca.pem").read_bytes()
