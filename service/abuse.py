@@ -172,7 +172,7 @@ async def measure(target: str, pid: int, seconds: float, abuse: Abuse | None) ->
     if background:
         await background
     return {"p95_ms": 1000 * float(np.percentile(r["partial"], 95)) if len(r["partial"]) else float("nan"),
-            "refused": r["refused"], "errors": r["errors"], "abuser": outcomes, "cores": cores,
+            "refused": r["refused"] + r["ended"], "errors": r["errors"], "abuser": outcomes, "cores": cores,
             "rss_mb": rss_mb(pid)}
 
 

@@ -2,9 +2,12 @@
 streams it holds keep real time and no one client holds everyone's slots.
 
 - New streams and whole-file calls are refused (RESOURCE_EXHAUSTED, `asr_shed_total`) while
-  the model ran for live streams more than --max-model-busy-ratio of the last 2 s. Work that is
-  not live (whole files, and the audio a client streams ahead of real time) only fills what
-  live streams leave and does not count, so a client's own pace never shuts others out.
+  the model ran for live streams more than --max-model-busy-ratio of the last 2 s, and while a
+  live stream is more than --shed-stream-lag-seconds behind real time because of the server
+  (until none is more than half of it behind). Neither counts what a client's own pace causes:
+  work that is not live (whole files, and audio streamed ahead of real time) only fills what
+  live streams leave; a stream held back by the limit on its message rate, or waiting for its
+  client's next message, is not the server's lag.
 - At most --max-concurrent-streams streams and --max-concurrent-recognize whole-file calls at
   once; per client (its bearer token where tokens are configured, else its address) at most
   --max-streams-per-client and --max-recognize-per-client (`asr_client_refused_total{reason}`).
@@ -54,6 +57,8 @@ class StreamClock:
     processed_s: float = 0.0
     backlog_s: float = 0.0
     throttled_s: float = 0.0  # of the backlog's additions, time its messages waited for --max-messages-per-second
+    lag_s: float = 0.0  # how far behind after its last message
+    reading: bool = False  # waiting for its client's next message: the server holds nothing of it
 
     def arrived(self, now: float, seconds: float) -> None:
         self.first_audio_at = self.first_audio_at or now
@@ -63,22 +68,23 @@ class StreamClock:
         """Whether its next work is due now: audio more than AHEAD_ALLOWANCE_S ahead of real time is not."""
         return self.received_s - (now - self.first_audio_at) <= AHEAD_ALLOWANCE_S
 
-    def processed(self, held_s: float, throttled_s: float, seconds: float) -> None:
+    def processed(self, held_s: float, throttled_s: float, seconds: float, now: float) -> None:
         """A message of `seconds` of audio processed `held_s` after it was due to be read (`throttled_s`
         of that by the message rate limit)."""
         self.processed_s += seconds
         self.throttled_s += throttled_s
         self.backlog_s = max(0.0, self.backlog_s + held_s - seconds)
+        self.lag_s = min(self.backlog_s, max(0.0, now - self.first_audio_at - self.processed_s))
 
     @property
     def own_pace(self) -> bool:
         """Whether the rate limit on its messages, not the server, is what holds it back."""
         return self.throttled_s >= self.backlog_s / 2
 
-    def behind(self, now: float) -> float:
-        if self.first_audio_at is None:
-            return 0.0
-        return min(self.backlog_s, max(0.0, now - self.first_audio_at - self.processed_s))
+    @property
+    def server_lag_s(self) -> float:
+        """Its lag where the server is the cause (0 while the client is the one it waits for)."""
+        return 0.0 if self.reading or self.own_pace else self.lag_s
 
 
 @dataclass
@@ -90,14 +96,23 @@ class Admission:
     unary: int = 0
     _streams_by_client: Counter = field(default_factory=Counter)
     _unary_by_client: Counter = field(default_factory=Counter)
-    _lags: dict[int, float] = field(default_factory=dict)
+    _clocks: dict[int, StreamClock] = field(default_factory=dict)  # the live streams'
+    _lag_shedding: bool = False
+
+    def server_lag(self) -> float:
+        """How far behind real time the server keeps its live streams (asr_stream_lag_seconds): the
+        worst stream's lag, where the server is the cause."""
+        return max((clock.server_lag_s for clock in self._clocks.values()), default=0.0)
 
     def _shed(self, method: str) -> None:
-        busy = self.busy_ratio()
-        if busy > self.cfg.max_model_busy_ratio:
+        busy, lag = self.busy_ratio(), self.server_lag()
+        limit = self.cfg.shed_stream_lag_seconds
+        self._lag_shedding = lag > limit or (self._lag_shedding and lag > limit / 2)
+        if busy > self.cfg.max_model_busy_ratio or self._lag_shedding:
             self.metrics.load_shed.labels(method).inc()
-            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"the server is at capacity (the model is busy {busy:.0%} "
-                               "of the time with live streams); retry with backoff")
+            why = (f"its streams are {lag:.1f} s behind real time" if self._lag_shedding
+                   else f"the model is busy {busy:.0%} of the time with live streams")
+            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"the server is at capacity ({why}); retry with backoff")
 
     def _refuse(self, reason: str, message: str) -> ServiceError:
         self.metrics.client_refused.labels(reason).inc()
@@ -146,11 +161,11 @@ class Admission:
             finally:
                 self.unary -= 1
 
-    def check_lag(self, key: int, clock: StreamClock, now: float) -> None:
-        """A live stream's lag after a message: recorded for `asr_stream_lag_seconds`, and past the
-        limit the stream is ended, with the reason (its own messages or the server's capacity)."""
-        behind = self._lags[key] = clock.behind(now)
-        self.metrics.stream_lag.set(max(self._lags.values()))
+    def check_lag(self, key: int, clock: StreamClock) -> None:
+        """A live stream's lag after a message: past --max-stream-lag-seconds the stream is ended,
+        with the reason (its own messages or the server's capacity)."""
+        self._clocks[key] = clock
+        behind = clock.lag_s
         if behind <= self.cfg.max_stream_lag_seconds:
             return
         why = (f"its messages are too small to read in real time: at most {self.cfg.max_messages_per_second:g} are "
@@ -161,5 +176,4 @@ class Admission:
                            f"{self.cfg.max_stream_lag_seconds:g} s, --max-stream-lag-seconds): {why}; retry")
 
     def stream_ended(self, key: int) -> None:
-        self._lags.pop(key, None)
-        self.metrics.stream_lag.set(max(self._lags.values(), default=0.0))
+        self._clocks.pop(key, None)

@@ -22,8 +22,9 @@ stream count:
   look-ahead are algorithmic delay on top of what this measures;
 - final latency: half-close -> the last final result;
 - server CPU seconds per second of audio;
-- refused: streams the server shed (RESOURCE_EXHAUSTED before any result, as it
-  answers when its streams fall behind real time), and other errors.
+- refused: streams the server shed when they called (RESOURCE_EXHAUSTED before any
+  result); ended: streams it ended behind real time after answering them (capacity lost
+  after admission, e.g. with --neighbour-cores); and other errors.
 
 Streams start spread over one message, or with --ramp-seconds over that long (as
 callers arrive, so that load shedding can act on the lag they cause).
@@ -40,6 +41,8 @@ table, and per engine the most streams held: p95 partial latency within
 import argparse
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -97,8 +100,9 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
         # error from Core" (grpc/grpc#36066): the server's asr_shed_total counts them as refusals.
         shed = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED or (
             e.code() == grpc.StatusCode.INTERNAL and e.details() == "Internal error from Core")
-        refused = shed and "last_final" not in out and not out["partial"]
-        out["refused" if refused else "errors"].append(e.code().name)
+        answered = "last_final" in out or out["partial"]
+        # Refused when it called, ended later (behind real time), or another error.
+        out["errors" if not shed else "ended" if answered else "refused"].append(e.code().name)
         return
     if "half_close" in out and "last_final" in out:
         out["final"] = out["last_final"] - out["half_close"]
@@ -108,7 +112,7 @@ async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay
                       clips: list[np.ndarray] | None, beam_width: int, ramp_s: float = 0.0,
                       metadata: tuple = ()) -> dict:
     pcms = [test_audio(seconds, clips, first=i).astype("<i2").tobytes() for i in range(n if clips else 1)]
-    results = [{"partial": [], "errors": [], "refused": []} for _ in range(n)]
+    results = [{"partial": [], "errors": [], "refused": [], "ended": []} for _ in range(n)]
     spread = ramp_s or MESSAGE_S  # at least over one message, so that streams do not arrive in lockstep
     async with grpc.aio.insecure_channel(target) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
@@ -119,7 +123,7 @@ async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay
     refused = sum(len(r["refused"]) for r in results)
     codes = Counter(code for r in results for code in r["errors"])
     return {"partial": partial, "final": final, "errors": sum(codes.values()), "codes": codes,
-            "refused": refused, "audio_s": (n - refused) * seconds}
+            "refused": refused, "ended": sum(len(r["ended"]) for r in results), "audio_s": (n - refused) * seconds}
 
 
 async def unary_throughput(target: str, requests: int, concurrency: int) -> float:
@@ -169,6 +173,20 @@ async def request_cost(target: str, pid: int, requests: int) -> None:
                   f"{audio_s / (time.perf_counter() - started):.1f} audio s per wall s (one at a time)", flush=True)
 
 
+async def noisy_neighbour(cores: int, after_s: float) -> None:
+    """`cores` processes that busy-loop from `after_s` on, until cancelled: capacity lost after admission."""
+    if not cores:
+        return
+    await asyncio.sleep(after_s)
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for process in loops:
+            process.kill()
+            process.wait()
+
+
 def pct(values: np.ndarray, q: float) -> str:
     return f"{1000 * np.percentile(values, q):.0f}" if len(values) else "-"
 
@@ -183,18 +201,26 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
           f"{delay_s * 1000:.0f} ms look-ahead; beam {a.beam_width or 'of the model directory'}; "
           f"{a.seconds:.0f} s per stream of "
           f"{f'{len(clips)} clips of {a.clips}' if clips else 'the sample clips'}; {os.cpu_count()} CPUs", flush=True)
+    if a.neighbour_cores:
+        print(f"a noisy neighbour: {a.neighbour_cores} busy-looping processes from {a.neighbour_after:g} s into "
+              "each run", flush=True)
     print("\n| decoder | streams | partial p50 / p95 / p99 (ms) | final p50 / p95 (ms) | server CPU s per audio s "
-          "| refused | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| refused | ended behind real time | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     held, unary = {}, {}
     for label, target, pid in servers:
         held[label] = 0
         for n in a.streams:
             cpu0 = cpu_seconds(pid) if pid else None
-            r = await run_streams(target, n, a.seconds, chunk_s, delay_s, clips, a.beam_width, a.ramp_seconds)
+            neighbour = asyncio.create_task(noisy_neighbour(a.neighbour_cores, a.neighbour_after))
+            try:
+                r = await run_streams(target, n, a.seconds, chunk_s, delay_s, clips, a.beam_width, a.ramp_seconds)
+            finally:
+                neighbour.cancel()
+                await asyncio.gather(neighbour, return_exceptions=True)
             cpu = f"{(cpu_seconds(pid) - cpu0) / max(r['audio_s'], 1e-9):.3f}" if pid else "-"
             print(f"| {label} | {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
-                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['refused']} | {r['errors']}{' (' + ', '.join(f'{c} {k}' for k, c in r['codes'].items()) + ')' if r['errors'] else ''} |",
+                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['refused']} | {r['ended']} | {r['errors']}{' (' + ', '.join(f'{c} {k}' for k, c in r['codes'].items()) + ')' if r['errors'] else ''} |",
                   flush=True)
             if not r["errors"] and len(r["partial"]) and np.percentile(r["partial"], 95) * 1000 <= a.held_ms:
                 held[label] = max(held[label], n - r["refused"])
@@ -217,6 +243,10 @@ def main() -> None:
     p.add_argument("--beam-width", type=int, default=0, help="streams ask for this beam (0: the server's default)")
     p.add_argument("--held-ms", type=float, default=150.0, help="p95 partial latency a held stream count keeps")
     p.add_argument("--ramp-seconds", type=float, default=0.0, help="start the streams spread over this long")
+    p.add_argument("--neighbour-cores", type=int, default=0,
+                   help="a noisy neighbour: this many busy-looping processes beside the server, from "
+                        "--neighbour-after seconds into each run (capacity lost after admission)")
+    p.add_argument("--neighbour-after", type=float, default=10.0)
     p.add_argument("--request-cost", action="store_true",
                    help="instead: CPU per audio second of a default Recognize and of the costliest one allowed")
     p.add_argument("server_args", nargs="*", help="after --: flags for the servers it starts")

@@ -53,6 +53,7 @@ class ServerConfig:
     max_streams_per_client: int = 16
     max_recognize_per_client: int = 2
     max_stream_lag_seconds: float = 3.0
+    shed_stream_lag_seconds: float = 1.0
     max_model_busy_ratio: float = 0.85
     max_batch: int = 32
     max_canary_sets: int = 10
@@ -121,7 +122,7 @@ class ServerConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
         for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
                      "max_message_bytes", "max_connection_age_seconds", "max_connection_age_grace_seconds", "max_concurrent_streams", "max_concurrent_recognize", "max_streams_per_client",
-                     "max_recognize_per_client", "max_stream_lag_seconds", "max_batch", "max_canary_sets", "promotion_min_canaries",
+                     "max_recognize_per_client", "max_stream_lag_seconds", "shed_stream_lag_seconds", "max_batch", "max_canary_sets", "promotion_min_canaries",
                      "promotion_timeout_seconds", "max_chunk_bytes", "max_messages_per_second",
                      "stream_idle_timeout_seconds", "max_connections", "read_timeout_seconds",
                      "http_body_timeout_seconds"):
@@ -188,6 +189,9 @@ HELP = {
                                 "(RESOURCE_EXHAUSTED past it)",
     "max_stream_lag_seconds": "a live stream this far behind real time is ended with RESOURCE_EXHAUSTED (the "
                               "server lost capacity, or the stream's messages are too small to read in real time)",
+    "shed_stream_lag_seconds": "load shedding: while a live stream is this far behind real time because of the "
+                               "server (not its own pace), new streams and whole-file calls get RESOURCE_EXHAUSTED "
+                               "(until none is half of it behind)",
     "max_model_busy_ratio": "load shedding: while the model (with its batch decoding) runs more than this share of "
                             "the last 2 s for live streams, new streams and whole-file calls get RESOURCE_EXHAUSTED "
                             "(1: never)",

@@ -29,12 +29,13 @@ class Metrics:
         self.real_time_factor = Histogram("asr_real_time_factor", "Processing time / audio time per request",
                                           ["traffic", "model"], buckets=RTF_BUCKETS, registry=r)
         self.active_streams = Gauge("asr_active_streams", "Open streams (gRPC and WebSocket)", registry=r)
-        self.stream_lag = Gauge("asr_stream_lag_seconds", "How far the live stream furthest behind real time is",
+        self.stream_lag = Gauge("asr_stream_lag_seconds", "How far behind real time the server keeps its live streams "
+                                "(the worst one's lag where the server is the cause)",
                                 registry=r)
         self.model_busy = Gauge("asr_model_busy_ratio", "Share of the last 2 s the model and its batch decoding ran",
                                 registry=r)
         self.load_shed = Counter("asr_shed_total", "Calls refused because the model was busy near its capacity "
-                                 "with live streams", ["method"], registry=r)
+                                 "with live streams, or they were behind real time", ["method"], registry=r)
         self.client_refused = Counter("asr_client_refused_total", "Calls refused or streams ended by a per-client "
                                       "rule: streams, whole_file (the client's limits), behind_real_time",
                                       ["reason"], registry=r)

@@ -96,6 +96,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
     speech = Speech(models, pool, metrics, cfg)
     metrics.model_busy.set_function(speech.busy_ratio)
+    metrics.stream_lag.set_function(speech.admission.server_lag)
     reloader = Reloader(speech, cfg, metrics)
     asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech, by_token=tokens is not None), server)
     admin_open = tokens is not None or cfg.tls_client_ca is not None or cfg.admin_without_auth

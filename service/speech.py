@@ -102,6 +102,20 @@ def seconds_of(samples: np.ndarray, rate: int) -> AsyncIterator[bytes]:
     return pieces()
 
 
+async def _reading(audio: AsyncIterator[bytes], clock: StreamClock) -> AsyncIterator[bytes]:
+    """The client's messages, the clock knowing when the stream waits for the next one."""
+    audio = aiter(audio)
+    while True:
+        clock.reading = True
+        try:
+            data = await anext(audio)
+        except StopAsyncIteration:
+            return
+        finally:
+            clock.reading = False
+        yield data
+
+
 async def replay(messages: list[bytes]) -> AsyncIterator[bytes]:
     for message in messages:
         yield message
@@ -392,7 +406,7 @@ class Speech:
                 sent_result = True
 
         try:
-            async for data in audio:
+            async for data in _reading(audio, clock):
                 throttled = 0.0
                 if live:  # a flood of tiny messages is read no faster: gRPC's flow control holds the rest
                     now = time.perf_counter()
@@ -421,8 +435,8 @@ class Speech:
                     out.append(InterimResult(hyp._replace(words=()), stability, recognizer.heard(stream)))
                 done = time.perf_counter()
                 if live:
-                    clock.processed(done - arrived + throttled, throttled, seconds)
-                    self.admission.check_lag(id(stream), clock, done)
+                    clock.processed(done - arrived + throttled, throttled, seconds, done)
+                    self.admission.check_lag(id(stream), clock)
                 observe(out, arrived, done)
                 for event in out:
                     yield event

@@ -34,5 +34,6 @@ def test_one_clients_attack_leaves_the_others_in_real_time(server, attack):
         assert value(samples, "asr_client_refused_total", reason="behind_real_time") >= 1
     if attack.startswith("50 stalled"):  # the per-client limit holds them to 16 of the 64 slots
         assert value(samples, "asr_client_refused_total", reason="streams") == 34
-        assert m["abuser"]["RESOURCE_EXHAUSTED"] == 34
+        # (its client sees most refusals as INTERNAL "Internal error from Core": grpc/grpc#36066)
+        assert m["abuser"]["RESOURCE_EXHAUSTED"] + m["abuser"]["INTERNAL"] == 34
     assert value(samples, "asr_shed_total", method="StreamingRecognize") == 0

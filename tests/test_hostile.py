@@ -228,42 +228,72 @@ def test_a_dead_batcher_fails_waiting_streams_instead_of_hanging(make_server):
         assert err.value.code() == grpc.StatusCode.INTERNAL and time.monotonic() - started < 5
 
 
-def test_a_stream_the_server_cannot_keep_in_real_time_is_ended_and_says_why(make_server):
-    """Capacity lost after admission (model calls slower than their audio): the stream is ended once it is
-    --max-stream-lag-seconds behind, instead of every stream falling further behind; the lag it
-    left leaves the gauge at once."""
-    srv = make_server(max_stream_lag_seconds=1.0)
+def test_a_stream_the_server_cannot_keep_in_real_time_sheds_new_calls_then_is_ended(make_server):
+    """Capacity lost after admission (model calls slower than their audio): new calls are refused
+    once a stream is --shed-stream-lag-seconds behind, and the stream itself is ended at
+    --max-stream-lag-seconds instead of falling further behind; its lag leaves the gauge at once."""
+    srv = make_server(shed_stream_lag_seconds=0.3, max_stream_lag_seconds=1.5)
     session = srv.running.speech.default.recognizer.session
-    session.session = FaultySession(session.session, delay=0.6)
-    audio = pcm("what_time.wav", 1.0)
+    slow = session.session = FaultySession(session.session, delay=0.6)
+    audio = pcm("what_time.wav", 2.0)
+    ended = {}
 
     def real_time():  # 160 ms messages at their own pace
         for i in range(0, len(audio), 5120):
             time.sleep(0.16)
             yield audio[i:i + 5120]
+
+    def behind():
+        try:
+            stream_responses(stub, real_time(), interim_results=True)
+        except grpc.RpcError as e:
+            ended["error"] = e
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
-        with pytest.raises(grpc.RpcError) as err:
-            stream_responses(stub, real_time(), interim_results=True)
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "behind real time" in err.value.details() and "over capacity" in err.value.details()
+        thread = threading.Thread(target=behind)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while srv.running.speech.admission.server_lag() <= 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code, details = status(stub, cfg())
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "behind real time" in details
+        assert value(scrape(srv.running.metrics_port), "asr_stream_lag_seconds") > 0.3
+        thread.join(60)
+        slow.delay = 0.0
+        assert status(stub, cfg())[0] == grpc.StatusCode.OK  # the stream ended: admitted again
+    error = ended["error"]
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "behind real time" in error.details() and "over capacity" in error.details()
     samples = scrape(srv.running.metrics_port)
     assert value(samples, "asr_client_refused_total", reason="behind_real_time") == 1
+    assert value(samples, "asr_shed_total", method="Recognize") == 1
     assert value(samples, "asr_stream_lag_seconds") == 0
 
 
 def test_a_stream_of_tiny_messages_is_ended_for_its_own_pace_and_sheds_no_one(make_server):
-    srv = make_server(max_stream_lag_seconds=1.0, max_model_busy_ratio=0.85)
+    srv = make_server(max_stream_lag_seconds=2.0, shed_stream_lag_seconds=0.5, max_model_busy_ratio=0.85)
+    ended = {}
+
+    def flood():
+        try:
+            stream_responses(stub, (b"\x00\x00" for _ in range(1_000_000)))
+        except grpc.RpcError as e:
+            ended["error"] = e
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         started = time.monotonic()
-        with pytest.raises(grpc.RpcError) as err:
-            stream_responses(stub, (b"\x00\x00" for _ in range(100_000)))
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "send at least 5 ms of audio in each" in err.value.details()
-        assert time.monotonic() - started < 10
+        thread = threading.Thread(target=flood)
+        thread.start()
+        clocks = srv.running.speech.admission._clocks
+        while not any(c.lag_s > 1.0 for c in list(clocks.values())) and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        # a second behind by its own pace: no one else is refused for it
         assert heard([r.alternatives[0].transcript for r in stub.Recognize(
             asr_pb2.RecognizeRequest(config=cfg(), audio_content=WAV), timeout=60).results], "what_time.wav")
+        thread.join(30)
+    assert time.monotonic() - started < 15
+    assert ended["error"].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "send at least 5 ms of audio in each" in ended["error"].details()
     assert value(scrape(srv.running.metrics_port), "asr_shed_total", method="Recognize") == 0
 
 
