@@ -56,7 +56,8 @@ class StreamClock:
     received_s: float = 0.0
     processed_s: float = 0.0
     backlog_s: float = 0.0
-    throttled_s: float = 0.0  # of the backlog's additions, time its messages waited for --max-messages-per-second
+    messages: int = 0
+    min_message_s: float = 0.0  # audio a message must carry on average to keep real time at the read rate limit
     lag_s: float = 0.0  # how far behind after its last message
     reading: bool = False  # waiting for its client's next message: the server holds nothing of it
 
@@ -68,18 +69,19 @@ class StreamClock:
         """Whether its next work is due now: audio more than AHEAD_ALLOWANCE_S ahead of real time is not."""
         return self.received_s - (now - self.first_audio_at) <= AHEAD_ALLOWANCE_S
 
-    def processed(self, held_s: float, throttled_s: float, seconds: float, now: float) -> None:
-        """A message of `seconds` of audio processed `held_s` after it was due to be read (`throttled_s`
-        of that by the message rate limit)."""
+    def processed(self, held_s: float, seconds: float, now: float) -> None:
+        """A message of `seconds` of audio processed `held_s` after it was due to be read (read
+        throttling included)."""
         self.processed_s += seconds
-        self.throttled_s += throttled_s
+        self.messages += 1
         self.backlog_s = max(0.0, self.backlog_s + held_s - seconds)
         self.lag_s = min(self.backlog_s, max(0.0, now - self.first_audio_at - self.processed_s))
 
     @property
     def own_pace(self) -> bool:
-        """Whether the rate limit on its messages, not the server, is what holds it back."""
-        return self.throttled_s >= self.backlog_s / 2
+        """Whether its messages are too small to keep real time at the rate they may be read: then
+        the client's pattern, not the server, holds it back."""
+        return self.processed_s < self.messages * self.min_message_s
 
     @property
     def server_lag_s(self) -> float:

@@ -188,7 +188,8 @@ class HttpApi:
         """Checks the caller's token (where tokens are configured); whom per-client limits count."""
         if self.tokens is None:
             return client_id(None, request.remote or "")
-        header = request.headers.get("Authorization", "")
+        headers = request.headers.getall("Authorization", [])
+        header = headers[0] if len(headers) == 1 else ""  # two: which one counts would be ambiguous
         token = request.query.get("access_token", "") if allow_query else ""  # browsers cannot set WebSocket headers
         if self.tokens.valid_header(header):
             return client_id(header.removeprefix("Bearer "), "")

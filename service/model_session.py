@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.beam_search import BLANK
 from service.features import FeatureConfig, frontend, normalize_window
 
 MAX_BEAM_WIDTH = 256  # per request, and in model.json
@@ -148,6 +149,9 @@ class ModelSpec:
         except json.JSONDecodeError as e:
             raise ValueError(f"{directory / 'model.json'}: not JSON ({e})") from e
         tokens = read_tokens(directory / "tokens.txt")
+        if tokens.count(BLANK) != 1:
+            raise ValueError(f"{directory / 'tokens.txt'}: a CTC vocabulary has one blank token {BLANK!r}; this one "
+                             f"has {tokens.count(BLANK)}")
         decoder = meta.get("decoder", {})
         beam_width = decoder.get("beam_width", 25)  # operators tune it here: refuse what a request could not ask
         if not isinstance(beam_width, int) or not 1 <= beam_width <= MAX_BEAM_WIDTH:

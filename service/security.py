@@ -47,8 +47,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         self._on_refused = on_refused
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        header = dict(details.invocation_metadata or ()).get("authorization", "")
-        if details.method.startswith(OPEN_METHODS) or self._tokens.valid_header(header):
+        # Exactly one authorization entry: with two, which one counts would be the transport's choice.
+        headers = [value for key, value in details.invocation_metadata or () if key == "authorization"]
+        if details.method.startswith(OPEN_METHODS) or (len(headers) == 1 and self._tokens.valid_header(headers[0])):
             return await continuation(details)
         self._on_refused(details.method)
         handler = await continuation(details)

@@ -362,7 +362,7 @@ class Speech:
         # A new stream may build decoder state (an LM for a new weight pair): not on the event loop.
         stream = await self._run(recognizer.new_stream, opts.decode, pcm, endpoint)
         transcript: list[str] = []
-        clock = StreamClock()
+        clock = StreamClock(min_message_s=1 / self.cfg.max_messages_per_second)
         sent_result = not live
         next_read = 0.0  # live streams: messages are read at most --max-messages-per-second
         # A labelled canary's audio is kept while a candidate is staged, for it to decode too.
@@ -435,7 +435,7 @@ class Speech:
                     out.append(InterimResult(hyp._replace(words=()), stability, recognizer.heard(stream)))
                 done = time.perf_counter()
                 if live:
-                    clock.processed(done - arrived + throttled, throttled, seconds, done)
+                    clock.processed(done - arrived + throttled, seconds, done)
                     self.admission.check_lag(id(stream), clock)
                 observe(out, arrived, done)
                 for event in out:

@@ -329,6 +329,8 @@ BROKEN = {
     "truncated lm.bin": ("lm.bin", _truncate, "the language model cannot be loaded"),
     "model.json not JSON": ("model.json", lambda p: p.write_text("{"), "not JSON"),
     "missing tokens.txt": ("tokens.txt", lambda p: p.unlink(), "no tokens.txt"),
+    "tokens.txt without a blank": ("tokens.txt", lambda p: p.write_text(p.read_text().replace("<blk>", "<nope>")),
+                                   "one blank token"),
 }
 
 

@@ -59,7 +59,8 @@ def test_bearer_tokens_guard_unary_and_streaming(make_server, tmp_path):
     tokens.write_text("# one per line\nfirst-secret\nsecond-secret\n")
     srv = make_server(auth_tokens_file=tokens)
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
-        for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", "first-secret")]):
+        for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", "first-secret")],
+                         [("authorization", "Bearer wrong"), ("authorization", "Bearer second-secret")]):
             for call in (recognize, stream):
                 with pytest.raises(grpc.RpcError) as err:
                     call(channel, metadata)
@@ -76,7 +77,7 @@ def test_bearer_tokens_guard_unary_and_streaming(make_server, tmp_path):
                                      metadata=[("authorization", "Bearer first-secret")])
         assert reloaded.result == "reloaded"
     samples = scrape(srv.running.metrics_port)
-    assert value(samples, "asr_requests_total", method="Recognize", code="UNAUTHENTICATED") == 3
+    assert value(samples, "asr_requests_total", method="Recognize", code="UNAUTHENTICATED") == 4
     assert value(samples, "asr_requests_total", method="ReloadModel", code="UNAUTHENTICATED") == 1
 
 
