@@ -12,13 +12,17 @@ streams it holds keep real time and no one client holds everyone's slots.
   once; per client (its bearer token where tokens are configured, else its address) at most
   --max-streams-per-client and --max-recognize-per-client (`asr_client_refused_total{reason}`).
 - A live stream more than --max-stream-lag-seconds behind real time is ended with
-  RESOURCE_EXHAUSTED: either the server lost capacity (a noisy neighbour, a throttled GPU; the
-  streams furthest behind go first and the others keep real time) or the stream's own messages
-  are too small to be read in real time (--max-messages-per-second).
+  RESOURCE_EXHAUSTED: the stream's own messages are too small to be read in real time
+  (--max-messages-per-second), or the server lost capacity after admitting it (a noisy
+  neighbour, a throttled GPU). Before that, once the server keeps its streams half that far
+  behind, `Relief` ends the newest streams, as many as the shortfall measures, so that the
+  others catch up and keep real time.
 """
 
 import contextlib
 import hashlib
+import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +32,7 @@ from service.errors import ServiceError, Status
 from service.metrics import Metrics
 
 AHEAD_ALLOWANCE_S = 1.0  # audio a live client may send ahead of real time before it stops counting as live
+CLIENT_STALLED_S = 1.0  # a stream waiting this long for its client's next message is not behind because of us
 
 
 def client_id(token: str | None, peer_host: str) -> str:
@@ -59,7 +64,8 @@ class StreamClock:
     messages: int = 0
     min_message_s: float = 0.0  # audio a message must carry on average to keep real time at the read rate limit
     lag_s: float = 0.0  # how far behind after its last message
-    reading: bool = False  # waiting for its client's next message: the server holds nothing of it
+    reading_since: float | None = None  # when it began to wait for its client's next message
+    relieved: bool = False  # chosen to end so that the server catches up with the others
 
     def arrived(self, now: float, seconds: float) -> None:
         self.first_audio_at = self.first_audio_at or now
@@ -83,10 +89,14 @@ class StreamClock:
         the client's pattern, not the server, holds it back."""
         return self.processed_s < self.messages * self.min_message_s
 
-    @property
-    def server_lag_s(self) -> float:
-        """Its lag where the server is the cause (0 while the client is the one it waits for)."""
-        return 0.0 if self.reading or self.own_pace else self.lag_s
+    def stalled(self, now: float) -> bool:
+        """Waiting for its client's next message for a while: the server holds nothing of it (a
+        stream that is behind finds its next message waiting)."""
+        return self.reading_since is not None and now - self.reading_since > CLIENT_STALLED_S
+
+    def server_lag_s(self, now: float) -> float:
+        """Its lag where the server is the cause: 0 when it is its own pace, or its client stalled."""
+        return 0.0 if self.stalled(now) or self.own_pace else self.lag_s
 
 
 @dataclass
@@ -98,13 +108,15 @@ class Admission:
     unary: int = 0
     _streams_by_client: Counter = field(default_factory=Counter)
     _unary_by_client: Counter = field(default_factory=Counter)
-    _clocks: dict[int, StreamClock] = field(default_factory=dict)  # the live streams'
+    _clocks: dict[int, StreamClock] = field(default_factory=dict)  # the live streams', oldest first
     _lag_shedding: bool = False
+    _relief: "Relief" = field(default_factory=lambda: Relief())
 
     def server_lag(self) -> float:
         """How far behind real time the server keeps its live streams (asr_stream_lag_seconds): the
         worst stream's lag, where the server is the cause."""
-        return max((clock.server_lag_s for clock in self._clocks.values()), default=0.0)
+        now = time.perf_counter()
+        return max((clock.server_lag_s(now) for clock in self._clocks.values()), default=0.0)
 
     def _shed(self, method: str) -> None:
         busy, lag = self.busy_ratio(), self.server_lag()
@@ -164,18 +176,57 @@ class Admission:
                 self.unary -= 1
 
     def check_lag(self, key: int, clock: StreamClock) -> None:
-        """A live stream's lag after a message: past --max-stream-lag-seconds the stream is ended,
-        with the reason (its own messages or the server's capacity)."""
+        """A live stream's lag after a message: the stream is ended past --max-stream-lag-seconds, or
+        when relief chose it (`Relief`), with the reason (its own messages or the server's capacity)."""
         self._clocks[key] = clock
+        now = time.perf_counter()
+        self._relief.tick(self._clocks, now, self.cfg.max_stream_lag_seconds / 2)
         behind = clock.lag_s
+        if clock.relieved:
+            raise self._refuse("behind_real_time", f"this stream is {behind:.1f} s behind real time: the server "
+                               "lost capacity after admitting it, and the newest streams end so that the others "
+                               "keep real time; retry (another replica)")
         if behind <= self.cfg.max_stream_lag_seconds:
             return
         why = (f"its messages are too small to read in real time: at most {self.cfg.max_messages_per_second:g} are "
                f"read a second (--max-messages-per-second), so send at least "
                f"{1000 / self.cfg.max_messages_per_second:.0f} ms of audio in each" if clock.own_pace else
-               "the server is over capacity: the streams furthest behind end so that the others keep real time")
+               "the server is over capacity")
         raise self._refuse("behind_real_time", f"this stream is {behind:.1f} s behind real time (at most "
                            f"{self.cfg.max_stream_lag_seconds:g} s, --max-stream-lag-seconds): {why}; retry")
 
     def stream_ended(self, key: int) -> None:
         self._clocks.pop(key, None)
+
+
+RELIEF_TICK_S = 0.5
+RELIEF_MARGIN = 0.1  # capacity freed beyond the shortfall, for the streams kept to catch up
+
+
+@dataclass
+class Relief:
+    """When the server falls behind with the streams it admitted (capacity lost after admission),
+    the newest streams are ended, as many as the shortfall measures, instead of every stream
+    falling further behind until each hits --max-stream-lag-seconds. Twice a second it looks at
+    the live streams' lags: once the worst server-caused lag passes half the limit, the lags'
+    median growth g (seconds per second: the share of real time the server no longer keeps)
+    says how many to end, ceil(n * (g + margin)), newest first; then it waits a tick to see."""
+    last_at: float = 0.0
+    last_lags: dict[int, float] = field(default_factory=dict)
+
+    def tick(self, clocks: dict[int, StreamClock], now: float, threshold: float) -> None:
+        if now - self.last_at < RELIEF_TICK_S:
+            return
+        elapsed, self.last_at = now - self.last_at, now
+        lags = {key: clock.server_lag_s(now) for key, clock in clocks.items()  # the streams that cost us
+                if not clock.relieved and not clock.stalled(now)}
+        previous, self.last_lags = self.last_lags, lags
+        if max(lags.values(), default=0.0) <= threshold:
+            return
+        growth = sorted((lag - previous[key]) / elapsed for key, lag in lags.items() if key in previous)
+        if not growth or growth[len(growth) // 2] <= 0:  # not falling further behind: catching up
+            return
+        end = math.ceil(len(lags) * min(1.0, growth[len(growth) // 2] + RELIEF_MARGIN))
+        for key in list(lags)[-end:]:
+            clocks[key].relieved = True
+        self.last_lags = {}  # growth is measured afresh after the relief

@@ -106,13 +106,13 @@ async def _reading(audio: AsyncIterator[bytes], clock: StreamClock) -> AsyncIter
     """The client's messages, the clock knowing when the stream waits for the next one."""
     audio = aiter(audio)
     while True:
-        clock.reading = True
+        clock.reading_since = time.perf_counter()
         try:
             data = await anext(audio)
         except StopAsyncIteration:
             return
         finally:
-            clock.reading = False
+            clock.reading_since = None
         yield data
 
 
