@@ -199,34 +199,34 @@ class Admission:
         self._clocks.pop(key, None)
 
 
-RELIEF_TICK_S = 0.5
-RELIEF_MARGIN = 0.1  # capacity freed beyond the shortfall, for the streams kept to catch up
+RELIEF_TICK_S = 1.0
+RELIEF_MARGIN = 0.9  # the share of the measured capacity kept busy: the rest lets the kept streams catch up
 
 
 @dataclass
 class Relief:
     """When the server falls behind with the streams it admitted (capacity lost after admission),
     the newest streams are ended, as many as the shortfall measures, instead of every stream
-    falling further behind until each hits --max-stream-lag-seconds. Twice a second it looks at
-    the live streams' lags: once the worst server-caused lag passes half the limit, the lags'
-    median growth g (seconds per second: the share of real time the server no longer keeps)
-    says how many to end, ceil(n * (g + margin)), newest first; then it waits a tick to see."""
+    falling further behind until each hits --max-stream-lag-seconds. Each second it measures the
+    audio seconds its live streams had processed in all (R: how many real-time streams it can
+    carry now); once the worst server-caused lag passes half the limit, it keeps the oldest
+    max(1, floor(0.9 R)) streams and ends the newest others; then it measures afresh."""
     last_at: float = 0.0
-    last_lags: dict[int, float] = field(default_factory=dict)
+    last_processed: dict[int, float] = field(default_factory=dict)
 
     def tick(self, clocks: dict[int, StreamClock], now: float, threshold: float) -> None:
         if now - self.last_at < RELIEF_TICK_S:
             return
         elapsed, self.last_at = now - self.last_at, now
-        lags = {key: clock.server_lag_s(now) for key, clock in clocks.items()  # the streams that cost us
-                if not clock.relieved and not clock.stalled(now)}
-        previous, self.last_lags = self.last_lags, lags
-        if max(lags.values(), default=0.0) <= threshold:
+        active = {key: clock for key, clock in clocks.items()  # the streams that cost us, oldest first
+                  if not clock.relieved and not clock.stalled(now)}
+        previous, self.last_processed = self.last_processed, {k: c.processed_s for k, c in active.items()}
+        if max((c.server_lag_s(now) for c in active.values()), default=0.0) <= threshold:
             return
-        growth = sorted((lag - previous[key]) / elapsed for key, lag in lags.items() if key in previous)
-        if not growth or growth[len(growth) // 2] <= 0:  # not falling further behind: catching up
-            return
-        end = math.ceil(len(lags) * min(1.0, growth[len(growth) // 2] + RELIEF_MARGIN))
-        for key in list(lags)[-end:]:
-            clocks[key].relieved = True
-        self.last_lags = {}  # growth is measured afresh after the relief
+        if not previous or elapsed > 2 * RELIEF_TICK_S:
+            return  # nothing measured over the last tick yet
+        carried = sum(c.processed_s - previous[key] for key, c in active.items() if key in previous) / elapsed
+        keep = max(1, math.floor(RELIEF_MARGIN * carried))
+        for clock in list(active.values())[keep:]:
+            clock.relieved = True
+        self.last_processed = {}  # measured afresh after the relief

@@ -189,15 +189,16 @@ class FaultySession:
     """ONNX Runtime's session with faults injected: `fail` model calls raise, every call takes
     `delay` seconds longer."""
 
-    def __init__(self, inner, fail: int = 0, delay: float = 0.0) -> None:
-        self.inner, self.fail, self.delay = inner, fail, delay
+    def __init__(self, inner, fail: int = 0, delay: float = 0.0, per_stream: float = 0.0) -> None:
+        """`per_stream`: seconds more for each stream in the batch (a model whose cost grows with them)."""
+        self.inner, self.fail, self.delay, self.per_stream = inner, fail, delay, per_stream
 
-    def run(self, *args, **kwargs):
-        time.sleep(self.delay)
+    def run(self, names, feeds, *args, **kwargs):
+        time.sleep(self.delay + self.per_stream * len(next(iter(feeds.values()))))
         if self.fail > 0:
             self.fail -= 1
             raise RuntimeError("injected ONNX Runtime failure")
-        return self.inner.run(*args, **kwargs)
+        return self.inner.run(names, feeds, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -230,9 +231,8 @@ def test_a_dead_batcher_fails_waiting_streams_instead_of_hanging(make_server):
 
 def test_a_stream_the_server_cannot_keep_in_real_time_sheds_new_calls_then_is_ended(make_server):
     """Capacity lost after admission (model calls slower than their audio): new calls are refused
-    once a stream is --shed-stream-lag-seconds behind, and the stream itself is ended (relief: it is
-    the newest, and the server falls further behind) instead of falling behind to the limit; its
-    lag leaves the gauge at once."""
+    once a stream is --shed-stream-lag-seconds behind, and the stream itself is ended at
+    --max-stream-lag-seconds instead of falling further behind; its lag leaves the gauge at once."""
     srv = make_server(shed_stream_lag_seconds=0.3, max_stream_lag_seconds=1.5)
     session = srv.running.speech.default.recognizer.session
     slow = session.session = FaultySession(session.session, delay=0.6)
@@ -263,13 +263,54 @@ def test_a_stream_the_server_cannot_keep_in_real_time_sheds_new_calls_then_is_en
         thread.join(60)
         slow.delay = 0.0
         assert status(stub, cfg())[0] == grpc.StatusCode.OK  # the stream ended: admitted again
-    error = ended["error"]
+    error = ended["error"]  # (relief keeps the oldest stream: this one goes at the limit)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "behind real time" in error.details() and "lost capacity" in error.details()
+    assert "behind real time" in error.details() and "over capacity" in error.details()
     samples = scrape(srv.running.metrics_port)
     assert value(samples, "asr_client_refused_total", reason="behind_real_time") == 1
     assert value(samples, "asr_shed_total", method="Recognize") == 1
     assert value(samples, "asr_stream_lag_seconds") == 0
+
+
+def test_capacity_lost_after_admission_ends_the_newest_streams_and_the_others_keep_real_time(make_server):
+    """Six real-time streams, then each model call gets dearer per stream (as when a neighbour takes
+    the CPU): the newest are ended, as many as the shortfall, and the oldest finish in real time."""
+    srv = make_server()  # no shedding, --max-stream-lag-seconds 3600: relief acts at half of 6 s
+    srv.running.speech.cfg = replace(srv.running.speech.cfg, max_stream_lag_seconds=6.0)
+    srv.running.speech.admission.cfg = srv.running.speech.cfg
+    session = srv.running.speech.default.recognizer.session
+    slow = session.session = FaultySession(session.session)
+    audio = pcm("what_time.wav", 4.0) * 2
+    outcomes: dict[int, object] = {}
+
+    def one(i):
+        time.sleep(0.3 * i)
+
+        def real_time():
+            for start in range(0, len(audio), 3200):
+                time.sleep(0.1)
+                yield audio[start:start + 3200]
+        try:
+            finals = [r.results[0].alternatives[0].transcript for r in stream_responses(stub, real_time())
+                      if r.results and r.results[0].is_final]
+            outcomes[i] = finals
+        except grpc.RpcError as e:
+            outcomes[i] = e
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        stub = asr_pb2_grpc.SpeechStub(channel)
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(3.0)
+        slow.per_stream = 0.12  # six streams: 0.72 s a batch for 0.32 s of audio; two fit in real time
+        for t in threads:
+            t.join(90)
+    ended = sorted(i for i, o in outcomes.items() if isinstance(o, grpc.RpcError))
+    assert ended and all(outcomes[i].code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "lost capacity" in
+                         outcomes[i].details() for i in ended), outcomes
+    assert ended == list(range(6 - len(ended), 6)) and len(ended) <= 5, ended  # the newest, not all
+    for i in set(range(6)) - set(ended):  # the kept streams finish, every utterance heard
+        assert heard([f for f in outcomes[i] if f], "what_time.wav", "what_time.wav"), outcomes[i]
 
 
 def test_a_stream_of_tiny_messages_is_ended_for_its_own_pace_and_sheds_no_one(make_server):
