@@ -448,3 +448,8 @@ def test_a_file_is_decoded_no_further_than_the_limit_whatever_its_header_claims(
     assert time.monotonic() - started < 10  # 21 s decoded, not 100 minutes
     assert heard(stub.Recognize(asr_pb2.RecognizeRequest(audio_content=WAV), timeout=30)
                  .results[0].alternatives[0].transcript, "what_time.wav")
+
+
+def test_a_huge_model_name_is_not_echoed_whole(stub):
+    code, details = status(stub, cfg(model="m" * 1_000_000))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "is not served" in details and len(details) < 1000
