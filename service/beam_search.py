@@ -13,7 +13,6 @@ Special tokens in angle brackets (`<unk>`, `<s>`, `</s>`, `<sos/eos>`) add no te
 formats' own decoders skip them (transformers' skip_special_tokens).
 """
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +24,7 @@ from pyctcdecode.decoder import EMPTY_START_BEAM, NULL_FRAMES, _sort_and_trim_be
 from pyctcdecode.language_model import HotwordScorer, LanguageModel, _prepare_unigram_set
 
 BLANK, WORD_START = "<blk>", "▁"
+LM_VARIANTS = 16  # (LM weight, word bonus) pairs an engine keeps an LM for
 DELIMITERS = (WORD_START, " ", "|")
 TOKEN_MIN_LOGP = -5.0  # tokens less likely than this are not expanded, unless a frame's best
 BEAM_PRUNE_LOGP = -10.0  # beams this much worse than the best are dropped
@@ -236,11 +236,18 @@ class PythonBeamSearch:
         # which was a fifth of beam search's time; a set answers the same question at once.
         known = _prepare_unigram_set(unigrams, self._kenlm) if self._kenlm else ()
         self.prefixes = frozenset(w[:i] for w in known for i in range(1, len(w) + 1))
+        self._lms: dict[tuple[float, float], LanguageModel] = {}
 
-    @functools.lru_cache(maxsize=16)
     def _lm(self, lm_weight: float, word_bonus: float) -> LanguageModel:
-        """One LM per (weight, bonus): per-request overrides never mutate a shared one."""
-        return LanguageModel(self._kenlm, self._unigrams, alpha=lm_weight, beta=word_bonus)
+        """One LM per (weight, bonus), the last LM_VARIANTS kept: per-request overrides never mutate a
+        shared one. (Kept on the engine: a functools.lru_cache on the method kept every reloaded
+        model's engine, KenLM and prefixes alive, 13 MB a reload.)"""
+        key = (lm_weight, word_bonus)
+        if key not in self._lms:
+            if len(self._lms) >= LM_VARIANTS:
+                self._lms.pop(next(iter(self._lms)), None)
+            self._lms[key] = LanguageModel(self._kenlm, self._unigrams, alpha=lm_weight, beta=word_bonus)
+        return self._lms[key]
 
     advance_many = staticmethod(advance_each)
 

@@ -240,7 +240,8 @@ class Reloader:
                 log.error("model %s: %s is not served: %s; %s stays", serving.name, path, e, serving.directory)
                 raise ServiceError(Status.INVALID_ARGUMENT, f"model {serving.name!r}: {path} is not served: {e}; "
                                    f"{serving.directory} goes on serving") from None
-            checked = (f"self-check WER {wer:.3f} on its canaries" if wer >= 0 else "no canaries/ to self-check")
+            checked = (f"self-check WER {wer:.3f} on its canaries" if wer >= 0
+                       else "no canaries/: decoded generated audio as its self-check")
             self._end_candidate(serving.name, REPLACED, "another reload of the model came first")
             if not stage:
                 self._switch(serving, new)
