@@ -1,5 +1,5 @@
-"""The speech service without a transport: admission, draining, validation, the
-stream loop, call outcomes and metrics.
+"""The speech service without a transport: draining, validation, the stream loop,
+call outcomes and metrics (admission is `service.admission`'s).
 
 gRPC (`service.servicer`), HTTP and WebSocket (`service.http_api`) are thin
 adapters: they turn their wire messages into a `RecognitionConfig` and audio
