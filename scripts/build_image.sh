@@ -30,7 +30,8 @@ if run python3 -c "import torch" 2>/dev/null; then echo "the image has torch" >&
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 run python3 -m service --host 127.0.0.1 --port "$port" --metrics-port 0 --http-port 0 --provider cpu &
 server=$!
-trap 'kill $server 2>/dev/null; buildah rm "$container" >/dev/null' EXIT
+# `buildah run` does not pass the signal on: the server in the container is ended by its own command line.
+trap 'kill $server 2>/dev/null; pkill -f -- "-m service --host 127.0.0.1 --port $port " 2>/dev/null; buildah rm "$container" >/dev/null' EXIT
 python=${PYTHON:-.venv/bin/python}
 for _ in $(seq 60); do "$python" -m service.client --target "127.0.0.1:$port" samples/what_time.wav >/dev/null 2>&1 && break; sleep 1; done
 for clip in samples/what_time.wav samples/phone.flac; do
