@@ -6,8 +6,8 @@ streams it holds keep real time and no one client holds everyone's slots.
   live stream is more than --shed-stream-lag-seconds behind real time because of the server
   (until none is more than half of it behind). Neither counts what a client's own pace causes:
   work that is not live (whole files, and audio streamed ahead of real time) only fills what
-  live streams leave; a stream held back by the limit on its message rate, or waiting for its
-  client's next message, is not the server's lag.
+  live streams leave; a stream whose messages carry too little audio to keep real time at the
+  rate they may be read, or whose client has sent nothing for a second, is not the server's lag.
 - At most --max-concurrent-streams streams and --max-concurrent-recognize whole-file calls at
   once; per client (its bearer token where tokens are configured, else its address) at most
   --max-streams-per-client and --max-recognize-per-client (`asr_client_refused_total{reason}`).
