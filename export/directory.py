@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.beam_search import vocabulary_kind
-from service.features import frontend, logmel_utterance, normalize_window, pad_to_multiple
-from service.model_session import ModelSession, ModelSpec
+from engine.decoder.beam_search import vocabulary_kind
+from engine.features import frontend, logmel_utterance, normalize_window, pad_to_multiple
+from engine.model.session import ModelSession, ModelSpec
 
 DECODER_DEFAULTS = {"beam_width": 25, "lm_weight": 0.5, "word_bonus": 1.0}
 

@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from export.directory import buffered_meta, write_directory
-from service.model_session import read_tokens
+from engine.model.session import read_tokens
 
 NEMO_FEATURES = {"kind": "nemo", "sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop_length": 160,
                  "fmin": 0.0, "fmax": 8000.0, "preemph": 0.97}

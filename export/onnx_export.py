@@ -15,8 +15,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from export.directory import write_directory
 from models.corpus import read_audio, read_manifest, spread
 from models.model import num_parameters
-from service.features import LogMel, logmel_utterance, pad_to_multiple
-from service.model_session import ModelSession, ModelSpec
+from engine.features import LogMel, logmel_utterance, pad_to_multiple
+from engine.model.session import ModelSession, ModelSpec
 
 # What both model families offer export (models.model.StreamingCTC, models.encoder_ctc.EncoderCTC):
 # subsampling, chunk_multiple, cfg.lookahead_frames, initial_state(batch), state_names(), describe(),
@@ -58,7 +58,7 @@ def write_model_dir(model, ckpt: dict, out: Path, *, name: str, version: str, ch
         # in feature frames (10 ms), as chunk_frames; the outputs lag the input by as much
         "chunk_frames": chunk_frames, "lookahead_frames": model.cfg.lookahead_frames, "states": states,
         "streaming": model.streaming(),
-        "tail_padding_ms": 320,  # quiet audio appended at the end of a stream (see service/recognizer.py)
+        "tail_padding_ms": 320,  # quiet audio appended at the end of a stream (see engine/recognizer.py)
         "parameters": num_parameters(model),
     }
     onnx_model = onnx.load(str(out / "model.onnx"))

@@ -21,8 +21,8 @@ import torch
 from models import architectures
 from models.model import TOKENS, num_parameters
 from models.train import load_config, train_step, typed_settings
-from service.features import LogMel, StreamingFeatures
-from service.model_session import ModelSession, ModelSpec
+from engine.features import LogMel, StreamingFeatures
+from engine.model.session import ModelSession, ModelSpec
 
 UTTERANCE_FRAMES, CHARS_PER_SECOND = 500, 14
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from models.model import TOKENS
 from models.whisper import WhisperEncoder, load_encoder
-from service.features import FeatureConfig, LogMel
+from engine.features import FeatureConfig, LogMel
 
 SUBSAMPLING = 4  # Whisper's conv stride 2, then two encoder frames stacked per output frame
 

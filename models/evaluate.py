@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from models import sentences
 from models.corpus import read_audio, read_manifest, spread
-from service.decoder import CtcDecoder, DecodeOptions
-from service.model_session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
-from service.recognizer import Recognizer
-from service.text import normalize
+from engine.decoder.ctc import CtcDecoder, DecodeOptions
+from engine.model.session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
+from engine.recognizer import Recognizer
+from engine.text import normalize
 
 
 def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, DecodeOptions], desc: str):

@@ -33,8 +33,8 @@ from collections import Counter
 from pathlib import Path
 
 from models import sentences
-from service.native.build import kenlm_source
-from service.text import normalize
+from engine.decoder.native.build import kenlm_source
+from engine.text import normalize
 
 def kenlm_tools() -> Path:
     """The directory holding lmplz and build_binary, compiling them if needed."""

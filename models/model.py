@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.features import FeatureConfig, LogMel
+from engine.features import FeatureConfig, LogMel
 
 BLANK = "<blk>"
 SPACE = "▁"  # written for " " in tokens.txt, as sentencepiece does

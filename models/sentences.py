@@ -16,7 +16,7 @@ from pathlib import Path
 from num2words import num2words
 from wordfreq import top_n_list
 
-from service.text import normalize
+from engine.text import normalize
 
 DIGITS = "zero one two three four five six seven eight nine".split()
 MONTHS = ("january february march april may june july august september october "

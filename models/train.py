@@ -43,8 +43,8 @@ from tqdm import tqdm
 from models import architectures
 from models.corpus import read_manifest, spread
 from models.model import TOKENS, encode_text, init_from, num_parameters
-from service.decoder import CtcDecoder, DecodeOptions, DecoderInputs
-from service.features import FeatureConfig, LogMel, logmel_utterance, pad_to_multiple
+from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecoderInputs
+from engine.features import FeatureConfig, LogMel, logmel_utterance, pad_to_multiple
 
 SR = 16000
 

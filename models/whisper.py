@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.features import FeatureConfig, LogMel
+from engine.features import FeatureConfig, LogMel
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 

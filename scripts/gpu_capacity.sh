@@ -10,10 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
 STREAMS=${STREAMS:-64,128,256,512,1000}
-"$PY" -m service.native.build
+"$PY" -m engine.decoder.native.build
 for provider in ${PROVIDERS:-cuda cpu}; do
     echo "## provider $provider"
-    "$PY" -m service.benchmark --streams "$STREAMS" --seconds "${SECONDS_PER_STREAM:-20}" --held-ms 200 \
+    "$PY" -m service.tools.benchmark --streams "$STREAMS" --seconds "${SECONDS_PER_STREAM:-20}" --held-ms 200 \
         --unary-requests 100 --decoder native -- --provider "$provider" --workers "$(nproc)" \
         --max-batch 256
 done

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from service.model_session import ModelSession, ModelSpec
+from engine.model.session import ModelSession, ModelSpec
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from service.model_session import CPU, CUDA, CUDA_OPTIONS, ModelSpec, session_options
+from engine.model.session import CPU, CUDA, CUDA_OPTIONS, ModelSpec, session_options
 
 
 def feeds(spec: ModelSpec, batch: int, rng: np.random.Generator) -> dict:

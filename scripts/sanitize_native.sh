@@ -14,7 +14,7 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 tar -c | tar -x 
 mkdir -p "$WORK/third_party"
 ln -s "$ROOT/third_party/kenlm" "$WORK/third_party/kenlm"
 cd "$WORK"
-"$PY" -m service.native.build --sanitize
+"$PY" -m engine.decoder.native.build --sanitize
 # ASan must be loaded before anything else in an uninstrumented Python, and libstdc++ with it (its
 # exception interceptors look for C++'s throw when ASan starts); Python itself leaks by design.
 export LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)"

@@ -5,8 +5,8 @@ import logging
 import sys
 
 from service.config import parse_args
-from service.model_registry import fix_mmap_threshold
-from service.model_session import ModelDirectoryError
+from service.lifecycle.registry import fix_mmap_threshold
+from engine.model.session import ModelDirectoryError
 from service.server import StartupError, serve
 
 

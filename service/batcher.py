@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from service.model_session import ModelSession
+from engine.model.session import ModelSession
 
 log = logging.getLogger(__name__)
 BUSY_WINDOW_S = 2.0

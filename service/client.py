@@ -27,7 +27,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.text import normalize
+from engine.text import normalize
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 

@@ -5,8 +5,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from service.decoder import ENGINES
-from service.endpointing import EndpointConfig
+from engine.decoder.ctc import ENGINES
+from engine.endpointing import EndpointConfig
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
 

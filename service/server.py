@@ -16,11 +16,11 @@ from prometheus_client import start_http_server
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.config import ServerConfig
 from service.metrics import Metrics
-from service.model_registry import Reloader, announce, load_model
-from service.http_api import HttpApi
-from service.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
-from service.servicer import AdminServicer, SpeechServicer
-from service.speech import Speech
+from service.lifecycle.registry import Reloader, announce, load_model
+from service.transports.http_api import HttpApi
+from service.transports.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
+from service.transports.grpc_api import AdminServicer, SpeechServicer
+from service.session.speech import Speech
 
 log = logging.getLogger(__name__)
 SLACK = 1024 * 1024
@@ -95,7 +95,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
     speech = Speech(models, pool, metrics, cfg)
-    metrics.model_busy.set_function(speech.busy_ratio)
+    metrics.model_busy.set_function(speech.models.busy_ratio)
     metrics.stream_lag.set_function(speech.admission.server_lag)
     reloader = Reloader(speech, cfg, metrics)
     asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech, by_token=tokens is not None), server)

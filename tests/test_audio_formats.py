@@ -15,7 +15,7 @@ from ctc_asr.v1 import asr_pb2
 from conftest import SAMPLES
 from prerequisites import requires
 from test_recognize import CLIPS, recognize, stream
-from service.audio import AudioError, decode_file
+from service.session.audio import AudioError, decode_file
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 EXPECTED = CLIPS["what_time.wav"]

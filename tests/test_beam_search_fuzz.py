@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from conftest import BUNDLED
-from service.beam_search import PythonBeamSearch, SearchOptions, token_kinds
-from service.model_session import MAX_BEAM_WIDTH
-from service.native import NativeBeamSearch
+from engine.decoder.beam_search import PythonBeamSearch, SearchOptions, token_kinds
+from engine.model.session import MAX_BEAM_WIDTH
+from engine.decoder.native import NativeBeamSearch
 
 LM, UNIGRAMS = BUNDLED / "lm.bin", (BUNDLED / "unigrams.txt").read_text().split()
 LETTERS = string.ascii_lowercase + "'"

@@ -11,7 +11,7 @@ import grpc
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import ROOT
-from service.loadgen import free_port
+from service.tools.loadgen import free_port
 from test_metrics import scrape, value
 
 

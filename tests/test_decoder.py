@@ -12,10 +12,10 @@ from pyctcdecode.alphabet import Alphabet
 from pyctcdecode.decoder import NULL_FRAMES, BeamSearchDecoderCTC
 
 from conftest import BUNDLED, ROOT, place
-from service.beam_search import _merge_beams
-from service.decoder import CtcDecoder, DecodeOptions
-from service.model_session import ModelSession, ModelSpec
-from service.recognizer import Recognizer
+from engine.decoder.beam_search import _merge_beams
+from engine.decoder.ctc import CtcDecoder, DecodeOptions
+from engine.model.session import ModelSession, ModelSpec
+from engine.recognizer import Recognizer
 
 
 def test_beam_scores_are_pyctcdecodes():
@@ -68,7 +68,7 @@ def test_a_model_directory_with_an_impossible_beam_width_is_refused(tmp_path, wi
 
 
 def test_the_decoder_benchmark_prints_both_engines_cost_scaling_and_agreement():
-    result = subprocess.run([sys.executable, "-m", "service.decoder_benchmark", "--limit", "3", "--beam-widths",
+    result = subprocess.run([sys.executable, "-m", "service.tools.decoder_benchmark", "--limit", "3", "--beam-widths",
                              "8,16", "--threads", "1,2", "--repeat", "1"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from service.endpointing import MAX_UTTERANCE, SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
+from engine.endpointing import MAX_UTTERANCE, SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
 
 BLANK, A = 0, 3
 

@@ -10,9 +10,9 @@ import soundfile as sf
 
 from conftest import BUNDLED, ROOT, SAMPLES
 from models.model import StreamingCTC, init_from, load_checkpoint, save_checkpoint
-from service.decoder import CtcDecoder, DecodeOptions
-from service.model_session import ModelSession, ModelSpec
-from service.recognizer import Recognizer
+from engine.decoder.ctc import CtcDecoder, DecodeOptions
+from engine.model.session import ModelSession, ModelSpec
+from engine.recognizer import Recognizer
 
 GRU_CKPT = ROOT / "models" / "previous" / "ctc-gru-default-0.7.1" / "checkpoint.pt"
 

@@ -1,13 +1,13 @@
 """One client cannot deny service to the others: beside each single-client attack of `python -m
-service.abuse`, 8 well-behaved real-time streams (another token) are all admitted and keep p95
+service.tools.abuse`, 8 well-behaved real-time streams (another token) are all admitted and keep p95
 partial latency within 300 ms, on a server with the default admission rules, in its own process."""
 
 import asyncio
 
 import pytest
 
-from service.abuse import abuses, measure, start_with_default_rules
-from service.loadgen import free_port
+from service.tools.abuse import abuses, measure, start_with_default_rules
+from service.tools.loadgen import free_port
 from test_metrics import scrape, value
 
 ATTACKS = ["a stream of 2-byte messages, as fast as it goes", "a stream of 100 KB (3.2 s) messages, as fast as it goes",

@@ -16,9 +16,9 @@ import soundfile as sf
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import ROOT, SAMPLES
 from foreign_models import greedy_ids, icefall_onnx, nemo_bpe_onnx, wav2vec2_dir
-from service.decoder import CtcDecoder
-from service.model_session import ModelSession, ModelSpec
-from service.recognizer import Recognizer
+from engine.decoder.ctc import CtcDecoder
+from engine.model.session import ModelSession, ModelSpec
+from engine.recognizer import Recognizer
 
 import grpc
 

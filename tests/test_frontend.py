@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.audio import AudioError, AudioFormat, Encoding, PcmStream, decode_unary
-from service.features import (FeatureConfig, LogMel, StreamingFeatures, frontend, logmel_utterance, normalize_window,
+from service.session.audio import AudioError, AudioFormat, Encoding, PcmStream, decode_unary
+from engine.features import (FeatureConfig, LogMel, StreamingFeatures, frontend, logmel_utterance, normalize_window,
                               slaney_filterbank)
 
 LOGMEL = LogMel(FeatureConfig())

@@ -19,7 +19,7 @@ import soundfile as sf
 
 from conftest import SAMPLES
 from test_metrics import scrape, value
-from service.text import format_numbers
+from engine.text import format_numbers
 from test_recognize import heard
 from test_streaming import pcm
 

@@ -113,8 +113,8 @@ def test_the_adapter_query_is_promql_and_the_prober_job_runs_the_prober(tmp_path
     assert run.returncode == 0, run.stdout + run.stderr
 
     job = manifests()["CronJob/asr-prober"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert job["command"][:3] == ["python3", "-m", "service.prober"]
-    usage = subprocess.run([sys.executable, "-m", "service.prober", "--help"], capture_output=True, text=True,
+    assert job["command"][:3] == ["python3", "-m", "service.tools.prober"]
+    usage = subprocess.run([sys.executable, "-m", "service.tools.prober", "--help"], capture_output=True, text=True,
                            cwd=ROOT).stdout
     for flag in (arg for arg in job["command"][3:] if arg.startswith("--")):
         assert flag in usage, flag
@@ -130,8 +130,8 @@ def test_every_manifest_is_in_the_kustomization_or_said_apart():
 
 def test_the_promotion_job_stages_a_candidate_with_the_prober():
     job = documents(K8S / "promotion-job.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
-    assert job["command"][:3] == ["python3", "-m", "service.prober"] and "--stage" in job["command"]
-    usage = subprocess.run([sys.executable, "-m", "service.prober", "--help"], capture_output=True, text=True,
+    assert job["command"][:3] == ["python3", "-m", "service.tools.prober"] and "--stage" in job["command"]
+    usage = subprocess.run([sys.executable, "-m", "service.tools.prober", "--help"], capture_output=True, text=True,
                            cwd=ROOT).stdout
     for flag in (arg for arg in job["command"][3:] if arg.startswith("--")):
         assert flag in usage, flag

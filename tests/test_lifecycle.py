@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.loadgen import free_port
+from service.tools.loadgen import free_port
 from conftest import ROOT
 from test_streaming import finals, pcm
 

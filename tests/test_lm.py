@@ -11,9 +11,9 @@ import soundfile as sf
 
 from conftest import BUNDLED, ROOT
 from prerequisites import requires
-from service.decoder import CtcDecoder, DecodeOptions
-from service.model_session import ModelSession, ModelSpec
-from service.recognizer import Recognizer
+from engine.decoder.ctc import CtcDecoder, DecodeOptions
+from engine.model.session import ModelSession, ModelSpec
+from engine.recognizer import Recognizer
 
 # A held-out canary (a festival voice no model trained on) whose words the general LM rarely
 # sees together: "migratory lifeform", "tropism".

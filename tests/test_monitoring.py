@@ -12,11 +12,11 @@ import jiwer
 import pytest
 
 from ctc_asr.v1 import asr_pb2_grpc
-from service.loadgen import free_port
+from service.tools.loadgen import free_port
 from conftest import ROOT, SAMPLES
 from prerequisites import requires
-from service.prober import probe
-from service.text import normalize
+from service.tools.prober import probe
+from engine.text import normalize
 
 DEPLOY = ROOT / "deploy"
 needs_prometheus = requires("promtool")

@@ -2,7 +2,7 @@
 
 The recorded corpus (tests/data/canary_logprobs.npz) is the bundled model's output on its own
 canaries (speech this project synthesized), written by
-`python -m service.decoder_benchmark --save-logprobs tests/data/canary_logprobs.npz`.
+`python -m service.tools.decoder_benchmark --save-logprobs tests/data/canary_logprobs.npz`.
 """
 
 import math
@@ -18,10 +18,10 @@ import pytest
 
 from conftest import BUNDLED, ROOT
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.decoder import CtcDecoder, DecodeOptions, DecoderInputs
-from service.decoder_benchmark import load_logprobs
-from service.loadgen import free_port
-from service.model_session import ModelSpec
+from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecoderInputs
+from service.tools.decoder_benchmark import load_logprobs
+from service.tools.loadgen import free_port
+from engine.model.session import ModelSpec
 
 CORPUS = Path(__file__).parent / "data" / "canary_logprobs.npz"
 LM = DecodeOptions(beam_width=32, lm_weight=0.8, word_bonus=2.0, alternatives=3)
@@ -107,7 +107,7 @@ def test_the_native_decoder_is_the_default_and_reported(stub):
 
 
 def test_without_the_compiled_library_the_server_says_so_and_decodes_with_python(tmp_path):
-    """A machine where `python -m service.native.build` could not run: a copy of the code without it."""
+    """A machine where `python -m engine.decoder.native.build` could not run: a copy of the code without it."""
     for package in ("service", "ctc_asr"):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("_beam_search*", "__pycache__"))
     base = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1",
@@ -135,7 +135,7 @@ def test_without_the_compiled_library_the_server_says_so_and_decodes_with_python
 def test_the_service_benchmark_measures_both_engines_side_by_side(tmp_path):
     manifest = tmp_path / "clips.jsonl"  # real-speech manifests have this layout; here the sample clips
     manifest.write_text("".join(f'{{"audio": "{ROOT / "samples" / n}"}}\n' for n in ("phone.flac", "what_time.wav")))
-    result = subprocess.run([sys.executable, "-m", "service.benchmark", "--streams", "2", "--seconds", "3",
+    result = subprocess.run([sys.executable, "-m", "service.tools.benchmark", "--streams", "2", "--seconds", "3",
                              "--unary-requests", "2", "--beam-width", "16", "--decoder", "native,python",
                              "--clips", str(manifest)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

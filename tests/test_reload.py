@@ -18,7 +18,7 @@ import pytest
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import BUNDLED, ROOT, SAMPLES, TEST_CONFIG, ServerThread, place
-from service.loadgen import free_port, rss_mb, start_server
+from service.tools.loadgen import free_port, rss_mb, start_server
 from test_decoder import model_directory
 from test_lifecycle import wait_for
 from test_metrics import scrape, value
@@ -70,7 +70,7 @@ def test_a_reload_during_20_live_streams_loses_none_and_each_stream_keeps_its_mo
     srv = serve(full_directory(tmp_path / "full"), self_check_max_wer=0.9)
     greedy = greedy_directory(tmp_path / "greedy")
     audio, reloaded = pcm("what_time.wav"), threading.Event()
-    old = weakref.ref(srv.running.speech.models["asr"].recognizer.session)
+    old = weakref.ref(srv.running.speech.models.get("asr").recognizer.session)
 
     def requests():  # the clip at real time, then silence at real time until the reload is done
         yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
@@ -123,7 +123,7 @@ def test_a_replaced_models_beam_search_and_lm_are_freed(serve, tmp_path, engine)
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         recognize(stub)  # the LM in use
-        old = weakref.ref(srv.running.speech.models["asr"].recognizer.decoder.engine)
+        old = weakref.ref(srv.running.speech.models.get("asr").recognizer.decoder.engine)
         assert reload(channel).result == "reloaded"
         assert heard(recognize(stub), "what_time.wav")
 
@@ -260,7 +260,7 @@ def test_a_failed_or_cancelled_reload_frees_what_it_loaded_and_names_the_canary_
 
 
 def prober(port, stage, timeout=300):
-    return subprocess.run([sys.executable, "-m", "service.prober", "--target", f"127.0.0.1:{port}", "--fast",
+    return subprocess.run([sys.executable, "-m", "service.tools.prober", "--target", f"127.0.0.1:{port}", "--fast",
                            "--stage", stage], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 

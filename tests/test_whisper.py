@@ -14,8 +14,8 @@ from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from models import architectures
 from models.encoder_ctc import EncoderCTC, EncoderCTCConfig
 from models.whisper import load_encoder
-from service.features import FeatureConfig, LogMel, StreamingFeatures, logmel_utterance, slaney_filterbank
-from service.model_session import ModelSession, ModelSpec
+from engine.features import FeatureConfig, LogMel, StreamingFeatures, logmel_utterance, slaney_filterbank
+from engine.model.session import ModelSession, ModelSpec
 
 import grpc
 

@@ -1,11 +1,11 @@
-"""Compiles the native beam search (service/native/beam_search.cpp) with KenLM's C++ sources.
+"""Compiles the native beam search (engine/decoder/native/beam_search.cpp) with KenLM's C++ sources.
 
-    python -m service.native.build [--jobs N] [--force]
+    python -m engine.decoder.native.build [--jobs N] [--force]
 
 KenLM's sources come from the `kenlm` source package on PyPI (the version the
 Python module is), fetched once into third_party/kenlm; they are compiled once
 into third_party/kenlm/native-build and linked with the decoder into
-service/native/_beam_search*.so. Needs a C++17 compiler and zlib's headers
+engine/decoder/native/_beam_search*.so. Needs a C++17 compiler and zlib's headers
 (the kenlm Python module needs the same); about two minutes on two cores.
 `make serve` and `make test` run it; where it fails the service decodes with the
 Python beam search and says so.
@@ -25,7 +25,7 @@ from pathlib import Path
 import pybind11
 
 KENLM_VERSION = "0.3.0"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 KENLM_DIR = ROOT / "third_party" / "kenlm"
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "beam_search.cpp"

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.audio import PcmStream
-from service.beam_search import BLANK
-from service.decoder import CtcDecoder, DecodeOptions, DecodeState, Hypothesis
-from service.endpointing import SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
-from service.features import StreamingFeatures, frontend, logmel_utterance, pad_to_multiple
-from service.model_session import ModelSession
+from engine.decoder.beam_search import BLANK
+from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecodeState, Hypothesis
+from engine.endpointing import SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
+from engine.features import StreamingFeatures, frontend, logmel_utterance, pad_to_multiple
+from engine.model.session import ModelSession
 
 HALF_CLOSE = "half_close"
 NO_ENDPOINTING = EndpointConfig(enabled=False, max_utterance_s=math.inf)  # offline: one utterance
@@ -51,7 +50,6 @@ class Progress:
 @dataclass
 class StreamState:
     opts: DecodeOptions
-    pcm: PcmStream | None
     features: StreamingFeatures
     model_state: list[np.ndarray]
     pending: np.ndarray  # feature frames not yet run through the model
@@ -80,9 +78,8 @@ class Recognizer:
         self._on_inference = on_inference
         self._on_decode = on_decode
 
-    def new_stream(self, opts: DecodeOptions, pcm: PcmStream | None = None,
-                   endpointing: EndpointConfig = NO_ENDPOINTING) -> StreamState:
-        return StreamState(opts, pcm, StreamingFeatures(self.logmel), self.session.initial_state(),
+    def new_stream(self, opts: DecodeOptions, endpointing: EndpointConfig = NO_ENDPOINTING) -> StreamState:
+        return StreamState(opts, StreamingFeatures(self.logmel), self.session.initial_state(),
                            np.zeros((0, self.spec.features.width), np.float32),
                            self.decoder.start(opts, offset=self._heard_frames(0)),
                            Endpointer(endpointing, self.spec.frame_seconds, self._blank))

@@ -1,6 +1,6 @@
 """Soak test: streams opening and closing near the concurrency limit, and clients killed mid-stream.
 
-    python -m service.soak [--minutes 30] [--streams 60] [--kill-rounds 100] [--target HOST:PORT]
+    python -m service.tools.soak [--minutes 30] [--streams 60] [--kill-rounds 100] [--target HOST:PORT]
 
 Without --target it starts `python -m service --max-concurrent-streams 64`
 on loopback (extra server flags after `--`). Phase 1 keeps --streams streams
@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.loadgen import RATE, SAMPLES, open_files, rss_mb, start_server, test_audio
+from service.tools.loadgen import RATE, SAMPLES, open_files, rss_mb, start_server, test_audio
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 SAMPLE_EVERY_S = 10  # server RSS and open files
@@ -113,7 +113,7 @@ def kill_clients(target: str, rounds: int) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m service.soak", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m service.tools.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", help="a running server (default: start one on loopback)")
     p.add_argument("--minutes", type=float, default=30.0)

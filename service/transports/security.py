@@ -2,7 +2,7 @@
 
 Tokens are compared in constant time; a gRPC call without a valid
 `authorization: Bearer <token>` metadata entry ends with UNAUTHENTICATED
-before it reaches the servicer (HTTP: 401, see service.http_api). Health
+before it reaches the servicer (HTTP: 401, see service.transports.http_api). Health
 checks and reflection stay open so that load balancers and tooling need no
 token.
 """

@@ -1,4 +1,4 @@
-"""The HTTP adapter of `service.speech` (aiohttp, on the gRPC server's event loop):
+"""The HTTP adapter of `service.session.speech` (aiohttp, on the gRPC server's event loop):
 
 - `POST /v1/audio/transcriptions`: OpenAI's transcription API as its official
   clients call it (multipart `file`, `model`, `language`, `prompt`,
@@ -23,15 +23,17 @@ from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 
 from ctc_asr.v1 import asr_pb2
-from service.admission import client_id
+from service.session.admission import client_id
 from service.config import ServerConfig
-from service.http_connections import ConnectionGuard
-from service.security import Tokens
-from service.servicer import streaming_response
-from service.speech import FinalResult, ServiceError, Speech, Status
+from service.transports.connections import ConnectionGuard
+from service.transports.security import Tokens
+from service.transports.messages import streaming_response
+from service.errors import ServiceError, Status
+from service.session.events import FinalResult
+from service.session.speech import Speech
 
 log = logging.getLogger(__name__)
-PAGE = resources.files("service").joinpath("web/index.html")
+PAGE = resources.files("service.transports").joinpath("web/index.html")
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 OPENAI_ERROR_TYPES = {Status.UNAUTHENTICATED: "authentication_error", Status.RESOURCE_EXHAUSTED: "rate_limit_error",
                       Status.INTERNAL: "server_error", Status.UNAVAILABLE: "server_error"}
@@ -214,9 +216,9 @@ class HttpApi:
         except ServiceError as e:
             return _openai_error(e)
         return web.json_response({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "ctc-asr", "version": served.spec.version,
+            {"id": served.name, "object": "model", "created": 0, "owned_by": "ctc-asr", "version": served.spec.version,
              "sample_rate_hertz": served.spec.features.sample_rate, "language_code": served.spec.language_code}
-            for name, served in self.speech.models.items()]})
+            for served in self.speech.models.served()]})
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         sse: web.StreamResponse | None = None
@@ -236,7 +238,7 @@ class HttpApi:
                 except (ValueError, HttpProcessingError) as e:  # aiohttp's parser: a malformed form body
                     raise ServiceError(Status.INVALID_ARGUMENT, "the body is not a well-formed multipart/form-data "
                                        f"(or urlencoded) form: {_first_line(e)[:200]}") from None
-                req = _transcription_request(form, list(self.speech.models))
+                req = _transcription_request(form, self.speech.models.names())
                 events = self.speech.transcribe_file("HTTPTranscriptions", client, req.config, req.audio)
                 if req.stream:
                     sse = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

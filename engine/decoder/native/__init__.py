@@ -1,4 +1,4 @@
-"""The compiled beam search engine (beam_search.cpp), built by `python -m service.native.build`.
+"""The compiled beam search engine (beam_search.cpp), built by `python -m engine.decoder.native.build`.
 
 `NATIVE_ERROR` says why it cannot be used here (None where it can): the library was
 not built (no compiler when `make` ran), or it predates its source.
@@ -10,7 +10,7 @@ import numpy as np
 
 from pyctcdecode.constants import AVG_TOKEN_LEN, DEFAULT_UNK_LOGP_OFFSET, LOG_BASE_CHANGE_FACTOR
 
-from service.beam_search import (BEAM_PRUNE_LOGP, LOG_CLIP, TOKEN_MIN_LOGP, Search, SearchOptions, blank_skip_logp,
+from engine.decoder.beam_search import (BEAM_PRUNE_LOGP, LOG_CLIP, TOKEN_MIN_LOGP, Search, SearchOptions, blank_skip_logp,
                                  token_kinds)
 
 _SOURCE = Path(__file__).with_name("beam_search.cpp")
@@ -18,11 +18,11 @@ _SOURCE = Path(__file__).with_name("beam_search.cpp")
 
 def _load():
     try:
-        from service.native import _beam_search
+        from engine.decoder.native import _beam_search
     except ImportError as e:
-        return None, f"not built ({e}); run `python -m service.native.build`"
+        return None, f"not built ({e}); run `python -m engine.decoder.native.build`"
     if Path(_beam_search.__file__).stat().st_mtime < _SOURCE.stat().st_mtime:
-        return None, "out of date (built before beam_search.cpp changed); run `python -m service.native.build`"
+        return None, "out of date (built before beam_search.cpp changed); run `python -m engine.decoder.native.build`"
     return _beam_search, None
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import soxr
 import soundfile as sf
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 RATE = 16000
 
 

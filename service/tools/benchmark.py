@@ -1,6 +1,6 @@
 """Load benchmark: concurrent real-time streams and unary throughput, over loopback.
 
-    python -m service.benchmark [--streams 1,8,16,32,64] [--seconds 10] [--target HOST:PORT]
+    python -m service.tools.benchmark [--streams 1,8,16,32,64] [--seconds 10] [--target HOST:PORT]
         [--clips MANIFEST] [--decoder native,python] [--beam-width N] [--ramp-seconds S] [-- SERVER FLAGS]
 
 Without --target it starts `python -m service` on free loopback ports (extra
@@ -52,7 +52,7 @@ import numpy as np
 import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.loadgen import RATE, SAMPLES, cpu_seconds, read_clips, start_server, test_audio
+from service.tools.loadgen import RATE, SAMPLES, cpu_seconds, read_clips, start_server, test_audio
 
 MESSAGE_S = 0.1
 CLIP_LIMIT = 40  # clips read from --clips
@@ -232,7 +232,7 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m service.benchmark", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m service.tools.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", help="a running server (default: start one on loopback)")
     p.add_argument("--streams", default="1,8,16,32,64", type=lambda s: [int(x) for x in s.split(",")])

@@ -1,7 +1,7 @@
 """Incremental CTC decoding: greedy, or beam search with KenLM and hotwords.
 
 The beam search runs on one of two engines with the same results
-(service/beam_search.py): the compiled one where it is built, else the Python
+(engine/decoder/beam_search.py): the compiled one where it is built, else the Python
 reference. Everything one utterance needs, beams and LM score caches included,
 lives in its engine's search state, which is dropped at the final, so memory
 stays flat on long streams.
@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from service.beam_search import BeamSearch, GreedySearch, PythonBeamSearch, Search, SearchOptions, Words
-from service.model_session import ModelSpec
-from service.native import NATIVE_ERROR, NativeBeamSearch
+from engine.decoder.beam_search import BeamSearch, GreedySearch, PythonBeamSearch, Search, SearchOptions, Words
+from engine.model.session import ModelSpec
+from engine.decoder.native import NATIVE_ERROR, NativeBeamSearch
 
 log = logging.getLogger(__name__)
 ENGINES = ("auto", "native", "python")

@@ -4,7 +4,7 @@ A reload loads the new directory beside the serving model, off the event loop, a
 it (ONNX Runtime and the LM load, a warm-up at every batch size, then the directory's
 `canaries/` decoded within --self-check-max-wer). Only then do new calls go to it; calls in
 flight finish on the model they started with, which is freed when the last one ends. A staged
-reload makes it a candidate instead (`service.promotion`): it decodes again each canary the
+reload makes it a candidate instead (`service.lifecycle.promotion`): it decodes again each canary the
 serving model answers until it is promoted or dropped. One reload runs at a time.
 """
 
@@ -24,16 +24,18 @@ import numpy as np
 import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2
-from service import canary
+from service.session import canary
 from service.batcher import ModelBatcher
 from service.config import ServerConfig
-from service.decoder import CtcDecoder
+from engine.decoder.ctc import CtcDecoder
 from service.metrics import Metrics
-from service.model_session import CPU, ModelDirectoryError, ModelSession, ModelSpec
-from service.promotion import EXPIRED, PROMOTED, REPLACED, STOPPED, Decision, Evaluation
-from service.recognizer import Recognizer
-from service.speech import (ServedModel, ServiceError, ShadowJob, Speech, Status, float32_config, replay,
-                            seconds_of)
+from engine.model.session import CPU, ModelDirectoryError, ModelSession, ModelSpec
+from service.lifecycle.promotion import EXPIRED, PROMOTED, REPLACED, STOPPED, Decision, Evaluation
+from engine.recognizer import Recognizer
+from service.errors import ServiceError, Status
+from service.lifecycle.served import ServedModel
+from service.session.speech import Speech
+from service.session.stream import ShadowJob, float32_config, replay, seconds_of
 
 log = logging.getLogger(__name__)
 RELOADED, STAGED, FAILED = "reloaded", "staged", "failed"
@@ -223,7 +225,7 @@ class Reloader:
     async def reload(self, name: str, directory: str, stage: bool) -> ReloadOutcome:
         """Reload (or stage) model `name` ("" = the default) from `directory` ("" = its own)."""
         async with self._lock:
-            serving = self.speech.model(name)
+            serving = self.speech.models.get(name)
             path = Path(directory) if directory else serving.directory
             new = None
             started = time.monotonic()
@@ -254,14 +256,14 @@ class Reloader:
                                                            self.cfg.promotion_max_wer_increase),
                                   wer, time.monotonic() + self.cfg.promotion_timeout_seconds)
             self._candidates[serving.name] = candidate
-            self.speech.candidates[serving.name] = candidate.offer
+            self.speech.models.stage(serving.name, candidate.offer)
             self._show(serving.name, candidate.evaluation)
             candidate.worker = self._spawn(self._evaluate(candidate))
             self.metrics.model_reloads.labels(serving.name, STAGED).inc()
             log.info("model %s: %s staged as a candidate (%s); it needs %d canaries per set within %.0f s",
                      serving.name, path, checked, self.cfg.promotion_min_canaries, self.cfg.promotion_timeout_seconds)
         decision = await asyncio.shield(candidate.decided)
-        return ReloadOutcome(decision.result, decision.message, self.speech.models[serving.name], decision.sets, wer)
+        return ReloadOutcome(decision.result, decision.message, self.speech.models.get(serving.name), decision.sets, wer)
 
     def _show(self, name: str, evaluation: Evaluation) -> None:
         """A new evaluation's numbers replace the last one's (kept until then, to show its decision)."""
@@ -274,12 +276,12 @@ class Reloader:
 
     async def reload_all(self) -> None:
         """SIGHUP: every model re-read from its directory, one after another."""
-        for name in list(self.speech.models):
+        for name in self.speech.models.names():
             with contextlib.suppress(ServiceError):  # logged and counted; the old one serves on
                 await self.reload(name, "", stage=False)
 
     def _switch(self, serving: ServedModel, new: ServedModel) -> None:
-        self.speech.models[serving.name] = new
+        self.speech.models.replace(new)
         announce(self.metrics, new, serving)
         self._retiring.add(serving)
         self._spawn(self._retire(serving))
@@ -326,7 +328,7 @@ class Reloader:
     def _decide(self, candidate: Candidate, decision: Decision) -> None:
         name = candidate.serving.name
         self._candidates.pop(name, None)
-        self.speech.candidates.pop(name, None)
+        self.speech.models.unstage(name)
         if decision.result == PROMOTED:
             self._switch(candidate.serving, candidate.served)
         else:

@@ -1,6 +1,6 @@
 """What reloading a model costs while it serves: memory across reloads, and live streams' latency.
 
-    python -m service.reload_benchmark [--reloads 20] [--streams 8] [--model DIR] [-- SERVER ARGS...]
+    python -m service.tools.reload_benchmark [--reloads 20] [--streams 8] [--model DIR] [-- SERVER ARGS...]
 
 Starts a server on loopback, then in one run: real-time streams without reloads (the
 reference), then the same streams while Admin.ReloadModel reloads the model `--reloads` times
@@ -18,9 +18,9 @@ from pathlib import Path
 import grpc
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.benchmark import pct, run_streams
+from service.tools.benchmark import pct, run_streams
 from service.config import BUNDLED_MODEL
-from service.loadgen import rss_mb, start_server
+from service.tools.loadgen import rss_mb, start_server
 
 CHUNK_S, DELAY_S = 0.32, 0.16  # the bundled model's chunk and look-ahead (what partial latency is measured on)
 
@@ -82,7 +82,7 @@ async def run(a, server_pid: int, target: str) -> None:
 def main() -> None:
     argv = sys.argv[1:]
     server_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    p = argparse.ArgumentParser(prog="python -m service.reload_benchmark", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m service.tools.reload_benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reloads", type=int, default=20)
     p.add_argument("--streams", type=int, default=8, help="real-time streams throughout")

@@ -1,6 +1,6 @@
 // Incremental CTC prefix beam search with word-level KenLM and hotwords, compiled.
 //
-// The same search as service/beam_search.py (the reference, built on pyctcdecode's
+// The same search as engine/decoder/beam_search.py (the reference, built on pyctcdecode's
 // scoring): beams carried from chunk to chunk, candidates merged by text, scored by
 // the LM once per new word and by the open-vocabulary partial-word check, pruned and
 // trimmed. Texts and words in progress are interned per utterance (a text is a node:
@@ -34,7 +34,7 @@ namespace py = pybind11;
 
 namespace {
 
-// How a token moves a beam; the Python side classifies tokens (service/beam_search.py).
+// How a token moves a beam; the Python side classifies tokens (engine/decoder/beam_search.py).
 enum Kind : int { BLANK = 0, DELIMITER = 1, WORD_START = 2, PIECE = 3 };
 
 // Python's len() of UTF-8 text: the partial-word scores count characters, not bytes.
@@ -673,7 +673,7 @@ void advance_many(const std::vector<Utterance *> &utterances, const std::vector<
 }  // namespace
 
 PYBIND11_MODULE(_beam_search, m) {
-  m.doc() = "Compiled incremental CTC prefix beam search (see service/native/beam_search.cpp)";
+  m.doc() = "Compiled incremental CTC prefix beam search (see engine/decoder/native/beam_search.cpp)";
   py::class_<Decoder, std::shared_ptr<Decoder>>(m, "Decoder")
       .def(py::init([](std::vector<int> kinds, std::vector<std::string> texts, const std::string &lm,
                        const std::vector<std::string> &unigrams, double token_min_logp, double beam_prune_logp,

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.beam_search import BLANK
-from service.features import FeatureConfig, frontend, normalize_window
+from engine.decoder.beam_search import BLANK
+from engine.features import FeatureConfig, frontend, normalize_window
 
 MAX_BEAM_WIDTH = 256  # per request, and in model.json
 MAX_LM_WEIGHT = 5.0  # per request, and in model.json

@@ -1,77 +1,14 @@
-"""The gRPC adapter of `service.speech`: protobuf messages in, events out as
-`StreamingRecognizeResponse`s (which the WebSocket sends too, in protobuf's
-JSON mapping), `ServiceError`s as gRPC status codes."""
+"""The gRPC adapter of `service.session.speech`: protobuf messages in, events out as
+`StreamingRecognizeResponse`s (`service.transports.messages`), `ServiceError`s as gRPC status codes."""
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.admission import client_id, grpc_peer_host
-from service.beam_search import vocabulary_kind
-from service.decoder import Hypothesis
-from service.model_registry import Reloader
-from service.speech import (EndOfSingleUtterance, Event, FinalResult, InterimResult, ServedModel, ServiceError,
-                            Speech, SpeechBegin, SpeechEnd, Status)
-
-SpeechEvent = asr_pb2.StreamingRecognizeResponse.SpeechEventType
-
-
-def _duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(int(round(seconds * 1e9)))
-    return d
-
-
-def alternatives(hyps: list[Hypothesis], word_offsets: bool) -> list[asr_pb2.SpeechRecognitionAlternative]:
-    out = []
-    for h in hyps:
-        alt = asr_pb2.SpeechRecognitionAlternative(transcript=h.text, confidence=h.confidence)
-        if word_offsets:
-            alt.words.extend(asr_pb2.WordInfo(word=w.word, start_time=_duration(w.start),
-                                              end_time=_duration(w.end), confidence=w.confidence)
-                             for w in h.words)
-        out.append(alt)
-    return out
-
-
-def streaming_response(event: Event, word_offsets: bool) -> asr_pb2.StreamingRecognizeResponse:
-    match event:
-        case SpeechBegin():
-            return asr_pb2.StreamingRecognizeResponse(speech_event_type=SpeechEvent.SPEECH_ACTIVITY_BEGIN)
-        case SpeechEnd():
-            return asr_pb2.StreamingRecognizeResponse(speech_event_type=SpeechEvent.SPEECH_ACTIVITY_END)
-        case EndOfSingleUtterance():
-            return asr_pb2.StreamingRecognizeResponse(speech_event_type=SpeechEvent.END_OF_SINGLE_UTTERANCE)
-        case InterimResult(hypothesis=hyp, stability=stability, end=end):
-            return asr_pb2.StreamingRecognizeResponse(results=[asr_pb2.StreamingRecognitionResult(
-                alternatives=alternatives([hyp], False), is_final=False, stability=stability,
-                result_end_time=_duration(end))])
-        case FinalResult():
-            response = asr_pb2.StreamingRecognizeResponse(
-                results=[asr_pb2.StreamingRecognitionResult(
-                    alternatives=alternatives(event.hypotheses, word_offsets), is_final=True,
-                    result_end_time=_duration(event.end))], endpoint_reason=event.reason)
-            if event.billed_seconds is not None:
-                response.total_billed_time.CopyFrom(_duration(event.billed_seconds))
-            if event.canary is not None:
-                response.canary_score.CopyFrom(event.canary)
-            return response
-    raise TypeError(f"not a stream event: {event!r}")
-
-
-def model_info(served: ServedModel) -> asr_pb2.ModelInfo:
-    s, recognizer = served.spec, served.recognizer
-    step = s.features.hop_length / s.features.sample_rate
-    return asr_pb2.ModelInfo(
-        name=served.name, version=s.version, sample_rate_hertz=s.features.sample_rate, tokens=s.tokens,
-        subsampling_factor=s.subsampling_factor, chunk_duration=_duration(s.chunk_frames * step),
-        lookahead=_duration(s.lookahead_frames * step), provider=recognizer.session.provider,
-        has_language_model=recognizer.decoder.has_lm, parameters=s.parameters,
-        language_code=s.language_code, decoder=recognizer.decoder.engine_description,
-        frontend=s.features.kind + ("" if s.features.normalize == "none" else f", {s.features.normalize} "
-                                    "normalization per window"),
-        vocabulary=vocabulary_kind(list(s.tokens)), streaming=s.streaming_description)
-
+from service.errors import ServiceError, Status
+from service.lifecycle.registry import Reloader
+from service.session.admission import client_id, grpc_peer_host
+from service.session.speech import Speech
+from service.transports.messages import alternatives, duration, model_info, streaming_response
 
 async def _abort(context: grpc.aio.ServicerContext, e: ServiceError):
     await context.abort(grpc.StatusCode[e.status.name], e.message)
@@ -109,10 +46,10 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
                                                          request.audio_content)
         except ServiceError as e:
             await _abort(context, e)
-        response = asr_pb2.RecognizeResponse(total_billed_time=_duration(transcript.seconds))
+        response = asr_pb2.RecognizeResponse(total_billed_time=duration(transcript.seconds))
         for final in transcript.finals:
             response.results.add(alternatives=alternatives(final.hypotheses, request.config.enable_word_time_offsets),
-                                 result_end_time=_duration(final.end))
+                                 result_end_time=duration(final.end))
         if transcript.canary is not None:
             response.canary_score.CopyFrom(transcript.canary)
         return response
@@ -143,14 +80,14 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
     async def GetModelInfo(self, request, context):
         try:
             async with self.speech.call("GetModelInfo"):
-                return model_info(self.speech.model(request.name))
+                return model_info(self.speech.models.get(request.name))
         except ServiceError as e:
             await _abort(context, e)
 
     async def ListModels(self, request, context):
         try:
             async with self.speech.call("ListModels"):
-                return asr_pb2.ListModelsResponse(models=[model_info(m) for m in self.speech.models.values()])
+                return asr_pb2.ListModelsResponse(models=[model_info(m) for m in self.speech.models.served()])
         except ServiceError as e:
             await _abort(context, e)
 

@@ -1,6 +1,6 @@
 """Send a labelled canary set through a running server: the prober of running accuracy.
 
-    python -m service.prober [--target HOST:PORT] [--canaries DIR] [--once] [--interval 60] [--max-wer 0.5]
+    python -m service.tools.prober [--target HOST:PORT] [--canaries DIR] [--once] [--interval 60] [--max-wer 0.5]
 
 Each round sends every clip of the set (default: the bundled model's
 canaries), alternating unary Recognize and StreamingRecognize (in pairs) at real-time
@@ -91,7 +91,7 @@ def run_round(stub, clips: list[dict], realtime: bool, timeout: float, metadata=
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m service.prober", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m service.tools.prober", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_connection_args(p)
     p.add_argument("--canaries", type=Path, default=BUNDLED_MODEL / "canaries",

@@ -2,7 +2,7 @@
 --max-connections at once (past it a new connection gets `503` and is closed), and a
 connection that is not in a request (idle, or still sending a request's headers) for
 --read-timeout-seconds is closed, so slow and idle clients cannot hold sockets. Request
-bodies get the same time (see `service.http_api`); WebSockets and answers being sent are in a
+bodies get the same time (see `service.transports.http_api`); WebSockets and answers being sent are in a
 request and are not timed here."""
 
 import asyncio

@@ -1,6 +1,6 @@
 """Abusive clients, measured: what each costs the server and whether well-behaved streams notice.
 
-    python -m service.abuse [--seconds 10] [--connections 900] [-- SERVER FLAGS]
+    python -m service.tools.abuse [--seconds 10] [--connections 900] [-- SERVER FLAGS]
 
 Starts `python -m service` on loopback with two bearer tokens, one for the abusive client and
 one for everyone else, and the default admission rules (per-client limits, load shedding).
@@ -33,9 +33,9 @@ import grpc
 import numpy as np
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.benchmark import run_streams
+from service.tools.benchmark import run_streams
 from service.config import ServerConfig
-from service.loadgen import RATE, cpu_seconds, rss_mb, start_server, test_audio
+from service.tools.loadgen import RATE, cpu_seconds, rss_mb, start_server, test_audio
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 STREAM_CONFIG = asr_pb2.StreamingRecognitionConfig(
@@ -184,7 +184,7 @@ def start_with_default_rules(server_args: list[str], folder: Path):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m service.abuse", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m service.tools.abuse", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--connections", type=int, default=900, help="idle TCP connections (mind ulimit -n)")

@@ -13,7 +13,7 @@ import jiwer
 
 from ctc_asr.v1 import asr_pb2
 from service.metrics import Metrics
-from service.text import normalize
+from engine.text import normalize
 
 DEFAULT_SET = "default"
 OTHER_SETS = "other"

@@ -1,6 +1,6 @@
 """Scale-out on one machine: replicas behind a real L7 gRPC proxy (NGINX `grpc_pass`).
 
-    python -m service.scaleout [--replicas 3] [--streams 12] [--seconds 12] [-- SERVER FLAGS]
+    python -m service.tools.scaleout [--replicas 3] [--streams 12] [--seconds 12] [-- SERVER FLAGS]
 
 Starts --replicas servers and NGINX (Debian's nginx) on loopback, NGINX balancing each call
 round robin over them, then through the proxy:
@@ -31,8 +31,8 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.benchmark import unary_throughput
-from service.loadgen import RATE, free_port, start_server, test_audio
+from service.tools.benchmark import unary_throughput
+from service.tools.loadgen import RATE, free_port, start_server, test_audio
 
 NGINX_CONF = """
 worker_processes 1;
@@ -141,7 +141,7 @@ async def run(a, replicas, proxy: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m service.scaleout", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m service.tools.scaleout", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--streams", type=int, default=12)

@@ -1,6 +1,6 @@
 """Decoder benchmark: the beam search alone, on the same model outputs, as the service runs it.
 
-    python -m service.decoder_benchmark [--model DIR] [--set NAME=MANIFEST ...] [--limit N] \\
+    python -m service.tools.decoder_benchmark [--model DIR] [--set NAME=MANIFEST ...] [--limit N] \\
         [--beam-widths 128,32] [--threads 1,2] [--decoder python,native] [--repeat 3] \\
         [--save-logprobs FILE.npz | --logprobs FILE.npz]
 
@@ -29,9 +29,9 @@ import numpy as np
 
 from models.corpus import read_audio, read_manifest, spread
 from service.config import BUNDLED_MODEL
-from service.decoder import CtcDecoder, DecodeOptions
-from service.model_session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
-from service.recognizer import Recognizer
+from engine.decoder.ctc import CtcDecoder, DecodeOptions
+from engine.model.session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
+from engine.recognizer import Recognizer
 
 WALL_SECONDS = 2.0  # each thread-scaling run decodes at least this long
 BATCH = 32  # streams decoded together, as the server's default --max-batch

@@ -1,0 +1,174 @@
+"""The speech service without a transport: draining, the models' table, admission, whole files
+and streams as calls, their outcomes counted.
+
+gRPC (`service.transports.grpc_api`), HTTP and WebSocket (`service.transports.http_api`) are thin
+adapters: they turn their wire messages into a `RecognitionConfig` and audio bytes, call
+`recognize`, `transcribe_file` or `stream`, and turn the events (`service.session.events`) back
+into their own messages. Errors leave here as `ServiceError`, whose `Status` names are gRPC's
+(the adapters map them to gRPC codes, HTTP statuses and WebSocket close codes). CPU work (model
+steps, decoding) runs on a bounded thread pool so the event loop keeps serving other calls; the
+loop each stream runs is `service.session.stream`'s.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+
+from ctc_asr.v1 import asr_pb2
+from engine.endpointing import EndpointConfig
+from service.config import ServerConfig
+from service.errors import ServiceError, Status
+from service.lifecycle.served import ModelTable, ServedModel
+from service.metrics import Metrics
+from service.session.admission import Admission
+from service.session.audio import AudioError, decode_unary
+from service.session.events import Event, FinalResult, Transcript
+from service.session.options import recognition_options
+from service.session.stream import StreamContext, StreamSession, float32_config, seconds_of
+
+log = logging.getLogger(__name__)
+
+
+class Speech:
+    def __init__(self, models: list[ServedModel], pool: ThreadPoolExecutor, metrics: Metrics,
+                 cfg: ServerConfig) -> None:
+        """`models`: the first is the default."""
+        self.models = ModelTable(models)
+        self.metrics = metrics
+        self.cfg = cfg
+        self._pool = pool
+        # Whole files are decoded from their containers one at a time on a thread of their own, so
+        # that however many arrive, the workers stay free for live streams.
+        self._files = ThreadPoolExecutor(1, thread_name_prefix="asr-file")
+        self.in_flight = 0  # calls of every kind, for draining
+        self.draining = False
+        self.admission = Admission(cfg, metrics, self.models.busy_ratio)
+        self._streams = StreamContext(cfg, metrics, self.admission, self._run)
+
+    @property
+    def spec(self):
+        """The default model's (GetModelInfo without a name, the HTTP API's sample rate)."""
+        return self.models.default.spec
+
+    async def close(self) -> None:
+        await self.models.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._files.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @contextlib.asynccontextmanager
+    async def call(self, method: str, expired: Callable[[], bool] = lambda: False):
+        """One call of any transport: refused while draining; exceptions become `ServiceError`
+        (never leaking internals); the outcome is counted under `method` (a cancelled call whose
+        deadline has passed, `expired()`, as DEADLINE_EXCEEDED)."""
+        status = Status.OK
+        self.in_flight += 1
+        try:
+            if self.draining:
+                raise ServiceError(Status.UNAVAILABLE, "the server is shutting down; retry (another replica)")
+            yield
+        except ServiceError as e:
+            status = e.status
+            raise
+        except AudioError as e:
+            status = Status.INVALID_ARGUMENT
+            raise ServiceError(status, str(e)) from None
+        except (asyncio.CancelledError, GeneratorExit):  # a stream's generator is closed when its call ends
+            status = Status.DEADLINE_EXCEEDED if expired() else Status.CANCELLED
+            raise
+        except Exception:
+            status = Status.INTERNAL
+            log.exception("%s failed", method)
+            raise ServiceError(status, "internal error") from None
+        finally:
+            self.in_flight -= 1
+            self.metrics.requests.labels(method, status.name).inc()
+
+    @contextlib.asynccontextmanager
+    async def stream_call(self, method: str, client: str, expired: Callable[[], bool] = lambda: False):
+        """A streaming call (`call`) holding one of the streams' slots (`Admission.stream_slot`)."""
+        async with self.call(method, expired):
+            with self.admission.stream_slot(method, client):
+                yield
+
+    async def _decode_file(self, config: asr_pb2.RecognitionConfig, audio: bytes,
+                           rate: int) -> tuple[np.ndarray, float]:
+        c = config
+        samples, seconds = await asyncio.get_running_loop().run_in_executor(
+            self._files, decode_unary, audio, c.encoding, c.sample_rate_hertz, c.audio_channel_count, rate,
+            self.cfg.max_unary_audio_seconds)
+        if seconds > self.cfg.max_unary_audio_seconds:
+            raise ServiceError(Status.OUT_OF_RANGE, f"audio is {seconds:.1f} s; at most "
+                               f"{self.cfg.max_unary_audio_seconds:g} s in one request (stream longer audio)")
+        return samples, seconds
+
+    async def _file_events(self, method: str, client: str, config: asr_pb2.RecognitionConfig, audio: bytes,
+                           endpoint: EndpointConfig) -> AsyncIterator[Event]:
+        """A whole file decoded as a stream, as fast as the model goes, through the batcher a
+        second at a time, so that it shares the model with live streams instead of holding it."""
+        with self.admission.unary_slot(method, client):
+            with self.models.using(config.model) as served:
+                started = time.perf_counter()
+                traffic = recognition_options(config, served.spec).traffic  # a bad config is refused before decoding
+                rate = served.spec.features.sample_rate
+                samples, seconds = await self._decode_file(config, audio, rate)
+                session = StreamSession(self._streams, served, float32_config(config, rate), endpoint, live=False,
+                                        shadow=self.models.shadow(served.name))
+                async for event in session.run(seconds_of(samples, rate)):
+                    yield event
+                elapsed = time.perf_counter() - started
+                self.metrics.request_duration.labels(method, traffic, served.name).observe(elapsed)
+                self.metrics.real_time_factor.labels(traffic, served.name).observe(elapsed / max(seconds, 1e-3))
+
+    async def recognize(self, method: str, client: str, config: asr_pb2.RecognitionConfig,
+                        audio: bytes) -> Transcript:
+        """A whole file as one utterance (cut only past --endpoint-max-utterance-seconds)."""
+        one_utterance = replace(self.cfg.endpoint, enabled=False)
+        finals = [e async for e in self._file_events(method, client, config, audio, one_utterance)
+                  if isinstance(e, FinalResult)]
+        spoken = [f for f in finals if f.hypotheses[0].text] or finals[-1:]
+        return Transcript(spoken, finals[-1].billed_seconds, finals[-1].canary)
+
+    async def transcribe_file(self, method: str, client: str, config: asr_pb2.RecognitionConfig,
+                              audio: bytes) -> AsyncIterator[Event]:
+        """A whole file whose utterances end at silences, as a stream's do."""
+        async for event in self._file_events(method, client, config, audio, self.cfg.endpoint):
+            yield event
+
+    async def idle_limited(self, iterator: AsyncIterator):
+        """A client's messages, ended with OUT_OF_RANGE when the client goes quiet (a stuck
+        client must not hold a stream slot forever)."""
+        iterator = aiter(iterator)
+        while True:
+            try:
+                yield await asyncio.wait_for(anext(iterator), self.cfg.stream_idle_timeout_seconds)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise ServiceError(Status.OUT_OF_RANGE, "audio timeout: nothing received for "
+                                   f"{self.cfg.stream_idle_timeout_seconds:g} s") from None
+
+    async def stream(self, sc: asr_pb2.StreamingRecognitionConfig, audio: AsyncIterator[bytes]) -> AsyncIterator[Event]:
+        """A live stream: audio messages in, events out (interim results as chunks decode, a
+        final at each endpoint and at the end of the audio), latencies and lag measured."""
+        with self.models.using(sc.config.model) as served:
+            session = StreamSession(self._streams, served, sc, self.cfg.endpoint, live=True,
+                                    shadow=self.models.shadow(served.name))
+            async for event in session.run(audio):
+                yield event
+
+    async def transcribe_quietly(self, served: ServedModel, sc: asr_pb2.StreamingRecognitionConfig,
+                                 messages: AsyncIterator[bytes], endpoint: EndpointConfig) -> str:
+        """The transcript of audio no one waits for (self-checks, shadow decodes of canaries):
+        decoded like a whole file, with no canary scored and no audio counted."""
+        session = StreamSession(self._streams, served, sc, endpoint, live=False, counted=False)
+        finals = [e async for e in session.run(messages) if isinstance(e, FinalResult)]
+        return " ".join(t for f in finals if (t := f.hypotheses[0].text))

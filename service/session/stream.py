@@ -1,0 +1,242 @@
+"""One stream's decode, the loop every call runs: audio messages in, events out.
+
+Live streams (`live`) are read at most --max-messages-per-second, their latencies observed and
+their lag watched by admission; whole files, self-checks and shadow decodes go through the same
+loop as fast as the model goes, filling what live streams leave. A labelled canary is scored at
+its last final, and its audio kept for a staged candidate to decode again.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ctc_asr.v1 import asr_pb2
+from engine.endpointing import EndpointConfig
+from engine.recognizer import HALF_CLOSE, SPEECH_BEGAN, Progress
+from engine.text import format_numbers
+from service.config import ServerConfig
+from service.errors import ServiceError, Status
+from service.lifecycle.served import ServedModel
+from service.metrics import Metrics
+from service.session import canary
+from service.session.admission import Admission, StreamClock
+from service.session.audio import STREAM_ENCODINGS, AudioError, Encoding, PcmStream, raw_format
+from service.session.events import (EndOfSingleUtterance, Event, FinalResult, InterimResult, SpeechBegin,
+                                    SpeechEnd)
+from service.session.options import recognition_options
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    """A canary the serving model answered, for a staged candidate to decode again."""
+    sc: asr_pb2.StreamingRecognitionConfig  # the audio's format; no canary label, numbers as spoken
+    messages: list[bytes]
+    endpoint: EndpointConfig
+    score: asr_pb2.CanaryScore  # the serving model's
+    reference: str
+
+
+@dataclass(frozen=True)
+class StreamContext:
+    """What every stream of a server shares: its rules, metrics, admission, and the worker pool
+    (`run` calls a function there) on which front-end and decoding work runs."""
+    cfg: ServerConfig
+    metrics: Metrics
+    admission: Admission
+    run: Callable
+
+
+def float32_config(config: asr_pb2.RecognitionConfig, rate: int) -> asr_pb2.StreamingRecognitionConfig:
+    """A stream of decoded samples: mono float32 at `rate`, the rest of `config` as it was."""
+    sc = asr_pb2.StreamingRecognitionConfig(config=config)
+    sc.config.encoding, sc.config.sample_rate_hertz, sc.config.audio_channel_count = Encoding.FLOAT32, rate, 1
+    return sc
+
+
+async def seconds_of(samples: np.ndarray, rate: int) -> AsyncIterator[bytes]:
+    """float32 samples as messages of a second each (how whole files go through the batcher)."""
+    for start in range(0, len(samples), rate):
+        yield samples[start:start + rate].tobytes()
+
+
+async def replay(messages: list[bytes]) -> AsyncIterator[bytes]:
+    for message in messages:
+        yield message
+
+
+def quiet_config(sc: asr_pb2.StreamingRecognitionConfig) -> asr_pb2.StreamingRecognitionConfig:
+    """The same audio format and decoding, without the canary label or number formatting."""
+    quiet = asr_pb2.StreamingRecognitionConfig()
+    quiet.CopyFrom(sc)
+    quiet.config.ClearField("canary")
+    quiet.config.format_numbers = False
+    return quiet
+
+
+class StreamSession:
+    def __init__(self, ctx: StreamContext, served: ServedModel, sc: asr_pb2.StreamingRecognitionConfig,
+                 endpoint: EndpointConfig, live: bool, counted: bool = True,
+                 shadow: Callable[[ShadowJob], None] | None = None) -> None:
+        """`counted`: the audio counts in asr_audio_seconds_total (not a self-check's or shadow's);
+        `shadow`: a staged candidate's intake, offered this stream if it is a labelled canary."""
+        self.ctx, self.served, self.sc, self.endpoint = ctx, served, sc, endpoint
+        self.live, self.counted = live, counted
+        self.opts = recognition_options(sc.config, served.spec)
+        if sc.config.encoding not in STREAM_ENCODINGS:
+            raise AudioError("config.encoding must be LINEAR16, FLOAT32, MULAW or ALAW for streaming "
+                             "(send audio files whole)")
+        self.pcm = PcmStream(raw_format(sc.config.encoding, sc.config.sample_rate_hertz,
+                                        sc.config.audio_channel_count or 1), served.spec.features.sample_rate)
+        self.clock = StreamClock(min_message_s=1 / ctx.cfg.max_messages_per_second)
+        self.shadow = shadow if self.opts.canary_reference else None
+        self.kept: list[bytes] = []  # a canary's audio, while a candidate is staged
+        self.transcript: list[str] = []
+        self.sent_result = not live
+        self.next_read = 0.0  # live streams: messages are read at most --max-messages-per-second
+        self.state = None  # the recognizer's, made on the pool when the stream starts
+
+    @property
+    def seconds(self) -> float:
+        """Audio received so far."""
+        return self.pcm.samples_in / self.pcm.fmt.sample_rate
+
+    async def run(self, audio: AsyncIterator[bytes]) -> AsyncIterator[Event]:
+        recognizer, cfg = self.served.recognizer, self.ctx.cfg
+        # A new stream may build decoder state (an LM for a new weight pair): not on the event loop.
+        self.state = await self.ctx.run(recognizer.new_stream, self.opts.decode, self.endpoint)
+        try:
+            async for data in self._reading(audio):
+                throttled = await self._throttle()
+                if len(data) > cfg.max_chunk_bytes:
+                    raise ServiceError(Status.OUT_OF_RANGE, f"an audio message of {len(data)} bytes; "
+                                       f"at most {cfg.max_chunk_bytes} per message")
+                arrived = time.perf_counter()
+                if self.shadow is not None:
+                    self.kept.append(data)
+                before = self.seconds
+                chunks = await self.ctx.run(self._front_end, data)
+                seconds = self.seconds - before
+                self.clock.arrived(arrived, seconds)
+                if self.seconds > cfg.max_stream_audio_seconds:
+                    raise ServiceError(Status.OUT_OF_RANGE, "stream audio exceeds "
+                                       f"{cfg.max_stream_audio_seconds:g} s")
+                # Audio sent ahead of real time is not live: it fills what live streams leave.
+                progress = await self._advance(chunks, self.live and self.clock.live(arrived))
+                out = self._events(progress, last=False)
+                if (self.sc.interim_results and not progress.finals and progress.frames
+                        and (partial := recognizer.partial(self.state))[0].text):
+                    hyp, stability = partial
+                    out.append(InterimResult(hyp._replace(words=()), stability, recognizer.heard(self.state)))
+                done = time.perf_counter()
+                if self.live:
+                    self.clock.processed(done - arrived + throttled, seconds, done)
+                    self.ctx.admission.check_lag(id(self), self.clock)
+                self._observe(out, arrived, done)
+                for event in out:
+                    yield event
+                if progress.finals and self.sc.single_utterance:
+                    return
+            if self.pcm.samples_in == 0:  # no audio, or only empty messages: nothing was said, no results
+                self.pcm.finish()
+                return
+            half_closed = time.perf_counter()
+            progress = await self._advance(await self.ctx.run(self._front_end_last), self.live)
+            await self.ctx.run(recognizer.close, self.state, progress)
+            out = self._events(progress, last=True)
+            self._observe(out, half_closed, time.perf_counter())
+            for event in out:
+                yield event
+        finally:
+            if self.counted:
+                self.ctx.metrics.audio_seconds.inc(self.seconds)
+            if self.live:
+                self.ctx.admission.stream_ended(id(self))
+
+    async def _reading(self, audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The client's messages, the clock knowing when the stream waits for the next one."""
+        audio = aiter(audio)
+        while True:
+            self.clock.reading_since = time.perf_counter()
+            try:
+                data = await anext(audio)
+            except StopAsyncIteration:
+                return
+            finally:
+                self.clock.reading_since = None
+            yield data
+
+    async def _throttle(self) -> float:
+        """A live stream's flood of tiny messages is read no faster (gRPC's flow control holds the
+        rest): the seconds this message waited."""
+        if not self.live:
+            return 0.0
+        now = time.perf_counter()
+        throttled = max(0.0, self.next_read - now)
+        await asyncio.sleep(throttled)
+        self.next_read = max(now, self.next_read) + 1 / self.ctx.cfg.max_messages_per_second
+        return throttled
+
+    def _front_end(self, data: bytes) -> list[np.ndarray]:
+        """Bytes -> resampled samples -> feature chunks ready for the model (on the pool)."""
+        return self.served.recognizer.take_chunks(self.state, self.pcm.accept(data))
+
+    def _front_end_last(self) -> list[np.ndarray]:
+        recognizer = self.served.recognizer
+        chunks = recognizer.take_chunks(self.state, self.pcm.finish())
+        last = recognizer.take_last(self.state)
+        return chunks + ([last] if len(last) else [])
+
+    async def _advance(self, chunks: list[np.ndarray], live: bool) -> Progress:
+        """Model steps through the model's batcher, decoding on the worker pool, chunk after chunk."""
+        progress = Progress()
+        for chunk in chunks:  # the batcher decodes each batch's outputs (Recognizer.decode_many)
+            logprobs, state = await self.served.batcher.step(chunk, self.state.model_state, self.state.decode, live)
+            await self.ctx.run(self.served.recognizer.consume, self.state, logprobs, state, progress)
+        return progress
+
+    def _events(self, progress: Progress, last: bool) -> list[Event]:
+        out: list[Event] = []
+        opts = self.opts
+        for item in progress.events:
+            if item == SPEECH_BEGAN:
+                out.append(SpeechBegin())
+                continue
+            self.transcript.append(item.hypotheses[0].text)
+            ends_call = last or self.sc.single_utterance
+            score = self._score() if ends_call and opts.canary_reference else None
+            hypotheses = ([h._replace(text=format_numbers(h.text)) for h in item.hypotheses]  # words as spoken
+                          if opts.format_numbers else item.hypotheses)
+            out.append(FinalResult(hypotheses, item.reason, item.end, self.seconds if ends_call else None, score))
+            if item.reason != HALF_CLOSE:
+                out.append(SpeechEnd())
+            if self.sc.single_utterance:
+                out.append(EndOfSingleUtterance())
+                break
+        return out
+
+    def _score(self) -> asr_pb2.CanaryScore:
+        """A labelled canary's score, recorded for its set; a staged candidate gets its audio."""
+        score = canary.score(self.opts.canary_reference, " ".join(t for t in self.transcript if t),
+                             self.opts.canary_set)
+        self.served.canaries.record(score)
+        if self.shadow is not None:
+            self.shadow(ShadowJob(quiet_config(self.sc), self.kept, self.endpoint, score, self.opts.canary_reference))
+        return score
+
+    def _observe(self, out: list[Event], since: float, now: float) -> None:
+        """A live stream's latencies: to its first result, and of each partial and final."""
+        if not self.live:
+            return
+        metrics, traffic, name = self.ctx.metrics, self.opts.traffic, self.served.name
+        if any(isinstance(e, FinalResult) for e in out):
+            metrics.final_latency.labels(traffic, name).observe(now - since)
+        elif any(isinstance(e, InterimResult) for e in out):
+            metrics.partial_latency.labels(traffic, name).observe(now - since)
+        else:
+            return
+        if not self.sent_result:
+            metrics.first_result_latency.labels(traffic, name).observe(now - self.clock.first_audio_at)
+            self.sent_result = True
