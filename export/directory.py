@@ -5,13 +5,15 @@ Every exporter ends here: tokens.txt, model.json, the LM files, a README.
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from engine.decoder.beam_search import vocabulary_kind
 from engine.features import frontend, logmel_utterance, normalize_window, pad_to_multiple
-from engine.model.session import ModelSession, ModelSpec
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
 
 DECODER_DEFAULTS = {"beam_width": 25, "lm_weight": 0.5, "word_bonus": 1.0}
 
@@ -61,14 +63,14 @@ def buffered_parity(directory: Path, seconds: float = 8.0, seed: int = 0) -> dic
     for i in range(0, len(frames), spec.chunk_frames):
         out, state = session.step(frames[i:i + spec.chunk_frames], state)
         streamed.append(out)
-    delay = spec.buffered.right_frames // spec.subsampling_factor
+    delay = spec.scheme.right_frames // spec.subsampling_factor
     streamed = np.concatenate(streamed)[delay:]
     m = min(len(streamed), len(whole))
     diff = np.abs(streamed[:m] - whole[:m])
     ms = 1000 * spec.features.hop_length / spec.features.sample_rate
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
             "argmax_agreement": float((streamed[:m].argmax(1) == whole[:m].argmax(1)).mean()),
-            "added_latency_ms": (spec.chunk_frames + spec.buffered.right_frames) * ms}
+            "added_latency_ms": (spec.chunk_frames + spec.scheme.right_frames) * ms}
 
 
 def report_buffered(directory: Path) -> None:
@@ -76,3 +78,22 @@ def report_buffered(directory: Path) -> None:
     print(f"buffered streaming vs whole utterance (8 s, kept region): max |diff| = {r['max_abs_diff']:.2e}, "
           f"mean {r['mean_abs_diff']:.2e}, best token agrees on {100 * r['argmax_agreement']:.1f}% of frames "
           f"(not gated: the contexts decide); latency added: {r['added_latency_ms']:.0f} ms (chunk + right context)")
+
+
+def passes(report: dict[str, float], tolerance: float, label: str = "") -> bool:
+    """Prints each parity check against the tolerance; False when one exceeds it."""
+    for check, diff in report.items():
+        print(f"{label}parity {check}: max |diff| = {diff:.2e} ({'ok' if diff <= tolerance else 'FAIL'})")
+    if max(report.values()) > tolerance:
+        print(f"{label}parity check failed: tolerance {tolerance:g}", file=sys.stderr)
+        return False
+    return True
+
+
+def export_buffered(report: dict[str, float] | None, out: Path, tolerance: float) -> bool:
+    """A full-context model written: its parity gated, then what buffered streaming changes shown."""
+    print(f"wrote {out}")
+    if report and not passes(report, tolerance):
+        return False
+    report_buffered(out)
+    return True

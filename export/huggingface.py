@@ -2,7 +2,7 @@
 raw waveform in, one output per `prod(conv_stride)` samples, characters with `|` between words.
 
 Loaded with transformers from the local directory only (never the hub). The graph is the
-model plus a log-softmax; it is full-context, so it streams buffered (model_session.py).
+model plus a log-softmax; it is full-context, so it streams buffered (engine/model/schemes/buffered.py).
 The feature extractor's `do_normalize` becomes the front-end's per-window normalization.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.directory import buffered_meta, write_directory
+from export.directory import buffered_meta, export_buffered, write_directory
 from models.model import num_parameters
 
 OPSET = 17
@@ -115,3 +115,16 @@ def parity(out: Path, x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     single = sess.run(["logprobs"], {"input_values": x[1:]})[0]
     return {"onnx_vs_transformers": float(np.abs(ours - ref).max()),
             "batched_vs_single": float(np.abs(ours[1:] - single).max())}
+
+
+class HuggingFace:
+    quantizes = False
+
+    def matches(self, path: Path) -> bool:
+        return path.is_dir() and describe(path) is not None
+
+    def export(self, path: Path, a) -> bool:
+        print(f"found: {describe(path)}")
+        report = export(path, a.out, name=a.name, version=a.version, lm_dir=a.lm_dir, window_ms=a.window_ms,
+                        tolerance=a.tolerance)
+        return export_buffered(report, a.out, a.tolerance)

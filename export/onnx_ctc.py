@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.directory import buffered_meta, write_directory
-from engine.model.session import read_tokens
+from export.directory import buffered_meta, export_buffered, write_directory
+from engine.model.directory import read_tokens
 
 NEMO_FEATURES = {"kind": "nemo", "sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop_length": 160,
                  "fmin": 0.0, "fmax": 8000.0, "preemph": 0.97}
@@ -110,3 +110,15 @@ def export(path: Path, out: Path, *, tokens_path: Path | None, name: str | None,
           f"{len(tokens)} tokens from {tokens_path}")
     print("parity: the graph is served as it is (copied byte for byte); the streamed check follows")
     return {}
+
+
+class OnnxCtc:
+    quantizes = False
+
+    def matches(self, path: Path) -> bool:
+        return path.is_file() and path.suffix == ".onnx"
+
+    def export(self, path: Path, a) -> bool:
+        report = export(path, a.out, tokens_path=a.tokens, name=a.name, version=a.version, lm_dir=a.lm_dir,
+                        window_ms=a.window_ms)
+        return export_buffered(report, a.out, a.tolerance)

@@ -15,8 +15,9 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from export.directory import write_directory
 from models.corpus import read_audio, read_manifest, spread
 from models.model import num_parameters
-from engine.features import LogMel, logmel_utterance, pad_to_multiple
-from engine.model.session import ModelSession, ModelSpec
+from engine.features import frontend, logmel_utterance, pad_to_multiple
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
 
 # What both model families offer export (models.model.StreamingCTC, models.encoder_ctc.EncoderCTC):
 # subsampling, chunk_multiple, cfg.lookahead_frames, initial_state(batch), state_names(), describe(),
@@ -107,7 +108,7 @@ def calibration_feeds(directory: Path, manifest: Path, utterances: int) -> list[
     """Model inputs of real speech as the service feeds them: each utterance's features chunk
     by chunk, with the state the float32 graph in `directory` carries from chunk to chunk."""
     spec = ModelSpec.load(directory)
-    session, logmel = ModelSession(spec, "cpu"), LogMel(spec.features)
+    session, logmel = ModelSession(spec, "cpu"), frontend(spec.features)
     feeds = []
     for row in spread(read_manifest(manifest), utterances):
         audio = read_audio(row["audio"], spec.features.sample_rate)

@@ -21,8 +21,9 @@ import torch
 from models import architectures
 from models.model import TOKENS, num_parameters
 from models.train import load_config, train_step, typed_settings
-from engine.features import LogMel, StreamingFeatures
-from engine.model.session import ModelSession, ModelSpec
+from engine.features import StreamingFeatures, frontend
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
 
 UTTERANCE_FRAMES, CHARS_PER_SECOND = 500, 14
 
@@ -73,7 +74,7 @@ def main() -> None:
     chunk = spec.chunk_frames * spec.features.hop_length
     for _ in range(20):  # warm-up
         session.step(np.zeros((spec.chunk_frames, spec.features.width), np.float32), session.initial_state())
-    features, state, model_time = StreamingFeatures(LogMel(spec.features)), session.initial_state(), 0.0
+    features, state, model_time = StreamingFeatures(frontend(spec.features)), session.initial_state(), 0.0
     pending = np.zeros((0, spec.features.width), np.float32)
     started = time.perf_counter()
     for i in range(0, len(audio), chunk):

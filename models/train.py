@@ -44,7 +44,7 @@ from models import architectures
 from models.corpus import read_manifest, spread
 from models.model import TOKENS, encode_text, init_from, num_parameters
 from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecoderInputs
-from engine.features import FeatureConfig, LogMel, logmel_utterance, pad_to_multiple
+from engine.features import FeatureConfig, FrontEnd, frontend, logmel_utterance, pad_to_multiple
 
 SR = 16000
 
@@ -130,8 +130,8 @@ def augment_audio(audio: np.ndarray, aug: Augment, rng: np.random.Generator) -> 
 
 
 @functools.lru_cache(maxsize=64)
-def _logmel(features: FeatureConfig, warp: float) -> LogMel:
-    return LogMel(features, warp)
+def _logmel(features: FeatureConfig, warp: float) -> FrontEnd:
+    return frontend(features, warp)
 
 
 def _features(args: tuple[dict, Augment | None, int, FeatureConfig, int]) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.features import FeatureConfig, LogMel
+from engine.features import FeatureConfig, frontend
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
@@ -184,7 +184,7 @@ def load_encoder(name: str = "tiny.en") -> WhisperEncoder:
 def whisper_log_mel(audio: np.ndarray) -> np.ndarray:
     """Whisper's own log-mel of a clip padded to 30 s (its clip-maximum floor included), (80, 3000):
     the input its checkpoints were trained on, for the parity check only."""
-    logmel = LogMel(FeatureConfig.whisper())
+    logmel = frontend(FeatureConfig.whisper())
     padded = np.zeros(480000 + 400, np.float32)
     padded[200:200 + min(len(audio), 480000)] = audio[:480000]  # Whisper centres its frames
     power = logmel.power(padded)[:3000]

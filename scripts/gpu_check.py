@@ -13,7 +13,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from engine.model.session import ModelSession, ModelSpec
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
 
 
 def main() -> None:

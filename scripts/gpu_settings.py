@@ -17,7 +17,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from engine.model.session import CPU, CUDA, CUDA_OPTIONS, ModelSpec, session_options
+from engine.model.directory import ModelSpec
+from engine.model.session import CPU, CUDA, CUDA_OPTIONS, session_options
 
 
 def feeds(spec: ModelSpec, batch: int, rng: np.random.Generator) -> dict:

@@ -6,7 +6,7 @@ import sys
 
 from service.config import parse_args
 from service.lifecycle.registry import fix_mmap_threshold
-from engine.model.session import ModelDirectoryError
+from engine.model.directory import ModelDirectoryError
 from service.server import StartupError, serve
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from conftest import BUNDLED
 from engine.decoder.beam_search import PythonBeamSearch, SearchOptions, token_kinds
-from engine.model.session import MAX_BEAM_WIDTH
+from engine.model.directory import MAX_BEAM_WIDTH
 from engine.decoder.native import NativeBeamSearch
 
 LM, UNIGRAMS = BUNDLED / "lm.bin", (BUNDLED / "unigrams.txt").read_text().split()

@@ -14,7 +14,8 @@ from pyctcdecode.decoder import NULL_FRAMES, BeamSearchDecoderCTC
 from conftest import BUNDLED, ROOT, place
 from engine.decoder.beam_search import _merge_beams
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
-from engine.model.session import ModelSession, ModelSpec
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
 
 

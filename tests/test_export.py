@@ -11,7 +11,8 @@ import soundfile as sf
 from conftest import BUNDLED, ROOT, SAMPLES
 from models.model import StreamingCTC, init_from, load_checkpoint, save_checkpoint
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
-from engine.model.session import ModelSession, ModelSpec
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
 
 GRU_CKPT = ROOT / "models" / "previous" / "ctc-gru-default-0.7.1" / "checkpoint.pt"

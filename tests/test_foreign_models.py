@@ -17,7 +17,8 @@ from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import ROOT, SAMPLES
 from foreign_models import greedy_ids, icefall_onnx, nemo_bpe_onnx, wav2vec2_dir
 from engine.decoder.ctc import CtcDecoder
-from engine.model.session import ModelSession, ModelSpec
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
 
 import grpc
@@ -196,7 +197,7 @@ def test_both_hugging_face_layouts_export(tmp_path):
 def test_deployment_overrides_the_contexts_and_refuses_them_for_explicit_state(exported):
     directory = exported["nemo_bpe"][0]
     spec = ModelSpec.load(directory, (1000, 320, 160))
-    assert (spec.buffered.left_frames, spec.chunk_frames, spec.buffered.right_frames) == (100, 32, 16)
+    assert (spec.scheme.left_frames, spec.chunk_frames, spec.scheme.right_frames) == (100, 32, 16)
     assert spec.delay_frames == 4 and spec.tail_padding_ms == 320
     with pytest.raises(ValueError, match="multiples of 40 ms"):
         ModelSpec.load(directory, (None, 330, None))

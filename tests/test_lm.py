@@ -12,7 +12,8 @@ import soundfile as sf
 from conftest import BUNDLED, ROOT
 from prerequisites import requires
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
-from engine.model.session import ModelSession, ModelSpec
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
 
 # A held-out canary (a festival voice no model trained on) whose words the general LM rarely

@@ -4,7 +4,8 @@ changes no stream's outputs, and warm-up meets every padded shape before traffic
 import numpy as np
 
 from conftest import BUNDLED
-from engine.model.session import ModelSession, ModelSpec, batch_bucket
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession, batch_bucket
 
 
 def test_padded_batches_give_each_stream_the_outputs_of_an_unpadded_call():

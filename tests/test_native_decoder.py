@@ -21,7 +21,7 @@ from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecoderInputs
 from service.tools.decoder_benchmark import load_logprobs
 from service.tools.loadgen import free_port
-from engine.model.session import ModelSpec
+from engine.model.directory import ModelSpec
 
 CORPUS = Path(__file__).parent / "data" / "canary_logprobs.npz"
 LM = DecodeOptions(beam_width=32, lm_weight=0.8, word_bonus=2.0, alternatives=3)

@@ -14,8 +14,10 @@ from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from models import architectures
 from models.encoder_ctc import EncoderCTC, EncoderCTCConfig
 from models.whisper import load_encoder
-from engine.features import FeatureConfig, LogMel, StreamingFeatures, logmel_utterance, slaney_filterbank
-from engine.model.session import ModelSession, ModelSpec
+from engine.features import FeatureConfig, StreamingFeatures, frontend, logmel_utterance
+from engine.features.mel import slaney_filterbank
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
 
 import grpc
 
@@ -41,7 +43,7 @@ def test_filterbank_is_whispers():
 
 def test_whisper_features_stream_like_the_whole_signal_with_a_fixed_floor():
     cfg = FeatureConfig.whisper(whisper_floor=-7.0)
-    logmel = LogMel(cfg)
+    logmel = frontend(cfg)
     audio = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
     audio[4000:8000] = 0  # digital silence sits at the fixed floor, whatever the clip's loudest frame
     stream, parts = StreamingFeatures(logmel), []
@@ -93,7 +95,7 @@ def test_streaming_in_chunks_computes_the_whole_utterance(exported):
     spec = ModelSpec.load(exported[0])
     session = ModelSession(spec, "cpu")
     audio, _ = sf.read(SAMPLES / "what_time.wav", dtype="float32")
-    feats = logmel_utterance(LogMel(spec.features), audio)
+    feats = logmel_utterance(frontend(spec.features), audio)
     feats = feats[: len(feats) - len(feats) % 4]
     whole, _ = session.step(feats, session.initial_state())
     state, chunks = session.initial_state(), []

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.decoder.beam_search import BeamSearch, GreedySearch, PythonBeamSearch, Search, SearchOptions, Words
-from engine.model.session import ModelSpec
+from engine.model.directory import ModelSpec
 from engine.decoder.native import NATIVE_ERROR, NativeBeamSearch
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ from service.batcher import ModelBatcher
 from service.config import ServerConfig
 from engine.decoder.ctc import CtcDecoder
 from service.metrics import Metrics
-from engine.model.session import CPU, ModelDirectoryError, ModelSession, ModelSpec
+from engine.model.directory import ModelDirectoryError, ModelSpec
+from engine.model.session import CPU, ModelSession
 from service.lifecycle.promotion import EXPIRED, PROMOTED, REPLACED, STOPPED, Decision, Evaluation
 from engine.recognizer import Recognizer
 from service.errors import ServiceError, Status

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ctc_asr.v1 import asr_pb2
 from service.session.audio import RAW_WIDTH, AudioError, Encoding, check_rate
 from engine.decoder.ctc import DecodeOptions
-from engine.model.session import MAX_BEAM_WIDTH, MAX_LM_WEIGHT, MAX_WORD_BONUS, ModelSpec
+from engine.model.directory import MAX_BEAM_WIDTH, MAX_LM_WEIGHT, MAX_WORD_BONUS, ModelSpec
 from engine.text import normalize
 
 MAX_ALTERNATIVES = 10

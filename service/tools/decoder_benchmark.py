@@ -30,7 +30,8 @@ import numpy as np
 from models.corpus import read_audio, read_manifest, spread
 from service.config import BUNDLED_MODEL
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
-from engine.model.session import MAX_BEAM_WIDTH, ModelSession, ModelSpec
+from engine.model.directory import MAX_BEAM_WIDTH, ModelSpec
+from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
 
 WALL_SECONDS = 2.0  # each thread-scaling run decodes at least this long
