@@ -10,6 +10,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md /src/
 COPY ctc_asr /src/ctc_asr
+COPY engine /src/engine
 COPY service /src/service
 COPY models/__init__.py /src/models/__init__.py
 COPY export/__init__.py /src/export/__init__.py

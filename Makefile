@@ -1,11 +1,12 @@
 # The two commands of a fresh set-up; each installs what it needs into .venv.
 #   make serve   start the gRPC service on the bundled model (port 50051, metrics on 8000)
 #   make test    run the test suite
+#   make lint    ruff over the code (pyproject.toml's [tool.ruff])
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test proto
+.PHONY: serve test lint proto
 
 $(VENV)/.serve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ test: $(VENV)/.dev
 	$(PY) tests/prerequisites.py
 	$(PY) -m engine.decoder.native.build
 	$(PY) -m pytest
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
 
 proto: $(VENV)/.dev
 	PATH=$(VENV)/bin:$$PATH scripts/gen_proto.sh

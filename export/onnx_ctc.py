@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.directory import buffered_meta, export_buffered, write_directory
 from engine.model.directory import read_tokens
+from export.directory import buffered_meta, export_buffered, write_directory
 
 NEMO_FEATURES = {"kind": "nemo", "sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop_length": 160,
                  "fmin": 0.0, "fmax": 8000.0, "preemph": 0.97}
@@ -43,7 +43,7 @@ def convention(path: Path) -> tuple[str, onnx.ModelProto]:
                                  "ONNX exports with their own caches are not supported; export the offline (full-"
                                  "context) CTC model, which the service streams buffered")
             return name, model
-    expected = "; ".join(f"{n}: inputs {s} and {l}, output {o}" for n, (s, l, o, _) in CONVENTIONS.items())
+    expected = "; ".join(f"{n}: inputs {s} and {length}, output {o}" for n, (s, length, o, _) in CONVENTIONS.items())
     raise ValueError(f"{path}: inputs {inputs} and outputs {outputs} follow no CTC convention known here ({expected})")
 
 

@@ -12,12 +12,12 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from export.directory import write_directory
-from models.corpus import read_audio, read_manifest, spread
-from models.model import num_parameters
 from engine.features import frontend, logmel_utterance, pad_to_multiple
+from engine.manifest import read_audio, read_manifest, spread
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession
+from export.directory import write_directory
+from models.model import num_parameters
 
 # What both model families offer export (models.model.StreamingCTC, models.encoder_ctc.EncoderCTC):
 # subsampling, chunk_multiple, cfg.lookahead_frames, initial_state(batch), state_names(), describe(),
@@ -149,6 +149,7 @@ def quantize_int8(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
                     calibrate_method=CalibrationMethod.Percentile)
     model = onnx.load(str(onnx_path))
     props = {p.key: p.value for p in original.metadata_props}
-    onnx.helper.set_model_props(model, {**props, "quantization": f"int8 static (MatMul), {len(feeds)} calibration steps"})
+    quantization = f"int8 static (MatMul), {len(feeds)} calibration steps"
+    onnx.helper.set_model_props(model, {**props, "quantization": quantization})
     onnx.save(model, str(onnx_path))
     fp32.unlink()

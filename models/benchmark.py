@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import architectures
-from models.model import TOKENS, num_parameters
-from models.train import load_config, train_step, typed_settings
 from engine.features import StreamingFeatures, frontend
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession
+from models import architectures
+from models.model import TOKENS, num_parameters
+from models.train import load_config, train_step, typed_settings
 
 UTTERANCE_FRAMES, CHARS_PER_SECOND = 500, 14
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from models.corpus import read_manifest
+from engine.manifest import read_manifest
 
 
 def main() -> None:

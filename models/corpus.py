@@ -54,6 +54,7 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from engine import manifest
 from models import kokoro, piper, sentences
 
 SAMPLE_RATE = 16000
@@ -249,32 +250,6 @@ def fsdd_rows(fsdd: Path, held_out_takes: int) -> tuple[list[dict], list[dict]]:
     return train, valid
 
 
-def read_manifest(path: str | Path) -> list[dict]:
-    """Manifest rows with `audio` resolved: relative paths are relative to the manifest's folder."""
-    path = Path(path)
-    return [{**r, "audio": str(path.parent / r["audio"])} for r in _raw_rows(path)]
-
-
-def spread(rows: list[dict], limit: int | None) -> list[dict]:
-    """`limit` rows evenly spaced over the manifest (all of them without a limit): a manifest
-    ordered by speaker or word still gives every part its share."""
-    if limit is None or limit >= len(rows):
-        return rows
-    return [rows[i * len(rows) // limit] for i in range(limit)]
-
-
-def read_audio(path: str | Path, rate: int) -> np.ndarray:
-    """A clip as mono float32 samples at `rate`."""
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    return soxr.resample(audio, sr, rate) if sr != rate else audio
-
-
-def _raw_rows(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def write_manifest(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")  # a rerun keeps existing manifests: never leave half of one
     with open(tmp, "w") as f:
@@ -321,7 +296,7 @@ def build(out: Path, train_utterances: int, valid_utterances: int, espeak_varian
         splits["train_kokoro_far"] = kokoro_jobs(
             out, "train_kokoro_far", sentences.mixed(kokoro_far_utterances, seed + 6, False, english, english_share),
             kokoro_speakers, random.Random(seed + 6), 0, KOKORO_FAR_REACH)
-    kept = {name: _raw_rows(out / f"{name}.jsonl") for name in [*splits, "train_kokoro"]
+    kept = {name: manifest.rows(out / f"{name}.jsonl") for name in [*splits, "train_kokoro"]
             if (out / f"{name}.jsonl").exists()}
     splits = {name: jobs for name, jobs in splits.items() if name not in kept}
     start = len(kept.get("train_kokoro", []))

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.features import FeatureConfig, frontend
 from models.model import TOKENS
 from models.whisper import WhisperEncoder, load_encoder
-from engine.features import FeatureConfig, frontend
 
 SUBSAMPLING = 4  # Whisper's conv stride 2, then two encoder frames stacked per output frame
 

@@ -28,13 +28,13 @@ import time
 import jiwer
 from tqdm import tqdm
 
-from models import sentences
-from models.corpus import read_audio, read_manifest, spread
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
+from engine.manifest import read_audio, read_manifest, spread
 from engine.model.directory import MAX_BEAM_WIDTH, ModelSpec
 from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
 from engine.text import normalize
+from models import sentences
 
 
 def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, DecodeOptions], desc: str):
@@ -59,6 +59,7 @@ class WhisperAnchor:
 
     def __init__(self) -> None:
         from faster_whisper import WhisperModel
+
         from models.whisper import source_files
         self._model = WhisperModel(str(source_files("tiny.en")[0].parent), device="cpu", compute_type="int8",
                                    cpu_threads=2)

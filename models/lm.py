@@ -32,9 +32,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from models import sentences
 from engine.decoder.native.build import kenlm_source
 from engine.text import normalize
+from models import sentences
+
 
 def kenlm_tools() -> Path:
     """The directory holding lmplz and build_binary, compiling them if needed."""

@@ -40,11 +40,11 @@ from parselmouth import PraatWarning, Sound
 from parselmouth.praat import call
 from tqdm import tqdm
 
-from models import architectures
-from models.corpus import read_manifest, spread
-from models.model import TOKENS, encode_text, init_from, num_parameters
 from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecoderInputs
 from engine.features import FeatureConfig, FrontEnd, frontend, logmel_utterance, pad_to_multiple
+from engine.manifest import read_manifest, spread
+from models import architectures
+from models.model import TOKENS, encode_text, init_from, num_parameters
 
 SR = 16000
 

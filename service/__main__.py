@@ -4,9 +4,9 @@ import asyncio
 import logging
 import sys
 
+from engine.model.directory import ModelDirectoryError
 from service.config import parse_args
 from service.lifecycle.registry import fix_mmap_threshold
-from engine.model.directory import ModelDirectoryError
 from service.server import StartupError, serve
 
 

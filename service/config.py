@@ -2,15 +2,18 @@
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 
 from engine.decoder.ctc import ENGINES
 from engine.endpointing import EndpointConfig
 
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
+# Package data of the `models` package (pyproject.toml), so that an installed server finds it too.
+BUNDLED_MODEL = Path(str(resources.files("models"))) / "pretrained" / "default"
 
 
+DEFAULT_ENDPOINT = EndpointConfig()  # the endpoint flags' defaults are its own
 ModelArg = tuple[str, Path]  # (name, directory); "" names a model by its own model.json name
 
 
@@ -30,60 +33,124 @@ def model_args(value: "str | Path | tuple") -> tuple[ModelArg, ...]:
     return tuple(out)
 
 
+def flag(default, help: str, positive: bool = False):
+    """A server option: its default, its --help text beside it, and whether it must be above 0."""
+    return field(default=default, metadata={"help": help, "positive": positive})
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    model: tuple[ModelArg, ...] = (("", BUNDLED_MODEL),)
-    host: str = "0.0.0.0"
-    port: int = 50051
-    metrics_host: str | None = None
-    metrics_port: int = 8000
-    http_port: int = 8080
-    provider: str = "auto"
-    decoder: str = "auto"
-    intra_op_threads: int = 2
-    workers: int = 2
-    max_unary_audio_seconds: float = 60.0
-    max_stream_audio_seconds: float = 300.0
-    max_message_bytes: int = 10 * 1024 * 1024
-    grace_seconds: float = 10.0
-    max_connection_age_seconds: float = 300.0
-    max_connection_age_grace_seconds: float = 300.0
-    max_concurrent_streams: int = 64
-    max_concurrent_recognize: int = 4
-    max_streams_per_client: int = 16
-    max_recognize_per_client: int = 2
-    max_stream_lag_seconds: float = 3.0
-    shed_stream_lag_seconds: float = 1.0
-    max_model_busy_ratio: float = 0.85
-    max_batch: int = 32
-    max_canary_sets: int = 10
-    canary_sets: str | None = None
-    self_check_max_wer: float = 0.5
-    promotion_min_canaries: int = 20
-    promotion_max_wer_increase: float = 0.01
-    promotion_timeout_seconds: float = 3600.0
-    max_batch_wait_ms: float = 0.0
-    max_chunk_bytes: int = 1024 * 1024
-    max_messages_per_second: float = 200.0
-    stream_idle_timeout_seconds: float = 30.0
-    max_connections: int = 1000
-    read_timeout_seconds: float = 15.0
-    http_body_timeout_seconds: float = 60.0
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    auth_tokens_file: Path | None = None
-    admin_without_auth: bool = False
-    metrics_tls: bool = False
-    endpointing: bool = True
-    endpoint_silence_after_speech_seconds: float = 1.2
-    endpoint_silence_no_speech_seconds: float = 2.4
-    endpoint_max_utterance_seconds: float = 20.0
-    endpoint_blank_threshold: float = 0.8
-    left_context_ms: int | None = None
-    chunk_ms: int | None = None
-    right_context_ms: int | None = None
-
+    model: tuple[ModelArg, ...] = flag((("", BUNDLED_MODEL),), help=(
+        "[NAME=]DIR: a model directory written by `python -m export`; repeat to serve several, the first the default "
+        "(NAME: what requests ask for; default: the model's own name; default: the bundled model)"))
+    host: str = flag("0.0.0.0", help="gRPC listen address")
+    port: int = flag(50051, help="gRPC port (0: any free port)")
+    metrics_host: str | None = flag(None, help=(
+        "address of the /metrics HTTP server (default: 127.0.0.1 when the API has --tls-cert or --auth-tokens-file, "
+        "else 0.0.0.0; 0.0.0.0 to let Prometheus scrape another host's)"))
+    metrics_port: int = flag(8000, help="port of the /metrics HTTP server")
+    http_port: int = flag(8080, help=(
+        "HTTP port (on --host): OpenAI-compatible /v1/audio/transcriptions, WebSocket /v1/stream, the browser page at"
+        " /, /healthz and /readyz (0: any free port)"))
+    provider: str = flag("auto", help=(
+        "ONNX Runtime execution provider: auto (CUDA when it loads, else CPU), cuda or cpu"))
+    decoder: str = flag("auto", help=(
+        "beam search engine: auto (native where built, else python), native (compiled; fail if not built) or python "
+        "(the reference)"))
+    intra_op_threads: int = flag(2, positive=True, help="ONNX Runtime threads per model call")
+    workers: int = flag(2, positive=True, help=(
+        "threads for unary requests and stream bookkeeping; the native beam search decodes a model batch's streams "
+        "this many at a time"))
+    max_unary_audio_seconds: float = flag(60.0, positive=True, help=(
+        "longest audio Recognize accepts (OUT_OF_RANGE past it)"))
+    max_stream_audio_seconds: float = flag(300.0, positive=True, help=(
+        "longest audio one StreamingRecognize call accepts (OUT_OF_RANGE past it)"))
+    max_message_bytes: int = flag(10 * 1024 * 1024, positive=True, help=(
+        "largest gRPC message accepted (RESOURCE_EXHAUSTED past it)"))
+    grace_seconds: float = flag(10.0, help="on SIGTERM, how long in-flight calls may take to finish")
+    max_connection_age_seconds: float = flag(300.0, positive=True, help=(
+        "gRPC connections are asked to go away (GOAWAY) after this long, so that clients re-resolve and spread over "
+        "replicas"))
+    max_connection_age_grace_seconds: float = flag(300.0, positive=True, help=(
+        "calls still open on an aged connection get this long to finish (streams run up to "
+        "--max-stream-audio-seconds)"))
+    max_concurrent_streams: int = flag(64, positive=True, help=(
+        "StreamingRecognize calls served at once (RESOURCE_EXHAUSTED past it)"))
+    max_concurrent_recognize: int = flag(4, positive=True, help=(
+        "whole-file calls (Recognize, HTTP transcriptions) served at once (RESOURCE_EXHAUSTED past it)"))
+    max_streams_per_client: int = flag(16, positive=True, help=(
+        "streams one client (bearer token, else address) may hold at once (RESOURCE_EXHAUSTED past it)"))
+    max_recognize_per_client: int = flag(2, positive=True, help=(
+        "whole-file calls one client (bearer token, else address) may have at once (RESOURCE_EXHAUSTED past it)"))
+    max_stream_lag_seconds: float = flag(3.0, positive=True, help=(
+        "a live stream this far behind real time is ended with RESOURCE_EXHAUSTED (the server lost capacity, or the "
+        "stream's messages are too small to read in real time)"))
+    shed_stream_lag_seconds: float = flag(1.0, positive=True, help=(
+        "load shedding: while a live stream is this far behind real time because of the server (not its own pace), "
+        "new streams and whole-file calls get RESOURCE_EXHAUSTED (until none is half of it behind)"))
+    max_model_busy_ratio: float = flag(0.85, help=(
+        "load shedding: while the model (with its batch decoding) runs more than this share of the last 2 s for live "
+        "streams, new streams and whole-file calls get RESOURCE_EXHAUSTED (1: never)"))
+    max_batch: int = flag(32, positive=True, help="most stream chunks run in one model call")
+    max_canary_sets: int = flag(10, positive=True, help=(
+        "distinct canary set labels in metrics, 'default' and 'other' included; further sets are counted as 'other'"))
+    canary_sets: str | None = flag(None, help=(
+        "comma-separated canary set names that get metric labels of their own (others count as 'other'); empty: the "
+        "first sets callers send, up to --max-canary-sets"))
+    self_check_max_wer: float = flag(0.5, help=(
+        "a reloaded model directory is served only if its canaries/ decode within this WER (on top of loading and a "
+        "warm-up)"))
+    promotion_min_canaries: int = flag(20, positive=True, help=(
+        "a staged candidate is decided once every canary set seen has sent this many canaries"))
+    promotion_max_wer_increase: float = flag(0.01, help=(
+        "a staged candidate is promoted when, on every set, its WER on the same canaries is at most this much above "
+        "the serving model's (0.01: one point)"))
+    promotion_timeout_seconds: float = flag(3600.0, positive=True, help=(
+        "a staged candidate without enough canaries by then is dropped (result expired)"))
+    max_batch_wait_ms: float = flag(0.0, help=(
+        "how long a ready chunk may wait for others to batch with (0: take what is queued)"))
+    max_chunk_bytes: int = flag(1024 * 1024, positive=True, help=(
+        "largest audio_content in one streaming message (OUT_OF_RANGE past it)"))
+    max_messages_per_second: float = flag(200.0, positive=True, help=(
+        "a stream's messages are read at most this often (faster senders are slowed by flow control, not refused)"))
+    stream_idle_timeout_seconds: float = flag(30.0, positive=True, help=(
+        "a stream that sends nothing for this long ends with OUT_OF_RANGE"))
+    max_connections: int = flag(1000, positive=True, help=(
+        "open connections at once on each of the gRPC and HTTP ports (past it a new one is refused; HTTP answers 503 "
+        "first)"))
+    read_timeout_seconds: float = flag(15.0, positive=True, help=(
+        "a connection that has not finished its handshake (gRPC), or is idle or still sending a request's headers "
+        "(HTTP), for this long is closed"))
+    http_body_timeout_seconds: float = flag(60.0, positive=True, help=(
+        "a transcription request's body must arrive within this long (408 past it)"))
+    tls_cert: Path | None = flag(None, help="PEM certificate chain: serve TLS (with --tls-key)")
+    tls_key: Path | None = flag(None, help="PEM private key of --tls-cert")
+    tls_client_ca: Path | None = flag(None, help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    auth_tokens_file: Path | None = flag(None, help=(
+        "file of bearer tokens, one per line: calls need `authorization: Bearer <token>`"))
+    admin_without_auth: bool = flag(False, help=(
+        "serve the Admin service (ReloadModel) with neither --auth-tokens-file nor --tls-client-ca (only on a trusted"
+        " network; by default it is closed then)"))
+    metrics_tls: bool = flag(False, help=(
+        "serve /metrics over TLS with --tls-cert and --tls-key (and, with --tls-client-ca, only to clients with a "
+        "certificate it signed)"))
+    endpointing: bool = flag(DEFAULT_ENDPOINT.enabled, help=(
+        "streams: end utterances (final results) at silences; false: finals only at --endpoint-max-utterance-seconds "
+        "and at half-close"))
+    endpoint_silence_after_speech_seconds: float = flag(DEFAULT_ENDPOINT.silence_after_speech_s, help=(
+        "trailing silence after speech that ends an utterance"))
+    endpoint_silence_no_speech_seconds: float = flag(DEFAULT_ENDPOINT.silence_no_speech_s, help=(
+        "silence with nothing decoded after which the utterance is dropped"))
+    endpoint_max_utterance_seconds: float = flag(DEFAULT_ENDPOINT.max_utterance_s, help=(
+        "longest utterance before a final is forced"))
+    endpoint_blank_threshold: float = flag(DEFAULT_ENDPOINT.blank_threshold, help=(
+        "a frame is silence when the CTC blank probability exceeds this"))
+    left_context_ms: int | None = flag(None, help=(
+        "buffered (full-context) models: past audio each model call sees (default: model.json's)"))
+    chunk_ms: int | None = flag(None, help=(
+        "buffered models: new audio per model call, whose outputs are kept (default: model.json's)"))
+    right_context_ms: int | None = flag(None, help=(
+        "buffered models: future audio each call sees; results lag by it (default: model.json's)"))
     @property
     def window_ms(self) -> tuple[int | None, int | None, int | None]:
         """A buffered model's (left context, chunk, right context) overrides."""
@@ -120,14 +187,9 @@ class ServerConfig:
         for name in ("port", "metrics_port", "http_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
-        for name in ("intra_op_threads", "workers", "max_unary_audio_seconds", "max_stream_audio_seconds",
-                     "max_message_bytes", "max_connection_age_seconds", "max_connection_age_grace_seconds", "max_concurrent_streams", "max_concurrent_recognize", "max_streams_per_client",
-                     "max_recognize_per_client", "max_stream_lag_seconds", "shed_stream_lag_seconds", "max_batch", "max_canary_sets", "promotion_min_canaries",
-                     "promotion_timeout_seconds", "max_chunk_bytes", "max_messages_per_second",
-                     "stream_idle_timeout_seconds", "max_connections", "read_timeout_seconds",
-                     "http_body_timeout_seconds"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        for f in fields(self):
+            if f.metadata["positive"] and getattr(self, f.name) <= 0:
+                raise ValueError(f"--{f.name.replace('_', '-')} must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
@@ -140,7 +202,8 @@ class ServerConfig:
                 raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
         for name, value in zip(("left_context_ms", "chunk_ms", "right_context_ms"), self.window_ms):
             if value is not None and value < (1 if name == "chunk_ms" else 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be {'positive' if name == 'chunk_ms' else 'at least 0'}")
+                least = "positive" if name == "chunk_ms" else "at least 0"
+                raise ValueError(f"--{name.replace('_', '-')} must be {least}")
         if not 0 < self.max_model_busy_ratio <= 1:
             raise ValueError("--max-model-busy-ratio must be above 0 and at most 1")
         if len(self.pinned_canary_sets) > self.max_canary_sets - 2:
@@ -155,86 +218,6 @@ class ServerConfig:
         if self.max_batch_wait_ms < 0:
             raise ValueError("--max-batch-wait-ms must not be negative")
 
-
-HELP = {
-    "model": "[NAME=]DIR: a model directory written by `python -m export`; repeat to serve several, the first "
-             "the default (NAME: what requests ask for; default: the model's own name; default: the bundled model)",
-    "host": "gRPC listen address",
-    "port": "gRPC port (0: any free port)",
-    "metrics_host": "address of the /metrics HTTP server (default: 127.0.0.1 when the API has --tls-cert or "
-                    "--auth-tokens-file, else 0.0.0.0; 0.0.0.0 to let Prometheus scrape another host's)",
-    "metrics_port": "port of the /metrics HTTP server",
-    "http_port": "HTTP port (on --host): OpenAI-compatible /v1/audio/transcriptions, WebSocket /v1/stream, "
-                 "the browser page at /, /healthz and /readyz (0: any free port)",
-    "provider": "ONNX Runtime execution provider: auto (CUDA when it loads, else CPU), cuda or cpu",
-    "decoder": "beam search engine: auto (native where built, else python), native (compiled; fail if not "
-               "built) or python (the reference)",
-    "intra_op_threads": "ONNX Runtime threads per model call",
-    "workers": "threads for unary requests and stream bookkeeping; the native beam search decodes a model "
-               "batch's streams this many at a time",
-    "max_unary_audio_seconds": "longest audio Recognize accepts (OUT_OF_RANGE past it)",
-    "max_stream_audio_seconds": "longest audio one StreamingRecognize call accepts (OUT_OF_RANGE past it)",
-    "max_message_bytes": "largest gRPC message accepted (RESOURCE_EXHAUSTED past it)",
-    "grace_seconds": "on SIGTERM, how long in-flight calls may take to finish",
-    "max_connection_age_seconds": "gRPC connections are asked to go away (GOAWAY) after this long, so that clients "
-                                  "re-resolve and spread over replicas",
-    "max_connection_age_grace_seconds": "calls still open on an aged connection get this long to finish (streams "
-                                        "run up to --max-stream-audio-seconds)",
-    "max_concurrent_streams": "StreamingRecognize calls served at once (RESOURCE_EXHAUSTED past it)",
-    "max_concurrent_recognize": "whole-file calls (Recognize, HTTP transcriptions) served at once "
-                                "(RESOURCE_EXHAUSTED past it)",
-    "max_streams_per_client": "streams one client (bearer token, else address) may hold at once "
-                              "(RESOURCE_EXHAUSTED past it)",
-    "max_recognize_per_client": "whole-file calls one client (bearer token, else address) may have at once "
-                                "(RESOURCE_EXHAUSTED past it)",
-    "max_stream_lag_seconds": "a live stream this far behind real time is ended with RESOURCE_EXHAUSTED (the "
-                              "server lost capacity, or the stream's messages are too small to read in real time)",
-    "shed_stream_lag_seconds": "load shedding: while a live stream is this far behind real time because of the "
-                               "server (not its own pace), new streams and whole-file calls get RESOURCE_EXHAUSTED "
-                               "(until none is half of it behind)",
-    "max_model_busy_ratio": "load shedding: while the model (with its batch decoding) runs more than this share of "
-                            "the last 2 s for live streams, new streams and whole-file calls get RESOURCE_EXHAUSTED "
-                            "(1: never)",
-    "max_batch": "most stream chunks run in one model call",
-    "max_canary_sets": "distinct canary set labels in metrics, 'default' and 'other' included; further sets are "
-                       "counted as 'other'",
-    "canary_sets": "comma-separated canary set names that get metric labels of their own (others count as "
-                   "'other'); empty: the first sets callers send, up to --max-canary-sets",
-    "self_check_max_wer": "a reloaded model directory is served only if its canaries/ decode within this WER "
-                          "(on top of loading and a warm-up)",
-    "promotion_min_canaries": "a staged candidate is decided once every canary set seen has sent this many "
-                              "canaries",
-    "promotion_max_wer_increase": "a staged candidate is promoted when, on every set, its WER on the same canaries "
-                                  "is at most this much above the serving model's (0.01: one point)",
-    "promotion_timeout_seconds": "a staged candidate without enough canaries by then is dropped (result expired)",
-    "max_batch_wait_ms": "how long a ready chunk may wait for others to batch with (0: take what is queued)",
-    "max_chunk_bytes": "largest audio_content in one streaming message (OUT_OF_RANGE past it)",
-    "max_messages_per_second": "a stream's messages are read at most this often (faster senders are slowed by "
-                               "flow control, not refused)",
-    "stream_idle_timeout_seconds": "a stream that sends nothing for this long ends with OUT_OF_RANGE",
-    "max_connections": "open connections at once on each of the gRPC and HTTP ports (past it a new one is "
-                       "refused; HTTP answers 503 first)",
-    "read_timeout_seconds": "a connection that has not finished its handshake (gRPC), or is idle or still sending "
-                            "a request's headers (HTTP), for this long is closed",
-    "http_body_timeout_seconds": "a transcription request's body must arrive within this long (408 past it)",
-    "tls_cert": "PEM certificate chain: serve TLS (with --tls-key)",
-    "tls_key": "PEM private key of --tls-cert",
-    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
-    "auth_tokens_file": "file of bearer tokens, one per line: calls need `authorization: Bearer <token>`",
-    "metrics_tls": "serve /metrics over TLS with --tls-cert and --tls-key (and, with --tls-client-ca, only to "
-                   "clients with a certificate it signed)",
-    "admin_without_auth": "serve the Admin service (ReloadModel) with neither --auth-tokens-file nor "
-                          "--tls-client-ca (only on a trusted network; by default it is closed then)",
-    "endpointing": "streams: end utterances (final results) at silences; false: finals only at "
-                   "--endpoint-max-utterance-seconds and at half-close",
-    "endpoint_silence_after_speech_seconds": "trailing silence after speech that ends an utterance",
-    "endpoint_silence_no_speech_seconds": "silence with nothing decoded after which the utterance is dropped",
-    "endpoint_max_utterance_seconds": "longest utterance before a final is forced",
-    "endpoint_blank_threshold": "a frame is silence when the CTC blank probability exceeds this",
-    "left_context_ms": "buffered (full-context) models: past audio each model call sees (default: model.json's)",
-    "chunk_ms": "buffered models: new audio per model call, whose outputs are kept (default: model.json's)",
-    "right_context_ms": "buffered models: future audio each call sees; results lag by it (default: model.json's)",
-}
 
 
 REPEATED = ("model",)  # flags that may be given more than once
@@ -267,7 +250,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         repeated = f.name in REPEATED
         p.add_argument(f"--{f.name.replace('_', '-')}", default=None if repeated else os.environ.get(env, f.default),
                        action="append" if repeated else "store", metavar="BOOL" if f.type is bool else None,
-                       help=f"{HELP[f.name]} [env {env}" + ("]" if repeated else "; default %(default)s]"))
+                       help=f"{f.metadata['help']} [env {env}" + ("]" if repeated else "; default %(default)s]"))
     args = vars(p.parse_args(argv))
     values = {}
     for f in fields(ServerConfig):

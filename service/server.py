@@ -15,12 +15,12 @@ from prometheus_client import start_http_server
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.config import ServerConfig
-from service.metrics import Metrics
 from service.lifecycle.registry import Reloader, announce, load_model
+from service.metrics import Metrics
+from service.session.speech import Speech
+from service.transports.grpc_api import AdminServicer, SpeechServicer
 from service.transports.http_api import HttpApi
 from service.transports.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
-from service.transports.grpc_api import AdminServicer, SpeechServicer
-from service.session.speech import Speech
 
 log = logging.getLogger(__name__)
 SLACK = 1024 * 1024
@@ -104,7 +104,8 @@ async def start(cfg: ServerConfig) -> RunningServer:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, ADMIN_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
     address = f"{cfg.host}:{cfg.port}"
     try:
         if cfg.tls_cert:

@@ -38,7 +38,8 @@ class ServerThread:
 # Load shedding off (a loaded CI machine must not shed tests whose subject is not load; the
 # shedding tests set their own thresholds); every test is one client on loopback, so per-client
 # limits are off too (their tests set them), and the Admin service is open without tokens.
-TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, http_port=0, provider="cpu",
+TEST_CONFIG = ServerConfig(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, http_port=0,
+                           provider="cpu",
                            max_unary_audio_seconds=20.0, max_stream_audio_seconds=30.0,
                            max_model_busy_ratio=1.0, max_stream_lag_seconds=3600.0, shed_stream_lag_seconds=3600.0,
                            max_streams_per_client=10_000, max_recognize_per_client=10_000, admin_without_auth=True)

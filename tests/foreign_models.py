@@ -26,8 +26,13 @@ def wav2vec2_dir(out: Path, layout: str = "processor") -> Path:
     """`layout`: "processor" as the installed transformers saves a processor (transformers 5:
     processor_config.json holds the feature extractor's settings), or "preprocessor" as
     transformers 4 did (preprocessor_config.json beside the tokenizer's files)."""
-    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
-                              Wav2Vec2Processor)
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
     out.mkdir(parents=True, exist_ok=True)
     vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", "|", *LETTERS])}
     (out / "vocab.json").write_text(json.dumps(vocab))

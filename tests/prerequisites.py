@@ -55,7 +55,8 @@ def install_command(names: list[str]) -> str:
 
 
 def requires(*names: str) -> pytest.MarkDecorator:
-    """Skips a test (or a module, as `pytestmark`) where a prerequisite is missing, saying which and how to install it."""
+    """Skips a test (or a module, as `pytestmark`) where a prerequisite is missing, saying which and how to
+    install it."""
     absent = missing(*names)
     return pytest.mark.skipif(bool(absent), reason=f"needs {', '.join(absent)} ({install_command(absent)})"
                               if absent else "")

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-
-from ctc_asr.v1 import asr_pb2
 from conftest import SAMPLES
 from prerequisites import requires
 from test_recognize import CLIPS, recognize, stream
+
+from ctc_asr.v1 import asr_pb2
 from service.session.audio import AudioError, decode_file
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding

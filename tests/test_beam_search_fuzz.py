@@ -11,12 +11,13 @@ import string
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
-
 from conftest import BUNDLED
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
 from engine.decoder.beam_search import PythonBeamSearch, SearchOptions, token_kinds
-from engine.model.directory import MAX_BEAM_WIDTH
 from engine.decoder.native import NativeBeamSearch
+from engine.model.directory import MAX_BEAM_WIDTH
 
 LM, UNIGRAMS = BUNDLED / "lm.bin", (BUNDLED / "unigrams.txt").read_text().split()
 LETTERS = string.ascii_lowercase + "'"
@@ -120,7 +121,7 @@ def test_the_native_engine_survives_any_input_and_agrees_with_the_reference(case
     ours = run(native, case)
     _, texts = token_kinds(case["vocab"])
     pieces = {t for t in texts if t}
-    for text, confidence, stability in ours[:-1]:
+    for _text, confidence, stability in ours[:-1]:
         assert 0.0 <= confidence <= 1.0 + 1e-9 and 0.0 <= stability <= 1.0 + 1e-9
     best = ours[-1]
     assert 1 <= len(best) <= 3 and all(math.isfinite(score) for _, score in best)

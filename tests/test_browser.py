@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import soundfile as sf
-
 from prerequisites import requires
 from test_recognize import heard
 from test_streaming import pcm
@@ -41,7 +40,8 @@ def test_page_streams_the_microphone_and_shows_finals_with_confidences(running, 
             finals = driver.execute_script(
                 "return [...document.querySelectorAll('#finals .final')].map(p => p.dataset.transcript)")
             time.sleep(0.1)
-        confidences = driver.execute_script("return [...document.querySelectorAll('#finals rt')].map(r => r.textContent)")
+        confidences = driver.execute_script(
+            "return [...document.querySelectorAll('#finals rt')].map(r => r.textContent)")
         overflow = driver.execute_script(
             "const f = document.getElementById('finals'); return [f.scrollWidth, f.clientWidth]")
         if os.environ.get("ASR_ARTIFACTS"):  # a screenshot for a person to look at, never committed

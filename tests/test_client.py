@@ -8,7 +8,6 @@ import jiwer
 import pytest
 import soundfile as sf
 import soxr
-
 from conftest import ROOT, SAMPLES
 from test_recognize import CLIPS, heard
 

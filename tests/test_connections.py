@@ -8,11 +8,11 @@ import sys
 import time
 
 import grpc
+from conftest import ROOT
+from test_metrics import scrape, value
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from conftest import ROOT
 from service.tools.loadgen import free_port
-from test_metrics import scrape, value
 
 
 def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import soundfile as sf
+from conftest import BUNDLED, ROOT, place
 from pyctcdecode.alphabet import Alphabet
 from pyctcdecode.decoder import NULL_FRAMES, BeamSearchDecoderCTC
 
-from conftest import BUNDLED, ROOT, place
 from engine.decoder.beam_search import _merge_beams
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
 from engine.model.directory import ModelSpec
@@ -44,7 +44,8 @@ def test_beam_scores_are_pyctcdecodes():
         theirs = BeamSearchDecoderCTC(Alphabet.build_alphabet(labels), search.lm)._get_lm_beams(
             beams, search.hotwords, lm_cache, {})
         assert [b[:-1] for b in ours] == [b[:-1] for b in theirs]
-        assert [b[-1] for b in ours] == pytest.approx([b[-1] for b in theirs], rel=1e-12, abs=0)  # summed in another order
+        # summed in another order
+        assert [b[-1] for b in ours] == pytest.approx([b[-1] for b in theirs], rel=1e-12, abs=0)
         in_progress = ours[len(search.beams):len(search.beams) + len(parts)]
         assert len({b[-1] for b in in_progress}) >= 3  # penalties and bonuses were compared, not only zeros
 

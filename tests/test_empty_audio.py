@@ -1,4 +1,4 @@
-"""Zero-length audio on every path gets its documented answer (README, "Errors"): a request
+"""Zero-length audio on every path gets its documented answer (docs/api.md, "Errors"): a request
 that asks for a transcript of nothing (no bytes, or a file's header with no samples) is
 INVALID_ARGUMENT / HTTP 400 naming why; a stream that carries no samples ends normally with
 no results, as Google's does."""
@@ -14,10 +14,10 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-
-from ctc_asr.v1 import asr_pb2
 from test_errors import assert_still_serving, audio, recognize_raw, streaming_config
 from test_http import STREAM_CONFIG, openai_client, ws_stream
+
+from ctc_asr.v1 import asr_pb2
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 

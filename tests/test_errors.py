@@ -3,10 +3,10 @@
 import grpc
 import numpy as np
 import pytest
-
-from ctc_asr.v1 import asr_pb2
 from conftest import SAMPLES
 from test_recognize import heard, recognize
+
+from ctc_asr.v1 import asr_pb2
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -7,13 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import BUNDLED, ROOT, SAMPLES
-from models.model import StreamingCTC, init_from, load_checkpoint, save_checkpoint
+
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
+from models.model import StreamingCTC, init_from, load_checkpoint, save_checkpoint
 
 GRU_CKPT = ROOT / "models" / "previous" / "ctc-gru-default-0.7.1" / "checkpoint.pt"
 
@@ -48,7 +48,7 @@ def exported(tmp_path_factory):
 def test_parity_is_printed_and_within_tolerance(exported):
     _, stdout = exported
     for check in ("onnx_vs_pytorch", "chunked_vs_whole", "batched_vs_single"):
-        line = next(l for l in stdout.splitlines() if l.startswith(f"parity {check}"))
+        line = next(out for out in stdout.splitlines() if out.startswith(f"parity {check}"))
         assert line.endswith("(ok)")
         assert float(line.split("= ")[1].split()[0]) <= 1e-3
 

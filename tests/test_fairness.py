@@ -5,10 +5,10 @@ partial latency within 300 ms, on a server with the default admission rules, in 
 import asyncio
 
 import pytest
+from test_metrics import scrape, value
 
 from service.tools.abuse import abuses, measure, start_with_default_rules
 from service.tools.loadgen import free_port
-from test_metrics import scrape, value
 
 ATTACKS = ["a stream of 2-byte messages, as fast as it goes", "a stream of 100 KB (3.2 s) messages, as fast as it goes",
            "50 stalled streams (config and 100 ms, then nothing)"]

@@ -10,18 +10,17 @@ import shutil
 import subprocess
 import sys
 
+import grpc
 import pytest
 import soundfile as sf
-
-from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import ROOT, SAMPLES
 from foreign_models import greedy_ids, icefall_onnx, nemo_bpe_onnx, wav2vec2_dir
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from engine.decoder.ctc import CtcDecoder
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
-
-import grpc
 
 BUNDLED = ROOT / "models" / "pretrained" / "default"  # its word LM serves any English vocabulary
 KINDS = ("wav2vec2", "nemo_bpe", "icefall")
@@ -61,8 +60,9 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def servers(exported):
-    from conftest import TEST_CONFIG, ServerThread
     from dataclasses import replace
+
+    from conftest import TEST_CONFIG, ServerThread
     started = {kind: ServerThread(replace(TEST_CONFIG, model=directory, endpointing=False))
                for kind, (directory, _, _) in exported.items()}
     yield {kind: s.running for kind, s in started.items()}
@@ -153,8 +153,9 @@ def test_every_exported_directory_is_served_by_both_engines_with_and_without_an_
     """Word pieces with the blank last (NeMo), first (icefall), characters with `|` (wav2vec2) and
     the bundled model, each with its LM and without one, in one server per engine: both
     engines answer every model, unary and streamed, with the same transcripts."""
-    from conftest import TEST_CONFIG, ServerThread
     from dataclasses import replace
+
+    from conftest import TEST_CONFIG, ServerThread
     models = [(kind, directory) for kind, (directory, _, _) in exported.items()] + [("bundled", BUNDLED)]
     models += [(f"{kind}_nolm", without_lm(directory, tmp_path / f"{kind}_nolm")) for kind, directory in models]
     audio, rate = sf.read(SAMPLES / "what_time.wav", dtype="int16")
@@ -224,6 +225,7 @@ def test_service_refuses_a_model_directory_it_cannot_serve_in_one_line(tmp_path,
     for args, message in ((["--model", str(BUNDLED), "--chunk-ms", "300"], "apply to buffered models only"),
                           (["--model", str(exported["icefall"][0]), "--chunk-ms", "330"], "multiples of 40 ms"),
                           (["--model", str(tmp_path)], "no model.onnx")):
-        run = subprocess.run([sys.executable, "-m", "service", "--port", "0", "--metrics-port", "0", "--http-port", "0", *args],
+        run = subprocess.run([sys.executable, "-m", "service", "--port", "0", "--metrics-port", "0", "--http-port", "0",
+                              *args],
                              capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.session.audio import AudioError, AudioFormat, Encoding, PcmStream, decode_unary
 from engine.features import FeatureConfig, StreamingFeatures, frontend, logmel_utterance, normalize_window
 from engine.features.mel import slaney_filterbank
+from service.session.audio import AudioError, AudioFormat, Encoding, PcmStream, decode_unary
 
 LOGMEL = frontend(FeatureConfig())
 SIGNAL = np.random.default_rng(0).normal(0, 0.1, 16000 + 123).astype(np.float32)

@@ -17,14 +17,14 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import BUNDLED, ROOT, SAMPLES, TEST_CONFIG, ServerThread
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from conftest import BUNDLED, ROOT, SAMPLES, TEST_CONFIG, ServerThread
 from test_metrics import scrape, value
 from test_recognize import heard
 from test_streaming import pcm
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 Event = asr_pb2.StreamingRecognizeResponse.SpeechEventType
@@ -206,7 +206,7 @@ class FaultySession:
 
 def test_a_failing_model_call_fails_only_its_batch(make_server, caplog):
     srv = make_server()
-    session = srv.running.speech.default.recognizer.session
+    session = srv.running.speech.models.default.recognizer.session
     session.session = FaultySession(session.session, fail=1)
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
@@ -222,7 +222,7 @@ def test_a_dead_batcher_fails_waiting_streams_instead_of_hanging(make_server):
     srv = make_server()
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
-        srv.call(srv.running.speech.default.batcher.stop())
+        srv.call(srv.running.speech.models.default.batcher.stop())
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
             stream_responses(stub, [pcm("what_time.wav")], timeout=20)
@@ -234,7 +234,7 @@ def test_a_stream_the_server_cannot_keep_in_real_time_sheds_new_calls_then_is_en
     once a stream is --shed-stream-lag-seconds behind, and the stream itself is ended at
     --max-stream-lag-seconds instead of falling further behind; its lag leaves the gauge at once."""
     srv = make_server(shed_stream_lag_seconds=0.3, max_stream_lag_seconds=1.5)
-    session = srv.running.speech.default.recognizer.session
+    session = srv.running.speech.models.default.recognizer.session
     slow = session.session = FaultySession(session.session, delay=0.6)
     audio = pcm("what_time.wav", 2.0)
     ended = {}
@@ -278,7 +278,7 @@ def test_capacity_lost_after_admission_ends_the_newest_streams_and_the_others_ke
     srv = make_server()  # no shedding, --max-stream-lag-seconds 3600: relief acts at half of 6 s
     srv.running.speech.cfg = replace(srv.running.speech.cfg, max_stream_lag_seconds=6.0)
     srv.running.speech.admission.cfg = srv.running.speech.cfg
-    session = srv.running.speech.default.recognizer.session
+    session = srv.running.speech.models.default.recognizer.session
     slow = session.session = FaultySession(session.session)
     audio = pcm("what_time.wav", 4.0) * 2
     outcomes: dict[int, object] = {}
@@ -342,7 +342,7 @@ def test_a_stream_of_tiny_messages_is_ended_for_its_own_pace_and_sheds_no_one(ma
 
 def test_a_model_busy_near_capacity_sheds_before_streams_fall_behind(make_server):
     srv = make_server(max_model_busy_ratio=0.2)
-    session = srv.running.speech.default.recognizer.session
+    session = srv.running.speech.models.default.recognizer.session
     session.session = FaultySession(session.session, delay=0.3)
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
@@ -360,7 +360,8 @@ def test_an_empty_environment_variable_is_a_clear_error():
     run = subprocess.run([sys.executable, "-m", "service"], capture_output=True, text=True, cwd=ROOT, timeout=60,
                          env={"PATH": "/usr/bin:/bin", "CTC_ASR_WORKERS": ""})
     assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert run.stderr.strip().splitlines()[-1].endswith("--workers (or CTC_ASR_WORKERS): expected a whole number, not ''")
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.endswith("--workers (or CTC_ASR_WORKERS): expected a whole number, not ''")
 
 
 def _truncate(path):

@@ -16,12 +16,12 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-
 from conftest import SAMPLES
 from test_metrics import scrape, value
-from engine.text import format_numbers
 from test_recognize import heard
 from test_streaming import pcm
+
+from engine.text import format_numbers
 
 TWO_UTTERANCES = ("what_time.wav", 2.0, "phone.flac")
 
@@ -236,7 +236,8 @@ def test_readiness_follows_draining(make_server):
 
 MALFORMED = {
     "wrong boundary": ("multipart/form-data; boundary=abc",
-                       b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\r\n--xyz--\r\n'),
+                       b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+                       b'RIFF\r\n--xyz--\r\n'),
     "no boundary": ("multipart/form-data", b"--xyz\r\n\r\n"),
     "truncated": ("multipart/form-data; boundary=abc",
                   b'--abc\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'),

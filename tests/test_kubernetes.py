@@ -13,9 +13,9 @@ from pathlib import Path
 
 import kubernetes_validate
 import yaml
-
 from conftest import ROOT
 from prerequisites import requires
+
 from service.config import ServerConfig, _convert
 from service.metrics import Metrics
 

@@ -8,12 +8,12 @@ import time
 
 import grpc
 import pytest
+from conftest import ROOT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_streaming import finals, pcm
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.tools.loadgen import free_port
-from conftest import ROOT
-from test_streaming import finals, pcm
 
 CONFIG = asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
     config=asr_pb2.RecognitionConfig(encoding=asr_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=16000)))

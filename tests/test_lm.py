@@ -8,9 +8,9 @@ import sys
 import jiwer
 import pytest
 import soundfile as sf
-
 from conftest import BUNDLED, ROOT
 from prerequisites import requires
+
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession

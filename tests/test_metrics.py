@@ -4,11 +4,11 @@ import urllib.request
 
 import grpc
 import pytest
+from conftest import SAMPLES
 from prometheus_client.parser import text_string_to_metric_families
+from test_recognize import pcm16, stream
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from conftest import SAMPLES
-from test_recognize import pcm16, stream
 
 
 def scrape(port: int) -> dict:

@@ -2,8 +2,8 @@
 changes no stream's outputs, and warm-up meets every padded shape before traffic does."""
 
 import numpy as np
-
 from conftest import BUNDLED
+
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession, batch_bucket
 

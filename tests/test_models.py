@@ -7,14 +7,14 @@ import sys
 import grpc
 import openai
 import pytest
-
-from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import BUNDLED, ROOT, SAMPLES
 from test_decoder import model_directory
 from test_http import openai_client
 from test_metrics import scrape, value
 from test_recognize import CLIPS, heard
 from test_streaming import pcm
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 
 WAV = (SAMPLES / "what_time.wav").read_bytes()
 

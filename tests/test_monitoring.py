@@ -10,13 +10,13 @@ import urllib.request
 import grpc
 import jiwer
 import pytest
-
-from ctc_asr.v1 import asr_pb2_grpc
-from service.tools.loadgen import free_port
 from conftest import ROOT, SAMPLES
 from prerequisites import requires
-from service.tools.prober import probe
+
+from ctc_asr.v1 import asr_pb2_grpc
 from engine.text import normalize
+from service.tools.loadgen import free_port
+from service.tools.prober import probe
 
 DEPLOY = ROOT / "deploy"
 needs_prometheus = requires("promtool")

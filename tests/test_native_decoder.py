@@ -6,29 +6,30 @@ canaries (speech this project synthesized), written by
 """
 
 import math
-from dataclasses import replace
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-
 from conftest import BUNDLED, ROOT
+
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecoderInputs
+from engine.model.directory import ModelSpec
 from service.tools.decoder_benchmark import load_logprobs
 from service.tools.loadgen import free_port
-from engine.model.directory import ModelSpec
 
 CORPUS = Path(__file__).parent / "data" / "canary_logprobs.npz"
 LM = DecodeOptions(beam_width=32, lm_weight=0.8, word_bonus=2.0, alternatives=3)
 OPTIONS = {
     "lm": LM,
     "wide": DecodeOptions(**{**LM.__dict__, "beam_width": 128, "alternatives": 1}),
-    "hotwords": DecodeOptions(**{**LM.__dict__, "hotwords": ("twelve fifteen", "sister", "paris"), "hotword_weight": 4.0}),
+    "hotwords": DecodeOptions(**{**LM.__dict__, "hotwords": ("twelve fifteen", "sister", "paris"),
+                                 "hotword_weight": 4.0}),
     "hotwords, no LM": DecodeOptions(**{**LM.__dict__, "use_lm": False, "hotwords": ("sister",)}),
     "other weights": DecodeOptions(**{**LM.__dict__, "lm_weight": 1.6, "word_bonus": -1.0, "beam_width": 8}),
 }
@@ -108,8 +109,9 @@ def test_the_native_decoder_is_the_default_and_reported(stub):
 
 def test_without_the_compiled_library_the_server_says_so_and_decodes_with_python(tmp_path):
     """A machine where `python -m engine.decoder.native.build` could not run: a copy of the code without it."""
-    for package in ("service", "ctc_asr"):
-        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("_beam_search*", "__pycache__"))
+    for package in ("engine", "service", "ctc_asr"):
+        shutil.copytree(ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("_beam_search*", "__pycache__"))
     base = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1",
             "--metrics-port", "0", "--http-port", "0", "--provider", "cpu", "--model", str(BUNDLED)]
     refused = subprocess.run(base + ["--port", "0", "--decoder", "native"], cwd=tmp_path, capture_output=True,

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from conftest import BUNDLED, SAMPLES
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ctc_asr.v1 import asr_pb2
-from conftest import BUNDLED, SAMPLES
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 CLIPS = {"what_time.wav": "what time is it in paris",

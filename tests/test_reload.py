@@ -15,15 +15,15 @@ from dataclasses import replace
 
 import grpc
 import pytest
-
-from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import BUNDLED, ROOT, SAMPLES, TEST_CONFIG, ServerThread, place
-from service.tools.loadgen import free_port, rss_mb, start_server
 from test_decoder import model_directory
 from test_lifecycle import wait_for
 from test_metrics import scrape, value
 from test_recognize import heard
 from test_streaming import pcm
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service.tools.loadgen import free_port, rss_mb, start_server
 
 WAV = (SAMPLES / "what_time.wav").read_bytes()
 FILES = ("model.onnx", "model.json", "tokens.txt", "lm.bin", "unigrams.txt", "canaries")
@@ -329,7 +329,7 @@ def test_memory_returns_to_its_level_over_reloads():
     """A `python -m service` process reloaded again and again holds steady: after the first reloads
     (the self-check's first decodes, the canaries' audio) its RSS stops growing. With glibc's
     moving mmap threshold it grew 3-6 MB a reload without end; with it fixed (fix_mmap_threshold)
-    it stayed within 3 MB over 13 reloads (README, "Reloading a model")."""
+    it stayed within 3 MB over 13 reloads (docs/api.md, "Reloading a model")."""
     server, target = start_server(["--provider", "cpu", "--model", str(BUNDLED)])
     try:
         with grpc.insecure_channel(target) as channel:

@@ -7,12 +7,12 @@ import time
 
 import grpc
 import pytest
-
-from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import ROOT, SAMPLES
 from test_metrics import scrape, value
 from test_recognize import heard
 from test_streaming import pcm
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 
 
 def recognized(srv) -> float:

@@ -9,14 +9,14 @@ import urllib.request
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from conftest import SAMPLES
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prerequisites import requires
 from test_hostile import FaultySession
 from test_metrics import scrape, value
 from test_recognize import heard
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 
 AUDIO = (SAMPLES / "what_time.wav").read_bytes()
 
@@ -124,7 +124,8 @@ def test_metrics_follow_the_apis_protection(make_server, pki, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("s3cret\n")
     assert make_server(metrics_host=None).running._metrics_http.server_address[0] == "0.0.0.0"
-    assert make_server(metrics_host=None, auth_tokens_file=tokens).running._metrics_http.server_address[0] == "127.0.0.1"
+    running = make_server(metrics_host=None, auth_tokens_file=tokens).running
+    assert running._metrics_http.server_address[0] == "127.0.0.1"
     srv = make_server(metrics_host=None, tls_cert=pki / "server.pem", tls_key=pki / "server.key", metrics_tls=True)
     assert srv.running._metrics_http.server_address[0] == "127.0.0.1"
     trusted = ssl.create_default_context(cafile=pki / "ca.pem")
@@ -198,7 +199,7 @@ def test_per_client_limits_hold_one_client_and_not_the_others(make_server, tmp_p
         for t in threads:
             t.join(30)
 
-        session = srv.running.speech.default.recognizer.session
+        session = srv.running.speech.models.default.recognizer.session
         session.session = FaultySession(session.session, delay=0.3)  # a whole-file call stays open a while
         first = stub.Recognize.future(asr_pb2.RecognizeRequest(audio_content=AUDIO), timeout=60, metadata=a)
         while admission.unary < 1 and time.monotonic() < deadline + 20:

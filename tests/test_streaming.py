@@ -11,12 +11,12 @@ import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import SAMPLES, TEST_CONFIG, ServerThread
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_recognize import CLIPS, heard, recognize
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from conftest import SAMPLES, TEST_CONFIG, ServerThread
-from test_recognize import CLIPS, heard, recognize
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 Event = asr_pb2.StreamingRecognizeResponse.SpeechEventType
@@ -82,7 +82,8 @@ def test_silence_ends_an_utterance(stub):
     events = [r.speech_event_type for r in responses if r.speech_event_type]
     assert events == [Event.SPEECH_ACTIVITY_BEGIN, Event.SPEECH_ACTIVITY_END, Event.SPEECH_ACTIVITY_BEGIN]
     second_start = results[1].alternatives[0].words[0].start_time.ToTimedelta().total_seconds()
-    assert second_start >= sf.info(SAMPLES / "what_time.wav").duration + 2.0 - 0.2  # offsets count from the stream start
+    # offsets count from the stream's start
+    assert second_start >= sf.info(SAMPLES / "what_time.wav").duration + 2.0 - 0.2
     assert results[0].result_end_time.ToTimedelta() < results[1].result_end_time.ToTimedelta()
 
 

@@ -12,14 +12,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import BUNDLED, ROOT
 from prerequisites import requires
+
 from models import sentences
 from models.corpus import KOKORO_FAR_REACH, kokoro_jobs
 from models.model import TOKENS, ModelConfig, StreamingCTC, init_from, save_checkpoint
-from models.train import (SR, Augment, _convert_voice, cached_features, load_config, read_rows, train_step,
-                          typed_settings)
+from models.train import (
+    SR,
+    Augment,
+    _convert_voice,
+    cached_features,
+    load_config,
+    read_rows,
+    train_step,
+    typed_settings,
+)
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 needs_synthesis = requires("synthesis", "fortunes")

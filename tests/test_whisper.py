@@ -4,22 +4,21 @@ encoder-CTC model exported and served like the GRU model, with no special case."
 import subprocess
 import sys
 
+import grpc
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import BUNDLED, ROOT, SAMPLES
+
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from models import architectures
-from models.encoder_ctc import EncoderCTC, EncoderCTCConfig
-from models.whisper import load_encoder
 from engine.features import FeatureConfig, StreamingFeatures, frontend, logmel_utterance
 from engine.features.mel import slaney_filterbank
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession
-
-import grpc
+from models import architectures
+from models.encoder_ctc import EncoderCTC, EncoderCTCConfig
+from models.whisper import load_encoder
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +74,12 @@ def test_export_finds_the_family_and_checks_parity_in_float32_and_int8(exported)
     _, stdout = exported
     assert "found: a whisper_ctc checkpoint" in stdout
     for check in ("onnx_vs_pytorch", "chunked_vs_whole", "batched_vs_single"):
-        line = next(l for l in stdout.splitlines() if l.startswith(f"parity {check}"))
+        line = next(out for out in stdout.splitlines() if out.startswith(f"parity {check}"))
         assert line.endswith("(ok)"), line
     assert "int8: model.onnx" in stdout and "calibrated on" in stdout
     # static int8: a stream's outputs do not depend on the streams batched beside it
     for check in ("chunked_vs_whole", "batched_vs_single"):
-        line = next(l for l in stdout.splitlines() if l.startswith(f"int8 parity {check}"))
+        line = next(out for out in stdout.splitlines() if out.startswith(f"int8 parity {check}"))
         assert line.endswith("(ok)"), line
 
 

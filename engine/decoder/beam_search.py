@@ -252,7 +252,8 @@ class PythonBeamSearch:
     advance_many = staticmethod(advance_each)
 
     def start(self, opts: SearchOptions) -> "PythonSearch":
-        return PythonSearch(self, opts, self._lm(opts.lm_weight, opts.word_bonus) if opts.use_lm and self._kenlm else None)
+        lm = self._lm(opts.lm_weight, opts.word_bonus) if opts.use_lm and self._kenlm else None
+        return PythonSearch(self, opts, lm)
 
 
 class PythonSearch(_PythonSearch):

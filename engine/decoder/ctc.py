@@ -15,8 +15,8 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.decoder.beam_search import BeamSearch, GreedySearch, PythonBeamSearch, Search, SearchOptions, Words
-from engine.model.directory import ModelSpec
 from engine.decoder.native import NATIVE_ERROR, NativeBeamSearch
+from engine.model.directory import ModelSpec
 
 log = logging.getLogger(__name__)
 ENGINES = ("auto", "native", "python")
@@ -155,5 +155,6 @@ class CtcDecoder:
         if not words:
             return Hypothesis("", 0.0, (), score)
         step, o = self.spec.frame_seconds, state.offset
-        timed = tuple(Word(w, max(0.0, (o + s) * step), max(0.0, (o + max(e, s + 1)) * step), c) for w, s, e, c in words)
+        timed = tuple(Word(w, max(0.0, (o + s) * step), max(0.0, (o + max(e, s + 1)) * step), c)
+                      for w, s, e, c in words)
         return Hypothesis(" ".join(w for w, *_ in words), sum(c for *_, c in words) / len(words), timed, score)

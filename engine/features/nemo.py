@@ -15,7 +15,8 @@ class Nemo(MelFrontEnd):
         self.lead_in = cfg.win_length // 2
         self.stream_preemph = cfg.preemph
 
-    def window(self, cfg: FeatureConfig) -> np.ndarray:  # torch.hann_window(periodic=False); centring in n_fft leaves the power as is
+    def window(self, cfg: FeatureConfig) -> np.ndarray:
+        # torch.hann_window(periodic=False); centring it in n_fft leaves the power as it is
         return np.hanning(cfg.win_length).astype(np.float32)
 
     def filterbank(self, cfg: FeatureConfig, warp: float) -> np.ndarray:

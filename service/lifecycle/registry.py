@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,17 +23,18 @@ import numpy as np
 import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2
-from service.session import canary
-from service.batcher import ModelBatcher
-from service.config import ServerConfig
+from engine import manifest
 from engine.decoder.ctc import CtcDecoder
-from service.metrics import Metrics
 from engine.model.directory import ModelDirectoryError, ModelSpec
 from engine.model.session import CPU, ModelSession
-from service.lifecycle.promotion import EXPIRED, PROMOTED, REPLACED, STOPPED, Decision, Evaluation
 from engine.recognizer import Recognizer
+from service.batcher import ModelBatcher
+from service.config import ServerConfig
 from service.errors import ServiceError, Status
+from service.lifecycle.promotion import EXPIRED, PROMOTED, REPLACED, STOPPED, Decision, Evaluation
 from service.lifecycle.served import ServedModel
+from service.metrics import Metrics
+from service.session import canary
 from service.session.speech import Speech
 from service.session.stream import ShadowJob, float32_config, replay, seconds_of
 
@@ -116,28 +116,12 @@ class SelfCheckFailed(Exception):
 
 
 def _canaries(directory: Path) -> list[tuple[Path, str, str]]:
-    """canaries/manifest.jsonl's rows (audio, reference, set); SelfCheckFailed naming the line of one
+    """canaries/manifest.jsonl's clips (audio, reference, set); SelfCheckFailed naming the line of one
     that is not a canary, or whose audio is not a file inside canaries/ (no contents quoted)."""
-    folder = directory / "canaries"
-    rows = []
-    for number, line in enumerate((folder / "manifest.jsonl").read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"canaries/manifest.jsonl line {number}"
-        try:
-            row = json.loads(line)
-            audio, text, set_name = row["audio"], row["text"], row.get("set", "")
-        except (ValueError, KeyError, TypeError):
-            raise SelfCheckFailed(f"{where}: not a JSON object with \"audio\" and \"text\"") from None
-        if not all(isinstance(v, str) for v in (audio, text, set_name)):
-            raise SelfCheckFailed(f"{where}: \"audio\", \"text\" and \"set\" must be strings")
-        path = folder / audio
-        if Path(audio).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
-            raise SelfCheckFailed(f"{where}: the audio must be a file inside canaries/")
-        if not path.is_file():
-            raise SelfCheckFailed(f"{where}: canaries/{audio} is not a file")
-        rows.append((path, text, set_name))
-    return rows
+    try:
+        return manifest.checked_clips(directory / "canaries" / "manifest.jsonl")
+    except manifest.ManifestError as e:
+        raise SelfCheckFailed(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -264,7 +248,8 @@ class Reloader:
             log.info("model %s: %s staged as a candidate (%s); it needs %d canaries per set within %.0f s",
                      serving.name, path, checked, self.cfg.promotion_min_canaries, self.cfg.promotion_timeout_seconds)
         decision = await asyncio.shield(candidate.decided)
-        return ReloadOutcome(decision.result, decision.message, self.speech.models.get(serving.name), decision.sets, wer)
+        return ReloadOutcome(decision.result, decision.message, self.speech.models.get(serving.name), decision.sets,
+                             wer)
 
     def _show(self, name: str, evaluation: Evaluation) -> None:
         """A new evaluation's numbers replace the last one's (kept until then, to show its decision)."""

@@ -12,8 +12,8 @@ from collections import defaultdict, deque
 import jiwer
 
 from ctc_asr.v1 import asr_pb2
-from service.metrics import Metrics
 from engine.text import normalize
+from service.metrics import Metrics
 
 DEFAULT_SET = "default"
 OTHER_SETS = "other"

@@ -8,10 +8,10 @@ import math
 from dataclasses import dataclass
 
 from ctc_asr.v1 import asr_pb2
-from service.session.audio import RAW_WIDTH, AudioError, Encoding, check_rate
 from engine.decoder.ctc import DecodeOptions
 from engine.model.directory import MAX_BEAM_WIDTH, MAX_LM_WEIGHT, MAX_WORD_BONUS, ModelSpec
 from engine.text import normalize
+from service.session.audio import RAW_WIDTH, AudioError, Encoding, check_rate
 
 MAX_ALTERNATIVES = 10
 MAX_HOTWORDS = 100  # phrases, over all speech_contexts

@@ -24,8 +24,7 @@ from service.metrics import Metrics
 from service.session import canary
 from service.session.admission import Admission, StreamClock
 from service.session.audio import STREAM_ENCODINGS, AudioError, Encoding, PcmStream, raw_format
-from service.session.events import (EndOfSingleUtterance, Event, FinalResult, InterimResult, SpeechBegin,
-                                    SpeechEnd)
+from service.session.events import EndOfSingleUtterance, Event, FinalResult, InterimResult, SpeechBegin, SpeechEnd
 from service.session.options import recognition_options
 
 

@@ -33,8 +33,8 @@ import grpc
 import numpy as np
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.tools.benchmark import run_streams
 from service.config import ServerConfig
+from service.tools.benchmark import run_streams
 from service.tools.loadgen import RATE, cpu_seconds, rss_mb, start_server, test_audio
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding

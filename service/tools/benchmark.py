@@ -219,9 +219,10 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
                 neighbour.cancel()
                 await asyncio.gather(neighbour, return_exceptions=True)
             cpu = f"{(cpu_seconds(pid) - cpu0) / max(r['audio_s'], 1e-9):.3f}" if pid else "-"
+            codes = " (" + ", ".join(f"{c} {k}" for k, c in r["codes"].items()) + ")" if r["errors"] else ""
             print(f"| {label} | {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
-                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['refused']} | {r['ended']} | {r['errors']}{' (' + ', '.join(f'{c} {k}' for k, c in r['codes'].items()) + ')' if r['errors'] else ''} |",
-                  flush=True)
+                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['refused']} | {r['ended']} "
+                  f"| {r['errors']}{codes} |", flush=True)
             if not r["errors"] and len(r["partial"]) and np.percentile(r["partial"], 95) * 1000 <= a.held_ms:
                 held[label] = max(held[label], n - r["refused"])
         unary[label] = await unary_throughput(target, a.unary_requests, 4)

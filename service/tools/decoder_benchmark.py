@@ -27,12 +27,12 @@ import time
 
 import numpy as np
 
-from models.corpus import read_audio, read_manifest, spread
-from service.config import BUNDLED_MODEL
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
+from engine.manifest import read_audio, read_manifest, spread
 from engine.model.directory import MAX_BEAM_WIDTH, ModelSpec
 from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
+from service.config import BUNDLED_MODEL
 
 WALL_SECONDS = 2.0  # each thread-scaling run decodes at least this long
 BATCH = 32  # streams decoded together, as the server's default --max-batch

@@ -1,7 +1,6 @@
 """Pieces shared by the load commands (benchmark, soak): a local server, test
 audio, and the server process's CPU, memory and open files from /proc."""
 
-import json
 import os
 import socket
 import subprocess
@@ -10,8 +9,9 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import soxr
 import soundfile as sf
+
+from engine.manifest import read_audio, read_manifest
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 RATE = 16000
@@ -42,10 +42,8 @@ def read_clips(manifest: Path, limit: int) -> list[np.ndarray]:
     """The first `limit` clips of a JSONL manifest (one {"audio": path} a line, a relative path from the
     manifest's folder, as the recipe writes them), 16 kHz mono int16."""
     clips = []
-    for line in [line for line in manifest.read_text().splitlines() if line.strip()][:limit]:
-        audio, rate = sf.read(manifest.parent / json.loads(line)["audio"], dtype="float32", always_2d=True)
-        mono = soxr.resample(audio.mean(axis=1), rate, RATE) if rate != RATE else audio.mean(axis=1)
-        clips.append((np.clip(mono, -1, 1) * 32767).astype(np.int16))
+    for row in read_manifest(manifest)[:limit]:
+        clips.append((np.clip(read_audio(row["audio"], RATE), -1, 1) * 32767).astype(np.int16))
     if not clips:
         raise ValueError(f"{manifest}: no clips")
     return clips

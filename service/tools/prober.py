@@ -18,7 +18,6 @@ both models' WER per set, and exits 0 if the candidate was promoted, 1 if not.
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import grpc
 import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from engine.manifest import read_manifest
 from service.client import add_connection_args, call_metadata, open_channel, stream_requests
 from service.config import BUNDLED_MODEL
 
@@ -36,11 +36,9 @@ Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 def load_set(directory: Path) -> list[dict]:
     """The clips, their sets taken in turn, so that every set is heard from the start of a round
     (a staged candidate is decided once each set heard has enough canaries)."""
-    with open(directory / "manifest.jsonl") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
     by_set: dict[str, list[dict]] = {}
-    for r in rows:
-        by_set.setdefault(r.get("set", ""), []).append({**r, "audio": directory / r["audio"]})
+    for r in read_manifest(directory / "manifest.jsonl"):
+        by_set.setdefault(r.get("set", ""), []).append({**r, "audio": Path(r["audio"])})
     turns = itertools.zip_longest(*by_set.values())
     return [clip for turn in turns for clip in turn if clip is not None]
 

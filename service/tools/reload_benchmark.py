@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.tools.benchmark import pct, run_streams
 from service.config import BUNDLED_MODEL
+from service.tools.benchmark import pct, run_streams
 from service.tools.loadgen import rss_mb, start_server
 
 CHUNK_S, DELAY_S = 0.32, 0.16  # the bundled model's chunk and look-ahead (what partial latency is measured on)

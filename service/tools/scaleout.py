@@ -108,8 +108,9 @@ async def run(a, replicas, proxy: str) -> None:
 
     through_proxy = await unary_throughput(proxy, 40, 4 * len(replicas))
     alone = await unary_throughput(replicas[0][1], 40, 4)
-    print(f"capacity (unary Recognize, 4 at a time per replica): {through_proxy:.1f} audio s per wall s through the proxy "
-          f"({len(replicas)} replicas), {alone:.1f} with one replica alone: ratio {through_proxy / alone:.2f} "
+    print(f"capacity (unary Recognize, 4 at a time per replica): {through_proxy:.1f} audio s per wall s through "
+          f"the proxy ({len(replicas)} replicas), {alone:.1f} with one replica alone: "
+          f"ratio {through_proxy / alone:.2f} "
           f"(the replicas share this machine's {os.cpu_count()} cores)")
 
     before = streams_ok(ports)
@@ -122,9 +123,10 @@ async def run(a, replicas, proxy: str) -> None:
     alive = [0, *range(2, len(replicas))]
     after = {i: metric(ports[i], "asr_requests_total", method="StreamingRecognize", code="OK") for i in alive}
     replicas[1][0].wait(60)
-    print(f"drain (SIGTERM to replica 1 three seconds in): first wave {dict((o, first[0].count(o)) for o in set(first[0]))}, "
-          f"second wave {dict((o, second[0].count(o)) for o in set(second[0]))}, {second[1]} retried OK; the others served "
-          f"{int(sum(after[i] - before[i] for i in alive))}; replica 1 exited "
+    waves = [{o: outcomes.count(o) for o in set(outcomes)} for outcomes in (first[0], second[0])]
+    print(f"drain (SIGTERM to replica 1 three seconds in): first wave {waves[0]}, second wave {waves[1]}, "
+          f"{second[1]} retried OK; the others served {int(sum(after[i] - before[i] for i in alive))}; "
+          f"replica 1 exited "
           f"{replicas[1][0].returncode}")
 
     held = None

@@ -9,6 +9,8 @@ from service.lifecycle.registry import Reloader
 from service.session.admission import client_id, grpc_peer_host
 from service.session.speech import Speech
 from service.transports.messages import alternatives, duration, model_info, streaming_response
+from service.transports.security import bearer
+
 
 async def _abort(context: grpc.aio.ServicerContext, e: ServiceError):
     await context.abort(grpc.StatusCode[e.status.name], e.message)
@@ -26,7 +28,7 @@ def _expired(context: grpc.aio.ServicerContext):
 
 def _client(context: grpc.aio.ServicerContext, by_token: bool) -> str:
     """Whom the call counts against for per-client limits: its token (already checked), else its address."""
-    token = dict(context.invocation_metadata() or ()).get("authorization", "").removeprefix("Bearer ")
+    token = bearer([value for key, value in context.invocation_metadata() or () if key == "authorization"])
     return client_id(token if by_token else None, grpc_peer_host(context.peer()))
 
 

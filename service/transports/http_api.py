@@ -23,14 +23,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 
 from ctc_asr.v1 import asr_pb2
-from service.session.admission import client_id
 from service.config import ServerConfig
-from service.transports.connections import ConnectionGuard
-from service.transports.security import Tokens
-from service.transports.messages import streaming_response
 from service.errors import ServiceError, Status
+from service.session.admission import client_id
 from service.session.events import FinalResult
 from service.session.speech import Speech
+from service.transports.connections import ConnectionGuard
+from service.transports.messages import streaming_response
+from service.transports.security import Tokens, bearer
 
 log = logging.getLogger(__name__)
 PAGE = resources.files("service.transports").joinpath("web/index.html")
@@ -107,7 +107,8 @@ def _transcription_request(form, served: list[str]) -> TranscriptionRequest:
         temperature = -1.0
     if not 0 <= temperature <= 1:
         raise FormError("temperature", "a number between 0 and 1")
-    config = asr_pb2.RecognitionConfig(model=model, language_code=form.get("language", ""), enable_word_time_offsets=True,
+    config = asr_pb2.RecognitionConfig(model=model, language_code=form.get("language", ""),
+                                       enable_word_time_offsets=True,
                                        format_numbers=_flag(form.get("format_numbers", ""), "format_numbers"))
     return TranscriptionRequest(upload.file.read(), config, response_format, "word" in granularities,
                                 "segment" in granularities or not granularities,
@@ -190,13 +191,10 @@ class HttpApi:
         """Checks the caller's token (where tokens are configured); whom per-client limits count."""
         if self.tokens is None:
             return client_id(None, request.remote or "")
-        headers = request.headers.getall("Authorization", [])
-        header = headers[0] if len(headers) == 1 else ""  # two: which one counts would be ambiguous
-        token = request.query.get("access_token", "") if allow_query else ""  # browsers cannot set WebSocket headers
-        if self.tokens.valid_header(header):
-            return client_id(header.removeprefix("Bearer "), "")
-        if token and self.tokens.valid(token):
-            return client_id(token, "")
+        query = request.query.get("access_token", "") if allow_query else ""  # browsers cannot set WebSocket headers
+        for token in (bearer(request.headers.getall("Authorization", [])), query):
+            if self.tokens.valid(token):
+                return client_id(token, "")
         raise ServiceError(Status.UNAUTHENTICATED, "missing or invalid bearer token")
 
     async def page(self, request: web.Request) -> web.Response:
@@ -229,7 +227,8 @@ class HttpApi:
                     form = await asyncio.wait_for(request.post(), self.cfg.http_body_timeout_seconds)
                 except TimeoutError:
                     raise ServiceError(Status.DEADLINE_EXCEEDED, "the request body did not arrive within "
-                                       f"{self.cfg.http_body_timeout_seconds:g} s (--http-body-timeout-seconds)") from None
+                                       f"{self.cfg.http_body_timeout_seconds:g} s (--http-body-timeout-seconds)"
+                                       ) from None
                 except web.HTTPRequestEntityTooLarge:
                     raise ServiceError(Status.OUT_OF_RANGE, "the request is larger than "
                                        f"{self.cfg.max_message_bytes} bytes (--max-message-bytes)") from None

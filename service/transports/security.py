@@ -15,6 +15,13 @@ from pathlib import Path
 import grpc
 
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+BEARER = "Bearer "
+
+
+def bearer(headers: list[str]) -> str:
+    """The token of the call's `authorization: Bearer <token>` entries: "" unless there is exactly one
+    (with two, which one counts would be the transport's choice)."""
+    return headers[0].removeprefix(BEARER) if len(headers) == 1 and headers[0].startswith(BEARER) else ""
 
 
 def _deny(code: grpc.StatusCode, message: str):
@@ -30,13 +37,10 @@ class Tokens:
         self._tokens = [t.encode() for t in tokens]
 
     def valid(self, token: str) -> bool:
+        """Whether `token` is one of them ("" never is: empty lines are not tokens)."""
         given = token.encode()
         # Compare with every token (no early exit) so timing says nothing about which matched.
         return sum(hmac.compare_digest(given, t) for t in self._tokens) > 0
-
-    def valid_header(self, header: str) -> bool:
-        """An `authorization` header's value: `Bearer <token>`."""
-        return header.startswith("Bearer ") and self.valid(header[len("Bearer "):])
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -47,9 +51,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         self._on_refused = on_refused
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        # Exactly one authorization entry: with two, which one counts would be the transport's choice.
         headers = [value for key, value in details.invocation_metadata or () if key == "authorization"]
-        if details.method.startswith(OPEN_METHODS) or (len(headers) == 1 and self._tokens.valid_header(headers[0])):
+        if details.method.startswith(OPEN_METHODS) or self._tokens.valid(bearer(headers)):
             return await continuation(details)
         self._on_refused(details.method)
         handler = await continuation(details)

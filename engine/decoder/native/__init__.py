@@ -7,11 +7,17 @@ not built (no compiler when `make` ran), or it predates its source.
 from pathlib import Path
 
 import numpy as np
-
 from pyctcdecode.constants import AVG_TOKEN_LEN, DEFAULT_UNK_LOGP_OFFSET, LOG_BASE_CHANGE_FACTOR
 
-from engine.decoder.beam_search import (BEAM_PRUNE_LOGP, LOG_CLIP, TOKEN_MIN_LOGP, Search, SearchOptions, blank_skip_logp,
-                                 token_kinds)
+from engine.decoder.beam_search import (
+    BEAM_PRUNE_LOGP,
+    LOG_CLIP,
+    TOKEN_MIN_LOGP,
+    Search,
+    SearchOptions,
+    blank_skip_logp,
+    token_kinds,
+)
 
 _SOURCE = Path(__file__).with_name("beam_search.cpp")
 
