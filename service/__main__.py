@@ -6,7 +6,7 @@ import sys
 
 from engine.model.directory import ModelDirectoryError
 from service.config import parse_args
-from service.lifecycle.registry import fix_mmap_threshold
+from service.lifecycle.loading import fix_mmap_threshold
 from service.server import StartupError, serve
 
 

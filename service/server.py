@@ -15,7 +15,8 @@ from prometheus_client import start_http_server
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.config import ServerConfig
-from service.lifecycle.registry import Reloader, announce, load_model
+from service.lifecycle.loading import announce, load_model
+from service.lifecycle.registry import Reloader
 from service.metrics import Metrics
 from service.session.speech import Speech
 from service.transports.grpc_api import AdminServicer, SpeechServicer

@@ -7,12 +7,20 @@ least `min_canaries`; it is promoted when on every set its WER is at most `max_i
 the serving model's, and rejected otherwise.
 """
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 
 from ctc_asr.v1 import asr_pb2
+from service.lifecycle.served import ServedModel
+from service.session.stream import ShadowJob
+
+log = logging.getLogger(__name__)
 
 PROMOTED, REJECTED = "promoted", "rejected"
 EXPIRED, REPLACED, STOPPED = "expired", "replaced", "stopped"  # dropped undecided
+SHADOW_QUEUE = 16  # canaries waiting for a candidate's one shadow decode at a time; more are not shadowed
 
 
 @dataclass
@@ -77,3 +85,27 @@ class Evaluation:
     def ended(self, result: str, why: str) -> Decision:
         """A candidate dropped before a decision (expired, replaced)."""
         return Decision(result, f"{result}: {why} ({self.summary()})", self.comparisons())
+
+
+class Candidate:
+    """A staged model: it decodes again the canaries its serving model answers, one at a time,
+    until the evaluation decides, the deadline passes, or it is dropped."""
+
+    def __init__(self, served: ServedModel, serving: ServedModel, evaluation: Evaluation, self_check_wer: float,
+                 deadline: float) -> None:
+        self.served, self.serving, self.evaluation = served, serving, evaluation
+        self.self_check_wer = self_check_wer
+        self.deadline = deadline
+        self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(SHADOW_QUEUE)
+        self.decided: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self.worker: asyncio.Task | None = None
+        self.skipped = 0
+
+    def offer(self, job: ShadowJob) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(job)
+            return
+        self.skipped += 1
+        if self.skipped == 1:
+            log.warning("model %s: the candidate falls behind the canaries (%d waiting); later ones are not "
+                        "shadowed until it catches up", self.served.name, SHADOW_QUEUE)

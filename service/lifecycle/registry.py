@@ -1,4 +1,4 @@
-"""The served models' lifecycle: loading a model directory, and replacing a model while it serves.
+"""The served models' lifecycle: replacing a model while it serves (loading is `loading.py`'s).
 
 A reload loads the new directory beside the serving model, off the event loop, and self-checks
 it (ONNX Runtime and the LM load, a warm-up at every batch size, then the directory's
@@ -10,12 +10,8 @@ serving model answers until it is promoted or dropped. One reload runs at a time
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import gc
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,91 +20,19 @@ import soundfile as sf
 
 from ctc_asr.v1 import asr_pb2
 from engine import manifest
-from engine.decoder.ctc import CtcDecoder
-from engine.model.directory import ModelDirectoryError, ModelSpec
-from engine.model.session import CPU, ModelSession
-from engine.recognizer import Recognizer
-from service.batcher import ModelBatcher
+from engine.model.directory import ModelDirectoryError
 from service.config import ServerConfig
 from service.errors import ServiceError, Status
-from service.lifecycle.promotion import EXPIRED, PROMOTED, REPLACED, STOPPED, Decision, Evaluation
+from service.lifecycle.loading import announce, first_line, load_model, release_memory
+from service.lifecycle.promotion import EXPIRED, PROMOTED, REPLACED, STOPPED, Candidate, Decision, Evaluation
 from service.lifecycle.served import ServedModel
 from service.metrics import Metrics
 from service.session import canary
 from service.session.speech import Speech
-from service.session.stream import ShadowJob, float32_config, replay, seconds_of
+from service.session.stream import float32_config, replay, seconds_of
 
 log = logging.getLogger(__name__)
 RELOADED, STAGED, FAILED = "reloaded", "staged", "failed"
-SHADOW_QUEUE = 16  # canaries waiting for a candidate's one shadow decode at a time; more are not shadowed
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
-def load_model(name: str, directory: Path, cfg: ServerConfig, metrics: Metrics) -> ServedModel:
-    """One model directory, loaded, warmed up and given its own batcher (started by the caller)."""
-    spec = ModelSpec.load(directory, cfg.window_ms)
-    name = name or spec.name
-    try:
-        session = ModelSession(spec, cfg.provider, cfg.intra_op_threads)
-        warmed = session.warm_up(cfg.max_batch)
-    except Exception as e:  # ONNX Runtime's errors: a corrupt or truncated graph, or one that cannot run
-        raise ModelDirectoryError(f"{spec.directory / 'model.onnx'}: ONNX Runtime cannot load or run it "
-                                  f"({_first_line(e)})") from e
-    try:
-        decoder = CtcDecoder(spec, cfg.decoder, threads=cfg.workers)
-    except Exception as e:  # KenLM's: a corrupt or truncated binary or ARPA file
-        # KenLM's message may quote the file's lines: the log has it, the caller (an RPC) does not.
-        log.warning("model %s: %s: KenLM cannot load it: %s", name, spec.lm, _first_line(e))
-        raise ModelDirectoryError(f"{spec.lm}: the language model cannot be loaded (not a KenLM binary or ARPA "
-                                  "file, or damaged; the server's log says more)") from e
-    inference, batch_size = metrics.inference.labels(session.provider, name), metrics.batch_size.labels(name)
-    recognizer = Recognizer(session, decoder, on_inference=inference.observe,
-                            on_decode=metrics.decode.labels(name).observe)
-    if cfg.provider == "auto" and session.provider == CPU:
-        metrics.provider_fallbacks.inc()
-    log.info("model %s (%s %s, %s) on %s (%d parameters, LM: %s, beam search: %s; warmed up at batch sizes %s)",
-             name, spec.name, spec.version, spec.directory, session.provider, spec.parameters,
-             "yes" if recognizer.decoder.has_lm else "no", recognizer.decoder.engine_description,
-             ", ".join(map(str, warmed)))
-    batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix=f"asr-model-{name}"), cfg.max_batch,
-                           cfg.max_batch_wait_ms / 1000,
-                           on_batch=lambda s, n: (inference.observe(s), batch_size.observe(n)),
-                           decode=recognizer.decode_many)
-    return ServedModel(name, Path(directory), recognizer, batcher,
-                       canary.CanaryTracker(metrics, name, cfg.max_canary_sets, pinned=cfg.pinned_canary_sets))
-
-
-def announce(metrics: Metrics, served: ServedModel, replacing: ServedModel | None = None) -> None:
-    """asr_model_info names the model now serving under the name."""
-    if replacing is not None:
-        metrics.model_info.remove(replacing.name, replacing.spec.version, replacing.recognizer.session.provider)
-    metrics.model_info.labels(served.name, served.spec.version, served.recognizer.session.provider).set(1)
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value
-
-
-def fix_mmap_threshold() -> None:
-    """Keeps blocks of 128 KiB and more in mmap for good, so that a freed model's weights and
-    buffers go back to the system. glibc raises the threshold each time such a block is freed
-    (up to 32 MiB), after which they come from its heaps, where the holes they leave stay: the
-    server's RSS then grew by 3-6 MB a reload without end (README, "Reloading a model").
-    Setting it also turns that adjustment off. Called once at start-up, before any model loads."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to set
-        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
-def release_memory() -> None:
-    """A freed model's memory back to the system: ONNX Runtime and KenLM free it, but glibc keeps
-    the pages in its arenas (RSS would otherwise grow by the model's size on the first reloads)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 
 
 class SelfCheckFailed(Exception):
@@ -131,30 +55,6 @@ class ReloadOutcome:
     serving: ServedModel  # the model serving under the name afterwards
     sets: tuple[asr_pb2.CanaryComparison, ...] = ()
     self_check_wer: float = -1.0
-
-
-class Candidate:
-    """A staged model: it decodes again the canaries its serving model answers, one at a time,
-    until the evaluation decides, the deadline passes, or it is dropped."""
-
-    def __init__(self, served: ServedModel, serving: ServedModel, evaluation: Evaluation, self_check_wer: float,
-                 deadline: float) -> None:
-        self.served, self.serving, self.evaluation = served, serving, evaluation
-        self.self_check_wer = self_check_wer
-        self.deadline = deadline
-        self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(SHADOW_QUEUE)
-        self.decided: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self.worker: asyncio.Task | None = None
-        self.skipped = 0
-
-    def offer(self, job: ShadowJob) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(job)
-            return
-        self.skipped += 1
-        if self.skipped == 1:
-            log.warning("model %s: the candidate falls behind the canaries (%d waiting); later ones are not "
-                        "shadowed until it catches up", self.served.name, SHADOW_QUEUE)
 
 
 class Reloader:
@@ -189,7 +89,7 @@ class Reloader:
             try:
                 await transcribe(noise, rate)
             except Exception as e:
-                raise SelfCheckFailed(f"it cannot decode generated audio ({_first_line(e)})") from e
+                raise SelfCheckFailed(f"it cannot decode generated audio ({first_line(e)})") from e
             return -1.0
         word_errors = words = 0
         for number, (audio, text, set_name) in enumerate(await asyncio.to_thread(_canaries, served.directory), 1):
