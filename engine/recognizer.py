@@ -6,13 +6,15 @@ PCM remainder, front-end samples, model state, beams and endpoint counters.
 Every chunk moves all of them forward once; nothing already consumed is
 recomputed, and at each final the utterance's decoding state is replaced, so
 memory stays flat however long the stream runs. A unary request is a stream
-that receives all its audio at once, so both RPCs run the same code.
+that receives all its audio at once, so both RPCs run the same code. With a
+second pass (`engine.second_pass`), each final carries its utterance's samples
+and `rewrite` gives the final as the second pass hears it.
 """
 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,6 +23,8 @@ from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecodeState, Hypothesi
 from engine.endpointing import SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
 from engine.features import StreamingFeatures, frontend, logmel_utterance, pad_to_multiple
 from engine.model.session import ModelSession
+from engine.second_pass import SecondPass
+from engine.text import spoken
 
 HALF_CLOSE = "half_close"
 NO_ENDPOINTING = EndpointConfig(enabled=False, max_utterance_s=math.inf)  # offline: one utterance
@@ -32,6 +36,8 @@ class Final:
     hypotheses: list[Hypothesis]
     reason: str
     end: float  # seconds from the start of the stream
+    audio: np.ndarray | None = None  # the utterance's samples, where a second pass will read them
+    written: str | None = None  # the second pass's own text (cased, punctuated), once it has run
 
 
 @dataclass
@@ -58,15 +64,20 @@ class StreamState:
     samples: int = 0  # at the model's rate
     frames: int = 0  # output frames so far
     finals: int = 0
+    audio: list[np.ndarray] = field(default_factory=list)  # with a second pass: the open utterance's samples
+    audio_from: int = 0  # the sample of the stream where `audio` starts
 
 
 class Recognizer:
     def __init__(self, session: ModelSession, decoder: CtcDecoder,
                  on_inference: Callable[[float], None] = lambda s: None,
-                 on_decode: Callable[[float], None] = lambda s: None) -> None:
+                 on_decode: Callable[[float], None] = lambda s: None,
+                 second_pass: SecondPass | None = None) -> None:
+        """`second_pass`: then each final carries its utterance's audio, for `rewrite`."""
         self.session = session
         self.spec = session.spec
         self.decoder = decoder
+        self.second_pass = second_pass
         self.logmel = frontend(session.spec.features)
         self._blank = session.spec.tokens.index(BLANK)
         # A causal CTC model emits each character a little after hearing it, and a model with
@@ -94,6 +105,8 @@ class Recognizer:
         """Front-end: the feature chunks now ready for the model, one per model
         chunk while endpointing (so an endpoint falls on its chunk), else one block."""
         stream.samples += len(samples)
+        if self.second_pass is not None:
+            stream.audio.append(samples)
         stream.pending = np.concatenate([stream.pending, stream.features.accept(samples)])
         chunk = self.spec.chunk_frames
         step = chunk if stream.endpointer.cfg.enabled else len(stream.pending) - len(stream.pending) % chunk
@@ -121,6 +134,7 @@ class Recognizer:
         if stream.endpointer.speech and not had_speech:
             progress.events.append(SPEECH_BEGAN)
         if reason == SILENCE_NO_SPEECH:
+            self._take_audio(stream)
             self._reset_utterance(stream)
         elif reason:
             self._finalize(stream, reason, progress)
@@ -184,9 +198,29 @@ class Recognizer:
         started = time.perf_counter()
         hyps = self.decoder.finish(stream.decode)
         self._on_decode(time.perf_counter() - started)
-        progress.events.append(Final(hyps, reason, self.heard(stream)))
+        progress.events.append(Final(hyps, reason, self.heard(stream), self._take_audio(stream)))
         stream.finals += 1
         self._reset_utterance(stream)
+
+    def _take_audio(self, stream: StreamState) -> np.ndarray | None:
+        """With a second pass: the open utterance's samples, up to what the model has heard (what
+        follows is the next utterance's), taken out of the stream's buffer."""
+        if self.second_pass is None:
+            return None
+        held = np.concatenate(stream.audio) if stream.audio else np.zeros(0, np.float32)
+        end = round(self.heard(stream) * self.spec.features.sample_rate) - stream.audio_from
+        utterance, rest = held[:max(end, 0)], held[max(end, 0):]
+        stream.audio, stream.audio_from = [rest], stream.audio_from + len(utterance)
+        return utterance
+
+    def rewrite(self, final: Final) -> Final:
+        """The final as the second pass hears its utterance: its text in the first pass's spoken form
+        (words and their times stay the first pass's), and as the second pass wrote it."""
+        if self.second_pass is None or final.audio is None or not len(final.audio):
+            return final
+        written = self.second_pass.transcribe(final.audio)
+        best = final.hypotheses[0]._replace(text=spoken(written))
+        return replace(final, hypotheses=[best, *final.hypotheses[1:]], audio=None, written=written)
 
     def _reset_utterance(self, stream: StreamState) -> None:
         stream.decode = self.decoder.start(stream.opts, offset=self._heard_frames(stream.frames))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.features import FeatureConfig, frontend
+from engine.second_pass.whisper import log_mel
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
@@ -183,13 +183,8 @@ def load_encoder(name: str = "tiny.en") -> WhisperEncoder:
 
 def whisper_log_mel(audio: np.ndarray) -> np.ndarray:
     """Whisper's own log-mel of a clip padded to 30 s (its clip-maximum floor included), (80, 3000):
-    the input its checkpoints were trained on, for the parity check only."""
-    logmel = frontend(FeatureConfig.whisper())
-    padded = np.zeros(480000 + 400, np.float32)
-    padded[200:200 + min(len(audio), 480000)] = audio[:480000]  # Whisper centres its frames
-    power = logmel.power(padded)[:3000]
-    log_spec = np.log10(np.maximum(power, 1e-10))
-    return ((np.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0).T.astype(np.float32)
+    the input its checkpoints were trained on."""
+    return log_mel(audio, 30.0)
 
 
 def main() -> None:

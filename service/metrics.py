@@ -70,5 +70,7 @@ class Metrics:
                                    registry=r)
         self.promotion_canaries = Gauge("asr_promotion_canaries", "Canaries a staged candidate has decoded",
                                         ["model", "set"], registry=r)
+        self.second_pass_skipped = Counter("asr_second_pass_skipped_total", "Finals left as the first pass "
+                                           "heard them because the server was shedding load", ["model"], registry=r)
         self.model_info = Gauge("asr_model_info", "The model being served (value 1)",
                                 ["model", "version", "provider"], registry=r)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("encoding", "sample_rate_hertz", "language_code", "max_alternatives", "speech_contexts", "audio_channel_count", "enable_word_time_offsets", "decoder", "model", "format_numbers", "canary")
+    __slots__ = ("encoding", "sample_rate_hertz", "language_code", "max_alternatives", "speech_contexts", "audio_channel_count", "enable_word_time_offsets", "decoder", "model", "format_numbers", "enable_automatic_punctuation", "canary")
     class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ENCODING_UNSPECIFIED: _ClassVar[RecognitionConfig.AudioEncoding]
@@ -38,6 +38,7 @@ class RecognitionConfig(_message.Message):
     DECODER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_AUTOMATIC_PUNCTUATION_FIELD_NUMBER: _ClassVar[int]
     CANARY_FIELD_NUMBER: _ClassVar[int]
     encoding: RecognitionConfig.AudioEncoding
     sample_rate_hertz: int
@@ -49,8 +50,9 @@ class RecognitionConfig(_message.Message):
     decoder: DecoderOptions
     model: str
     format_numbers: bool
+    enable_automatic_punctuation: bool
     canary: CanaryLabel
-    def __init__(self, encoding: _Optional[_Union[RecognitionConfig.AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., language_code: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., speech_contexts: _Optional[_Iterable[_Union[SpeechContext, _Mapping]]] = ..., audio_channel_count: _Optional[int] = ..., enable_word_time_offsets: _Optional[bool] = ..., decoder: _Optional[_Union[DecoderOptions, _Mapping]] = ..., model: _Optional[str] = ..., format_numbers: _Optional[bool] = ..., canary: _Optional[_Union[CanaryLabel, _Mapping]] = ...) -> None: ...
+    def __init__(self, encoding: _Optional[_Union[RecognitionConfig.AudioEncoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., language_code: _Optional[str] = ..., max_alternatives: _Optional[int] = ..., speech_contexts: _Optional[_Iterable[_Union[SpeechContext, _Mapping]]] = ..., audio_channel_count: _Optional[int] = ..., enable_word_time_offsets: _Optional[bool] = ..., decoder: _Optional[_Union[DecoderOptions, _Mapping]] = ..., model: _Optional[str] = ..., format_numbers: _Optional[bool] = ..., enable_automatic_punctuation: _Optional[bool] = ..., canary: _Optional[_Union[CanaryLabel, _Mapping]] = ...) -> None: ...
 
 class SpeechContext(_message.Message):
     __slots__ = ("phrases", "boost")

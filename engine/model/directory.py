@@ -12,6 +12,7 @@ import numpy as np
 from engine.decoder.beam_search import BLANK
 from engine.features import FeatureConfig
 from engine.model.schemes import SCHEMES, ExplicitState, Scheme
+from engine.second_pass import KINDS as SECOND_PASSES
 
 MAX_BEAM_WIDTH = 256  # per request, and in model.json
 MAX_LM_WEIGHT = 5.0  # per request, and in model.json
@@ -102,6 +103,7 @@ class ModelSpec:
     blank_skip: float | None = None  # frames whose blank probability reaches this advance beams by the blank alone
     io: ModelIO = ModelIO()
     scheme: Scheme = ExplicitState()  # how the graph streams: `engine.model.schemes`
+    second_pass: dict | None = None  # model.json's `second_pass` (its files in second_pass/): `engine.second_pass`
 
     @classmethod
     def load(cls, directory: Path, window_ms: "tuple[int | None, int | None, int | None]" = (None, None, None)
@@ -162,6 +164,14 @@ class ModelSpec:
             raise ValueError(f"{directory / 'model.json'}: streaming.scheme must be one of {', '.join(SCHEMES)}, "
                              f"not {name!r}")
         scheme, chunk, lookahead = SCHEMES[name].parse(directory, meta, features, window_ms)
+        second_pass = meta.get("second_pass")
+        if second_pass is not None:
+            if not isinstance(second_pass, dict) or second_pass.get("kind") not in SECOND_PASSES:
+                raise ValueError(f"{directory / 'model.json'}: second_pass.kind must be one of "
+                                 f"{', '.join(SECOND_PASSES)}")
+            if not _own(directory, "second_pass").is_dir():
+                raise ModelDirectoryError(f"{directory}: model.json declares a second pass, but there is no "
+                                          "second_pass/ (python -m export.second_pass writes it)")
         return cls(
             directory=directory, name=meta["name"], version=meta["version"],
             language_code=meta.get("language_code", "en"),
@@ -172,6 +182,7 @@ class ModelSpec:
             parameters=meta.get("parameters", 0), lm=lm, unigrams=unigrams,
             lm_weight=weights["lm_weight"][0], word_bonus=weights["word_bonus"][0],
             beam_width=beam_width, blank_skip=blank_skip, io=ModelIO(**meta.get("io", {})), scheme=scheme,
+            second_pass=second_pass,
             # the quiet tail must cover the right context, or a stream's last words would never be output
             tail_padding_ms=max(meta.get("tail_padding_ms", 320), round(lookahead * 1000 * features.hop_length
                                                                          / features.sample_rate)),

@@ -9,6 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from engine import second_pass
 from engine.decoder.ctc import CtcDecoder
 from engine.model.directory import ModelDirectoryError, ModelSpec
 from engine.model.session import CPU, ModelSession
@@ -44,15 +45,20 @@ def load_model(name: str, directory: Path, cfg: ServerConfig, metrics: Metrics) 
         log.warning("model %s: %s: KenLM cannot load it: %s", name, spec.lm, first_line(e))
         raise ModelDirectoryError(f"{spec.lm}: the language model cannot be loaded (not a KenLM binary or ARPA "
                                   "file, or damaged; the server's log says more)") from e
+    try:
+        second = second_pass.load(spec.directory, spec.second_pass) if spec.second_pass else None
+    except Exception as e:  # its graphs cannot be loaded, or its settings are wrong
+        raise ModelDirectoryError(f"{spec.directory / 'second_pass'}: the second pass cannot be loaded "
+                                  f"({first_line(e)})") from e
     inference, batch_size = metrics.inference.labels(session.provider, name), metrics.batch_size.labels(name)
     recognizer = Recognizer(session, decoder, on_inference=inference.observe,
-                            on_decode=metrics.decode.labels(name).observe)
+                            on_decode=metrics.decode.labels(name).observe, second_pass=second)
     if cfg.provider == "auto" and session.provider == CPU:
         metrics.provider_fallbacks.inc()
-    log.info("model %s (%s %s, %s) on %s (%d parameters, LM: %s, beam search: %s; warmed up at batch sizes %s)",
-             name, spec.name, spec.version, spec.directory, session.provider, spec.parameters,
+    log.info("model %s (%s %s, %s) on %s (%d parameters, LM: %s, beam search: %s, second pass: %s; warmed up at "
+             "batch sizes %s)", name, spec.name, spec.version, spec.directory, session.provider, spec.parameters,
              "yes" if recognizer.decoder.has_lm else "no", recognizer.decoder.engine_description,
-             ", ".join(map(str, warmed)))
+             spec.second_pass["kind"] if spec.second_pass else "none", ", ".join(map(str, warmed)))
     batcher = ModelBatcher(session, ThreadPoolExecutor(1, thread_name_prefix=f"asr-model-{name}"), cfg.max_batch,
                            cfg.max_batch_wait_ms / 1000,
                            on_batch=lambda s, n: (inference.observe(s), batch_size.observe(n)),

@@ -30,6 +30,7 @@ class RequestOptions:
     canary_reference: str  # "" unless the request is a labelled canary
     canary_set: str
     format_numbers: bool = False
+    punctuation: bool = False  # finals as a second pass writes them, where the model has one
 
     @property
     def traffic(self) -> str:
@@ -92,4 +93,5 @@ def recognition_options(config: asr_pb2.RecognitionConfig, spec: ModelSpec) -> R
         hotword_weight=boost or 10.0,
         alternatives=max(1, config.max_alternatives),
     )
-    return RequestOptions(decode, config.enable_word_time_offsets, reference, canary_set, config.format_numbers)
+    return RequestOptions(decode, config.enable_word_time_offsets, reference, canary_set, config.format_numbers,
+                          config.enable_automatic_punctuation)

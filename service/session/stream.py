@@ -15,7 +15,7 @@ import numpy as np
 
 from ctc_asr.v1 import asr_pb2
 from engine.endpointing import EndpointConfig
-from engine.recognizer import HALF_CLOSE, SPEECH_BEGAN, Progress
+from engine.recognizer import HALF_CLOSE, SPEECH_BEGAN, Final, Progress
 from engine.text import format_numbers
 from service.config import ServerConfig
 from service.errors import ServiceError, Status
@@ -124,6 +124,7 @@ class StreamSession:
                                        f"{cfg.max_stream_audio_seconds:g} s")
                 # Audio sent ahead of real time is not live: it fills what live streams leave.
                 progress = await self._advance(chunks, self.live and self.clock.live(arrived))
+                await self._second_pass(progress)
                 out = self._events(progress, last=False)
                 if (self.sc.interim_results and not progress.finals and progress.frames
                         and (partial := recognizer.partial(self.state))[0].text):
@@ -144,6 +145,7 @@ class StreamSession:
             half_closed = time.perf_counter()
             progress = await self._advance(await self.ctx.run(self._front_end_last), self.live)
             await self.ctx.run(recognizer.close, self.state, progress)
+            await self._second_pass(progress)
             out = self._events(progress, last=True)
             self._observe(out, half_closed, time.perf_counter())
             for event in out:
@@ -196,6 +198,17 @@ class StreamSession:
             await self.ctx.run(self.served.recognizer.consume, self.state, logprobs, state, progress)
         return progress
 
+    async def _second_pass(self, progress: Progress) -> None:
+        """The model's second pass over each final's utterance (on the worker pool), unless the
+        server is shedding load: then the final stays the first pass's."""
+        recognizer = self.served.recognizer
+        for i, item in enumerate(progress.events):
+            if isinstance(item, Final) and item.audio is not None:
+                if self.ctx.admission.overloaded():
+                    self.ctx.metrics.second_pass_skipped.labels(self.served.name).inc()
+                    continue
+                progress.events[i] = await self.ctx.run(recognizer.rewrite, item)
+
     def _events(self, progress: Progress, last: bool) -> list[Event]:
         out: list[Event] = []
         opts = self.opts
@@ -206,8 +219,11 @@ class StreamSession:
             self.transcript.append(item.hypotheses[0].text)
             ends_call = last or self.sc.single_utterance
             score = self._score() if ends_call and opts.canary_reference else None
-            hypotheses = ([h._replace(text=format_numbers(h.text)) for h in item.hypotheses]  # words as spoken
-                          if opts.format_numbers else item.hypotheses)
+            hypotheses = item.hypotheses
+            if opts.punctuation and item.written is not None:
+                hypotheses = [hypotheses[0]._replace(text=item.written), *hypotheses[1:]]
+            elif opts.format_numbers:  # the words (and their times) stay as spoken
+                hypotheses = [h._replace(text=format_numbers(h.text)) for h in hypotheses]
             out.append(FinalResult(hypotheses, item.reason, item.end, self.seconds if ends_call else None, score))
             if item.reason != HALF_CLOSE:
                 out.append(SpeechEnd())

@@ -1,0 +1,17 @@
+"""The shape every second pass has. A kind is one class in a file of its own, named in
+`engine.second_pass.KINDS`; a model directory's `second_pass.kind` chooses it."""
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class SecondPass(Protocol):
+    def __init__(self, directory: Path, settings: dict, threads: int) -> None:
+        """`directory`: the model directory's `second_pass/`; `settings`: model.json's `second_pass`
+        (ValueError naming what is wrong)."""
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        """One utterance's samples (mono, float32, at the model's rate) -> its text, as the second
+        pass writes it (cased and punctuated where it can)."""

@@ -1,0 +1,153 @@
+"""`whisper`: Whisper's encoder over the whole utterance padded to a fixed window, then its text
+decoder, beam search over ONNX Runtime with a key/value cache (`python -m export.second_pass`
+writes the graphs from the Whisper wheel). Whisper writes cased, punctuated text.
+
+Whisper was trained on 30 s windows: decoding an utterance's frames alone runs away into
+repetition, padding to 15 s does not (FIELD-NOTES), so the window is padded with silence to
+`window_seconds` (longer utterances to 30 s), and the text is capped at `max_tokens_per_second` of
+the audio.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from engine.features import FeatureConfig, frontend
+
+SAMPLE_RATE = 16000
+HOP = 160
+MAX_SECONDS = 30.0  # Whisper's window
+MAX_TOKENS = 224  # Whisper's own cap on a window's text
+
+
+def log_mel(audio: np.ndarray, seconds: float) -> np.ndarray:
+    """Whisper's log-mel of a clip padded with silence to `seconds` (80, seconds * 100), its
+    clip-maximum floor included: at a final the whole utterance is known."""
+    samples = int(seconds * SAMPLE_RATE)
+    padded = np.zeros(samples + 400, np.float32)
+    padded[200:200 + min(len(audio), samples)] = audio[:samples]  # Whisper centres its frames
+    power = frontend(FeatureConfig.whisper()).power(padded)[:samples // HOP]
+    log_spec = np.log10(np.maximum(power, 1e-10))
+    return ((np.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0).T.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet back to bytes (the printable bytes stand for themselves,
+    the others for 256 + their rank)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    window_seconds: float = 15.0
+    beam: int = 5
+    max_tokens_per_second: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.window_seconds <= MAX_SECONDS:
+            raise ValueError(f"second_pass.window_seconds must be above 0 and at most {MAX_SECONDS:g}")
+        if not 1 <= self.beam <= 16:
+            raise ValueError("second_pass.beam must be from 1 to 16")
+        if self.max_tokens_per_second <= 0:
+            raise ValueError("second_pass.max_tokens_per_second must be positive")
+
+
+class WhisperPass:
+    def __init__(self, directory: Path, settings: dict, threads: int = 1) -> None:
+        self.settings = Settings(**{k: v for k, v in settings.items() if k != "kind"})
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.encoder = ort.InferenceSession(str(directory / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.decoder = ort.InferenceSession(str(directory / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.tokens = (directory / "vocabulary.txt").read_text().splitlines()
+        index = {t: i for i, t in enumerate(self.tokens)}
+        self.eot, self.sot = index["<|endoftext|>"], index["<|startoftranscript|>"]
+        self.prompt = [self.sot, index["<|notimestamps|>"]]
+        config = json.loads((directory / "whisper_config.json").read_text())  # the wheel's config.json
+        suppressed = np.zeros(len(self.tokens), bool)
+        suppressed[config["suppress_ids"]] = True
+        suppressed[self.sot:] = True  # special tokens and timestamps: text only
+        self._suppressed = suppressed
+        self._suppressed_first = config["suppress_ids_begin"]  # a space, or the end, as the first token
+        self._layers = self.decoder.get_inputs()[1].shape[0]
+        self._width = self.decoder.get_inputs()[1].shape[-1]
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """The utterance's cross-attention keys and values (layers, 2, 1, S, width)."""
+        seconds = len(samples) / SAMPLE_RATE
+        window = self.settings.window_seconds if seconds <= self.settings.window_seconds else MAX_SECONDS
+        return self.encoder.run(None, {"mel": log_mel(samples, window)[None]})[0]
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        tokens = self.decode(self.encode(samples), len(samples) / SAMPLE_RATE)
+        text = bytearray()
+        for t in tokens:
+            text.extend(_byte_decoder()[c] for c in self.tokens[t])
+        return text.decode("utf-8", errors="replace").strip()
+
+    def decode(self, cross: np.ndarray, seconds: float) -> list[int]:
+        """Beam search (width `beam`) over the text tokens; each hypothesis's score is its log-probability
+        over its length, as Whisper ranks them."""
+        beam, most = self.settings.beam, min(MAX_TOKENS, math.ceil(4 + self.settings.max_tokens_per_second * seconds))
+        past = np.zeros((self._layers, 2, 1, 0, self._width), np.float32)
+        logp, past = self.decoder.run(None, {"tokens": np.array([self.prompt], np.int64), "past": past,
+                                             "cross": cross})
+        hyps = [([], 0.0)]  # (tokens, summed log-probability) of the live beams, in the cache's order
+        step_logp = logp[:, -1]
+        finished: list[tuple[list[int], float]] = []
+        for step in range(most):
+            scores = step_logp.astype(np.float64)
+            scores[:, self._suppressed] = -np.inf
+            if step == 0:
+                scores[:, self._suppressed_first] = -np.inf
+            candidates = []
+            for b, (_, total) in enumerate(hyps):
+                best = np.argpartition(-scores[b], beam)[:beam + 1]
+                candidates += [(total + scores[b, t], b, int(t)) for t in best if np.isfinite(scores[b, t])]
+            candidates.sort(reverse=True)
+            keep, origins = [], []
+            for total, b, t in candidates:
+                if t == self.eot:
+                    finished.append((hyps[b][0], total))
+                elif len(keep) < beam and not _repeats(hyps[b][0] + [t]):
+                    keep.append((hyps[b][0] + [t], total))
+                    origins.append(b)
+                if len(keep) == beam:
+                    break
+            if len(finished) >= beam or not keep:
+                break
+            hyps = keep
+            if cross.shape[2] != len(hyps):
+                cross = np.repeat(cross[:, :, :1], len(hyps), axis=2)
+            logp, past = self.decoder.run(None, {"tokens": np.array([[t[-1]] for t, _ in hyps], np.int64),
+                                                 "past": np.ascontiguousarray(past[:, :, origins]), "cross": cross})
+            step_logp = logp[:, -1]
+        finished += hyps if not finished else []
+        return max(finished, key=lambda h: h[1] / max(len(h[0]), 1))[0]
+
+
+def _repeats(tokens: list[int], times: int = 3) -> bool:
+    """Whether the tokens end with a run of the same n-gram (n up to 8) `times` over: Whisper's
+    runaway repetition, cut before it starts."""
+    for n in range(1, 9):
+        if len(tokens) < n * times:
+            break
+        tail = tokens[-n:]
+        if all(tokens[-(k + 1) * n:len(tokens) - k * n] == tail for k in range(1, times)):
+            return True
+    return False

@@ -1,0 +1,77 @@
+"""A model directory with a second pass (Whisper tiny.en's decoder, `python -m export.second_pass`):
+its finals are the second pass's, its interim results still the first pass's; one without serves as
+before (every other test)."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import grpc
+import pytest
+from conftest import BUNDLED, SAMPLES, TEST_CONFIG, ServerThread, place
+from test_recognize import pcm16, recognize, stream
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from engine.manifest import read_audio
+from engine.second_pass import load
+from engine.text import spoken
+
+# The bundled model's first pass hears "three two zero zero five ..." in phone.flac; Whisper tiny.en
+# (greedy and beam 5 alike) writes 320591457, one zero less: a final that says so is the second pass's.
+PHONE_SECOND = "my phone number is three two zero five nine one four five seven"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = place(BUNDLED, tmp_path_factory.mktemp("second_pass") / "model")
+    (directory / "checkpoint.pt").unlink(missing_ok=True)
+    run = subprocess.run([sys.executable, "-m", "export.second_pass", "--model-dir", directory],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    # the service's runtime decodes as CTranslate2's own Whisper does, token for token
+    assert run.stdout.count("greedy tokens the same as CTranslate2's") == 2, run.stdout
+    assert json.loads((directory / "model.json").read_text())["second_pass"]["kind"] == "whisper"
+    return directory
+
+
+@pytest.fixture(scope="module")
+def second(model_dir):
+    srv = ServerThread(replace(TEST_CONFIG, model=str(model_dir)))
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        yield asr_pb2_grpc.SpeechStub(channel)
+    srv.close()
+
+
+def test_finals_are_the_second_pass_and_interim_results_the_first(second, model_dir):
+    pcm, rate = pcm16("phone.flac")
+    responses = stream(second, pcm, 3200, interim=True, encoding=asr_pb2.RecognitionConfig.LINEAR16,
+                       sample_rate_hertz=rate)
+    finals = [r.results[0].alternatives[0].transcript for r in responses if r.results and r.results[0].is_final]
+    interim = [r.results[0].alternatives[0].transcript for r in responses if r.results and not r.results[0].is_final]
+    assert finals == [PHONE_SECOND]
+    assert any("three two zero zero" in t for t in interim), interim  # the first pass, as it heard it
+    written = load(model_dir, json.loads((model_dir / "model.json").read_text())["second_pass"]).transcribe(
+        read_audio(SAMPLES / "phone.flac", 16000))
+    assert spoken(written) == PHONE_SECOND
+
+
+def test_punctuation_gives_the_second_pass_as_written(second):
+    response = recognize(second, (SAMPLES / "what_time.wav").read_bytes(), enable_automatic_punctuation=True)
+    assert response.results[0].alternatives[0].transcript == "What time is it in Paris?"
+    plain = recognize(second, (SAMPLES / "what_time.wav").read_bytes())
+    assert plain.results[0].alternatives[0].transcript == "what time is it in paris"
+
+
+def test_a_model_without_a_second_pass_ignores_punctuation(stub):
+    response = recognize(stub, (SAMPLES / "what_time.wav").read_bytes(), enable_automatic_punctuation=True)
+    assert response.results[0].alternatives[0].transcript == "what time is it in paris"
+
+
+def test_a_declared_second_pass_without_its_files_is_refused(model_dir, tmp_path):
+    broken = place(model_dir, tmp_path / "broken")
+    for graph in (broken / "second_pass").glob("*.onnx"):
+        graph.unlink()
+    run = subprocess.run([sys.executable, "-m", "service", "--port", "0", "--metrics-port", "0", "--http-port", "0",
+                          "--provider", "cpu", "--model", broken], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "the second pass cannot be loaded" in run.stderr, run.stderr[-2000:]
