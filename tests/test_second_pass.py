@@ -75,3 +75,11 @@ def test_a_declared_second_pass_without_its_files_is_refused(model_dir, tmp_path
     run = subprocess.run([sys.executable, "-m", "service", "--port", "0", "--metrics-port", "0", "--http-port", "0",
                           "--provider", "cpu", "--model", broken], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "the second pass cannot be loaded" in run.stderr, run.stderr[-2000:]
+
+
+def test_hotwords_reach_the_second_pass(second):
+    """The request's phrases are Whisper's prompt: the zero it drops in phone.flac comes back."""
+    phrase = asr_pb2.SpeechContext(phrases=["My phone number is 3200591457"])
+    response = recognize(second, (SAMPLES / "phone.flac").read_bytes(), speech_contexts=[phrase])
+    assert response.results[0].alternatives[0].transcript == (
+        "my phone number is three two zero zero five nine one four five seven")

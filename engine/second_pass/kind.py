@@ -12,6 +12,6 @@ class SecondPass(Protocol):
         """`directory`: the model directory's `second_pass/`; `settings`: model.json's `second_pass`
         (ValueError naming what is wrong)."""
 
-    def transcribe(self, samples: np.ndarray) -> str:
+    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = ()) -> str:
         """One utterance's samples (mono, float32, at the model's rate) -> its text, as the second
-        pass writes it (cased and punctuated where it can)."""
+        pass writes it (cased and punctuated where it can), biased toward the request's hotwords."""

@@ -11,18 +11,19 @@ the audio.
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from engine.features import FeatureConfig, frontend
+from engine.second_pass.bpe import Bpe
 
 SAMPLE_RATE = 16000
 HOP = 160
 MAX_SECONDS = 30.0  # Whisper's window
 MAX_TOKENS = 224  # Whisper's own cap on a window's text
+MAX_PROMPT = 223  # and on the earlier text it is shown (a prompt)
 
 
 def log_mel(audio: np.ndarray, seconds: float) -> np.ndarray:
@@ -34,21 +35,6 @@ def log_mel(audio: np.ndarray, seconds: float) -> np.ndarray:
     power = frontend(FeatureConfig.whisper()).power(padded)[:samples // HOP]
     log_spec = np.log10(np.maximum(power, 1e-10))
     return ((np.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0).T.astype(np.float32)
-
-
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet back to bytes (the printable bytes stand for themselves,
-    the others for 256 + their rank)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
 
 
 @dataclass(frozen=True)
@@ -75,8 +61,10 @@ class WhisperPass:
         self.encoder = ort.InferenceSession(str(directory / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
         self.decoder = ort.InferenceSession(str(directory / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
         self.tokens = (directory / "vocabulary.txt").read_text().splitlines()
+        self.bpe = Bpe(directory / "tokenizer.json")
         index = {t: i for i, t in enumerate(self.tokens)}
         self.eot, self.sot = index["<|endoftext|>"], index["<|startoftranscript|>"]
+        self._previous = index["<|startofprev|>"]
         self.prompt = [self.sot, index["<|notimestamps|>"]]
         config = json.loads((directory / "whisper_config.json").read_text())  # the wheel's config.json
         suppressed = np.zeros(len(self.tokens), bool)
@@ -93,19 +81,23 @@ class WhisperPass:
         window = self.settings.window_seconds if seconds <= self.settings.window_seconds else MAX_SECONDS
         return self.encoder.run(None, {"mel": log_mel(samples, window)[None]})[0]
 
-    def transcribe(self, samples: np.ndarray) -> str:
-        tokens = self.decode(self.encode(samples), len(samples) / SAMPLE_RATE)
-        text = bytearray()
-        for t in tokens:
-            text.extend(_byte_decoder()[c] for c in self.tokens[t])
-        return text.decode("utf-8", errors="replace").strip()
+    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = ()) -> str:
+        tokens = self.decode(self.encode(samples), len(samples) / SAMPLE_RATE, self.prompt_of(hotwords))
+        return self.bpe.decode([self.tokens[t] for t in tokens]).strip()
 
-    def decode(self, cross: np.ndarray, seconds: float) -> list[int]:
-        """Beam search (width `beam`) over the text tokens; each hypothesis's score is its log-probability
-        over its length, as Whisper ranks them."""
+    def prompt_of(self, hotwords: tuple[str, ...]) -> list[int]:
+        """What the decoder is shown before the audio's text: the hotwords as earlier text (Whisper's
+        prompt, as faster-whisper's `hotwords`), then the start of a transcript without timestamps."""
+        if not hotwords:
+            return self.prompt
+        return [self._previous, *self.bpe.encode(" " + ", ".join(hotwords))[-MAX_PROMPT:], *self.prompt]
+
+    def decode(self, cross: np.ndarray, seconds: float, prompt: list[int] | None = None) -> list[int]:
+        """Beam search (width `beam`) over the text tokens after `prompt` (default: no hotwords); each
+        hypothesis's score is its log-probability over its length, as Whisper ranks them."""
         beam, most = self.settings.beam, min(MAX_TOKENS, math.ceil(4 + self.settings.max_tokens_per_second * seconds))
         past = np.zeros((self._layers, 2, 1, 0, self._width), np.float32)
-        logp, past = self.decoder.run(None, {"tokens": np.array([self.prompt], np.int64), "past": past,
+        logp, past = self.decoder.run(None, {"tokens": np.array([prompt or self.prompt], np.int64), "past": past,
                                              "cross": cross})
         hyps = [([], 0.0)]  # (tokens, summed log-probability) of the live beams, in the cache's order
         step_logp = logp[:, -1]

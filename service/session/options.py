@@ -31,6 +31,7 @@ class RequestOptions:
     canary_set: str
     format_numbers: bool = False
     punctuation: bool = False  # finals as a second pass writes them, where the model has one
+    phrases: tuple[str, ...] = ()  # the hotwords as the caller wrote them (a second pass reads them so)
 
     @property
     def traffic(self) -> str:
@@ -68,9 +69,9 @@ def recognition_options(config: asr_pb2.RecognitionConfig, spec: ModelSpec) -> R
         raise AudioError(f"config.decoder.beam_width must be between 0 and {MAX_BEAM_WIDTH}")
     if sum(len(ctx.phrases) for ctx in config.speech_contexts) > MAX_HOTWORDS:
         raise AudioError(f"config.speech_contexts: at most {MAX_HOTWORDS} phrases")
-    phrases = tuple(p for ctx in config.speech_contexts for p in
-                    (normalize(_length(x, "config.speech_contexts.phrases[]", MAX_PHRASE_CHARS)) for x in ctx.phrases)
-                    if p)
+    written = tuple(_length(x, "config.speech_contexts.phrases[]", MAX_PHRASE_CHARS).strip()
+                    for ctx in config.speech_contexts for x in ctx.phrases)
+    phrases = tuple(p for p in map(normalize, written) if p)
     boosts = {_number(ctx.boost, "config.speech_contexts.boost", 0.0, MAX_BOOST)
               for ctx in config.speech_contexts if ctx.phrases}
     if len(boosts) > 1:
@@ -94,4 +95,4 @@ def recognition_options(config: asr_pb2.RecognitionConfig, spec: ModelSpec) -> R
         alternatives=max(1, config.max_alternatives),
     )
     return RequestOptions(decode, config.enable_word_time_offsets, reference, canary_set, config.format_numbers,
-                          config.enable_automatic_punctuation)
+                          config.enable_automatic_punctuation, tuple(w for w in written if w))

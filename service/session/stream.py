@@ -207,7 +207,7 @@ class StreamSession:
                 if self.ctx.admission.overloaded():
                     self.ctx.metrics.second_pass_skipped.labels(self.served.name).inc()
                     continue
-                progress.events[i] = await self.ctx.run(recognizer.rewrite, item)
+                progress.events[i] = await self.ctx.run(recognizer.rewrite, item, self.opts.phrases)
 
     def _events(self, progress: Progress, last: bool) -> list[Event]:
         out: list[Event] = []
