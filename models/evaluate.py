@@ -35,8 +35,8 @@ from engine.decoder.ctc import CtcDecoder, DecodeOptions
 from engine.manifest import read_audio, read_manifest, spread
 from engine.model.directory import MAX_BEAM_WIDTH, ModelSpec
 from engine.model.session import ModelSession
-from engine.recognizer import Recognizer
-from engine.text import normalize, spoken
+from engine.recognizer import HALF_CLOSE, Final, Recognizer
+from engine.text import normalize
 from models import sentences
 
 
@@ -89,15 +89,19 @@ class WhisperAnchor:
 
 
 class SecondPassMode:
-    """The model directory's second pass over each whole utterance, as the server's finals give it
-    (its spoken form); its CPU time is on top of the first pass's."""
+    """The model directory's second pass over each whole utterance's beam+LM final, as the server's
+    finals give it (`Recognizer.rewrite`: its spoken form; kept as the first pass heard it where
+    that was sure enough); its CPU time is on top of the first pass's."""
     name = "second pass"
 
-    def __init__(self, spec: ModelSpec) -> None:
-        self._pass = second_pass.load(spec.directory, spec.second_pass)
+    def __init__(self, recognizer: Recognizer, opts: DecodeOptions) -> None:
+        self._recognizer, self._opts = recognizer, opts
 
     def transcribe(self, rows: list[dict], desc: str) -> tuple[list[str], float]:
-        return timed(rows, f"{desc} (second pass)", lambda audio: spoken(self._pass.transcribe(audio)))
+        def one(audio):
+            first = self._recognizer.decoder.decode(self._recognizer.utterance_logprobs(audio), self._opts)
+            return self._recognizer.rewrite(Final(first, HALF_CLOSE, 0.0, audio)).hypotheses[0].text
+        return timed(rows, f"{desc} (second pass)", one)
 
 
 def score(name: str, mode: str, refs: list[str], hyps: list[str]) -> dict:
@@ -141,7 +145,8 @@ def main() -> None:
     beam_width = a.beam_width or spec.beam_width
     if not 1 < beam_width <= MAX_BEAM_WIDTH:
         p.error(f"--beam-width must be between 2 and {MAX_BEAM_WIDTH}")
-    recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec))
+    second = second_pass.load(spec.directory, spec.second_pass) if spec.second_pass else None
+    recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec), second_pass=second)
     modes = {"greedy": DecodeOptions(beam_width=1, lm_weight=0, word_bonus=0, use_lm=False)}
     if recognizer.decoder.has_lm:
         modes["beam+LM"] = DecodeOptions(
@@ -151,7 +156,7 @@ def main() -> None:
         tune(recognizer, [s.split("=", 1)[1] for s in a.set], a.limit, beam_width, a.tune)
         return
     anchor = WhisperAnchor() if a.whisper else None
-    second = SecondPassMode(spec) if spec.second_pass else None
+    second = SecondPassMode(recognizer, modes["beam+LM"]) if second and "beam+LM" in modes else None
     english = set(sentences.english_sentences())
     table, costs = [], []
     for item in a.set:

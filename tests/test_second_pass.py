@@ -13,7 +13,11 @@ from conftest import BUNDLED, SAMPLES, TEST_CONFIG, ServerThread, place
 from test_recognize import pcm16, recognize, stream
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from engine.decoder.ctc import CtcDecoder, Hypothesis
 from engine.manifest import read_audio
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
+from engine.recognizer import HALF_CLOSE, Final, Recognizer
 from engine.second_pass import load
 from engine.text import spoken
 
@@ -83,3 +87,15 @@ def test_hotwords_reach_the_second_pass(second):
     response = recognize(second, (SAMPLES / "phone.flac").read_bytes(), speech_contexts=[phrase])
     assert response.results[0].alternatives[0].transcript == (
         "my phone number is three two zero zero five nine one four five seven")
+
+
+def test_a_final_the_first_pass_is_sure_of_is_kept(model_dir):
+    """Where the first pass's confidence reaches `keep_first_above` (0.9) its final stands: on the wake
+    words the second pass was far worse (the model card's Experiments)."""
+    spec = ModelSpec.load(model_dir)
+    recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec), second_pass=load(model_dir, spec.second_pass))
+    audio = read_audio(SAMPLES / "phone.flac", 16000)
+    first = Hypothesis("my phone number is three two zero zero five nine one four five seven", 0.95, ())
+    assert recognizer.rewrite(Final([first], HALF_CLOSE, 4.0, audio)).hypotheses[0].text == first.text
+    unsure = recognizer.rewrite(Final([first._replace(confidence=0.5)], HALF_CLOSE, 4.0, audio))
+    assert unsure.hypotheses[0].text == PHONE_SECOND and unsure.written.startswith("My phone number")

@@ -8,6 +8,8 @@ import numpy as np
 
 
 class SecondPass(Protocol):
+    keep_first_above: float  # a final whose first-pass confidence reaches this is not decoded again
+
     def __init__(self, directory: Path, settings: dict, threads: int) -> None:
         """`directory`: the model directory's `second_pass/`; `settings`: model.json's `second_pass`
         (ValueError naming what is wrong)."""

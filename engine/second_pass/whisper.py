@@ -42,8 +42,11 @@ class Settings:
     window_seconds: float = 15.0
     beam: int = 5
     max_tokens_per_second: float = 8.0
+    keep_first_above: float = 0.9  # a final the first pass is this sure of is kept as it is
 
     def __post_init__(self) -> None:
+        if not 0 <= self.keep_first_above <= 1.01:
+            raise ValueError("second_pass.keep_first_above must be from 0 to 1 (above 1: never keep the first)")
         if not 0 < self.window_seconds <= MAX_SECONDS:
             raise ValueError(f"second_pass.window_seconds must be above 0 and at most {MAX_SECONDS:g}")
         if not 1 <= self.beam <= 16:
@@ -55,6 +58,7 @@ class Settings:
 class WhisperPass:
     def __init__(self, directory: Path, settings: dict, threads: int = 1) -> None:
         self.settings = Settings(**{k: v for k, v in settings.items() if k != "kind"})
+        self.keep_first_above = self.settings.keep_first_above
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
