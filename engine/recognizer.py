@@ -216,10 +216,12 @@ class Recognizer:
     def rewrite(self, final: Final, hotwords: tuple[str, ...] = ()) -> Final:
         """The final as the second pass hears its utterance: its text in the first pass's spoken form
         (words and their times stay the first pass's), and as the second pass wrote it. A final the
-        first pass is sure of stays as it is: there the first pass was the better (model card)."""
+        first pass is sure of stays as it is: there the first pass was the better (model card); so does
+        one longer than the second pass can hear."""
         if self.second_pass is None or final.audio is None or not len(final.audio):
             return final
-        if final.hypotheses[0].confidence >= self.second_pass.keep_first_above:
+        too_long = len(final.audio) > self.second_pass.max_seconds * self.spec.features.sample_rate
+        if too_long or final.hypotheses[0].confidence >= self.second_pass.keep_first_above:
             return replace(final, audio=None)
         written = self.second_pass.transcribe(final.audio, hotwords)
         best = final.hypotheses[0]._replace(text=spoken(written))

@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 
 import grpc
+import numpy as np
 import pytest
 from conftest import BUNDLED, SAMPLES, TEST_CONFIG, ServerThread, place
 from test_recognize import pcm16, recognize, stream
@@ -99,3 +100,17 @@ def test_a_final_the_first_pass_is_sure_of_is_kept(model_dir):
     assert recognizer.rewrite(Final([first], HALF_CLOSE, 4.0, audio)).hypotheses[0].text == first.text
     unsure = recognizer.rewrite(Final([first._replace(confidence=0.5)], HALF_CLOSE, 4.0, audio))
     assert unsure.hypotheses[0].text == PHONE_SECOND and unsure.written.startswith("My phone number")
+
+
+def test_many_hotwords_on_a_long_utterance_stay_within_the_decoder(model_dir):
+    """The most phrases a request may send, as a prompt, leave the text room within Whisper's 448
+    positions (past them the decoder would fail the call), and an utterance longer than the second
+    pass hears keeps the first pass's final."""
+    whisper = load(model_dir, json.loads((model_dir / "model.json").read_text())["second_pass"])
+    prompt = whisper.prompt_of(tuple(f"phrase number {i} of a hundred, each of them long enough" for i in range(100)))
+    assert len(prompt) + whisper.most_tokens(len(prompt), 30.0) <= 448 and whisper.most_tokens(len(prompt), 30.0) > 200
+    spec = ModelSpec.load(model_dir)
+    recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec), second_pass=whisper)
+    first = Hypothesis("what time is it in paris", 0.5, ())
+    long = np.tile(read_audio(SAMPLES / "what_time.wav", 16000), 20)  # 34 s
+    assert recognizer.rewrite(Final([first], HALF_CLOSE, 34.0, long)).hypotheses[0] == first

@@ -9,6 +9,7 @@ import numpy as np
 
 class SecondPass(Protocol):
     keep_first_above: float  # a final whose first-pass confidence reaches this is not decoded again
+    max_seconds: float  # nor is an utterance longer than this
 
     def __init__(self, directory: Path, settings: dict, threads: int) -> None:
         """`directory`: the model directory's `second_pass/`; `settings`: model.json's `second_pass`

@@ -24,6 +24,7 @@ HOP = 160
 MAX_SECONDS = 30.0  # Whisper's window
 MAX_TOKENS = 224  # Whisper's own cap on a window's text
 MAX_PROMPT = 223  # and on the earlier text it is shown (a prompt)
+POSITIONS = 448  # the decoder's positions: prompt and text together
 
 
 def log_mel(audio: np.ndarray, seconds: float) -> np.ndarray:
@@ -56,6 +57,8 @@ class Settings:
 
 
 class WhisperPass:
+    max_seconds = MAX_SECONDS
+
     def __init__(self, directory: Path, settings: dict, threads: int = 1) -> None:
         self.settings = Settings(**{k: v for k, v in settings.items() if k != "kind"})
         self.keep_first_above = self.settings.keep_first_above
@@ -99,10 +102,10 @@ class WhisperPass:
     def decode(self, cross: np.ndarray, seconds: float, prompt: list[int] | None = None) -> list[int]:
         """Beam search (width `beam`) over the text tokens after `prompt` (default: no hotwords); each
         hypothesis's score is its log-probability over its length, as Whisper ranks them."""
-        beam, most = self.settings.beam, min(MAX_TOKENS, math.ceil(4 + self.settings.max_tokens_per_second * seconds))
+        prompt = prompt or self.prompt
+        beam, most = self.settings.beam, self.most_tokens(len(prompt), seconds)
         past = np.zeros((self._layers, 2, 1, 0, self._width), np.float32)
-        logp, past = self.decoder.run(None, {"tokens": np.array([prompt or self.prompt], np.int64), "past": past,
-                                             "cross": cross})
+        logp, past = self.decoder.run(None, {"tokens": np.array([prompt], np.int64), "past": past, "cross": cross})
         hyps = [([], 0.0)]  # (tokens, summed log-probability) of the live beams, in the cache's order
         step_logp = logp[:, -1]
         finished: list[tuple[list[int], float]] = []
@@ -135,6 +138,12 @@ class WhisperPass:
             step_logp = logp[:, -1]
         finished += hyps if not finished else []
         return max(finished, key=lambda h: h[1] / max(len(h[0]), 1))[0]
+
+
+    def most_tokens(self, prompt: int, seconds: float) -> int:
+        """The longest text for `seconds` of audio after a prompt of `prompt` tokens: the decoder has
+        POSITIONS in all."""
+        return min(MAX_TOKENS, POSITIONS - prompt, math.ceil(4 + self.settings.max_tokens_per_second * seconds))
 
 
 def _repeats(tokens: list[int], times: int = 3) -> bool:
