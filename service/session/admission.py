@@ -118,16 +118,21 @@ class Admission:
         now = time.perf_counter()
         return max((clock.server_lag_s(now) for clock in self._clocks.values()), default=0.0)
 
-    def overloaded(self) -> bool:
-        """Whether new calls are shed now: optional work (a second pass) is skipped then too."""
+    def _load(self) -> tuple[float, float, bool]:
+        """The busiest model's ratio, the server's lag, and whether they call for shedding (the lag
+        with hysteresis: until none is half of it behind)."""
         busy, lag = self.busy_ratio(), self.server_lag()
         limit = self.cfg.shed_stream_lag_seconds
         self._lag_shedding = lag > limit or (self._lag_shedding and lag > limit / 2)
-        return busy > self.cfg.max_model_busy_ratio or self._lag_shedding
+        return busy, lag, busy > self.cfg.max_model_busy_ratio or self._lag_shedding
+
+    def overloaded(self) -> bool:
+        """Whether new calls are shed now: optional work (a second pass) is skipped then too."""
+        return self._load()[2]
 
     def _shed(self, method: str) -> None:
-        if self.overloaded():
-            busy, lag = self.busy_ratio(), self.server_lag()
+        busy, lag, overloaded = self._load()
+        if overloaded:
             self.metrics.load_shed.labels(method).inc()
             why = (f"its streams are {lag:.1f} s behind real time" if self._lag_shedding
                    else f"the model is busy {busy:.0%} of the time with live streams")
