@@ -36,8 +36,14 @@ class Final:
     hypotheses: list[Hypothesis]
     reason: str
     end: float  # seconds from the start of the stream
-    audio: np.ndarray | None = None  # the utterance's samples, where a second pass will read them
+    # Where a second pass will run: the utterance's samples, and its first-pass log-probabilities
+    # (T, V) from `offset` frames into the stream, on which the second pass's words are timed.
+    audio: np.ndarray | None = None
+    logprobs: np.ndarray | None = None
+    offset: int = 0
     written: str | None = None  # the second pass's own text (cased, punctuated), once it has run
+    first: Hypothesis | None = None  # and the first pass's best, which it replaced
+    fell_back: bool = False  # the second pass was due but skipped (the server was shedding load)
 
 
 @dataclass
@@ -64,8 +70,10 @@ class StreamState:
     samples: int = 0  # at the model's rate
     frames: int = 0  # output frames so far
     finals: int = 0
-    audio: list[np.ndarray] = field(default_factory=list)  # with a second pass: the open utterance's samples
+    # With a second pass: the open utterance's samples and model outputs.
+    audio: list[np.ndarray] = field(default_factory=list)
     audio_from: int = 0  # the sample of the stream where `audio` starts
+    logprobs: list[np.ndarray] = field(default_factory=list)
 
 
 class Recognizer:
@@ -130,6 +138,8 @@ class Recognizer:
         had_speech = stream.endpointer.speech
         stream.frames += len(logprobs)
         progress.frames += len(logprobs)
+        if self.second_pass is not None:
+            stream.logprobs.append(logprobs)
         reason = stream.endpointer.update(logprobs)
         if stream.endpointer.speech and not had_speech:
             progress.events.append(SPEECH_BEGAN)
@@ -198,7 +208,9 @@ class Recognizer:
         started = time.perf_counter()
         hyps = self.decoder.finish(stream.decode)
         self._on_decode(time.perf_counter() - started)
-        progress.events.append(Final(hyps, reason, self.heard(stream), self._take_audio(stream)))
+        audio = self._take_audio(stream)
+        logprobs = np.concatenate(stream.logprobs) if audio is not None and stream.logprobs else None
+        progress.events.append(Final(hyps, reason, self.heard(stream), audio, logprobs, stream.decode.offset))
         stream.finals += 1
         self._reset_utterance(stream)
 
@@ -213,20 +225,33 @@ class Recognizer:
         stream.audio, stream.audio_from = [rest], stream.audio_from + len(utterance)
         return utterance
 
-    def rewrite(self, final: Final, hotwords: tuple[str, ...] = ()) -> Final:
-        """The final as the second pass hears its utterance: its text in the first pass's spoken form
-        (words and their times stay the first pass's), and as the second pass wrote it. A final the
-        first pass is sure of stays as it is: there the first pass was the better (model card); so does
-        one longer than the second pass can hear."""
-        if self.second_pass is None or final.audio is None or not len(final.audio):
-            return final
+    def rewrite(self, final: Final, hotwords: tuple[str, ...] = (), use_lm: bool = True) -> Final:
+        """The final as the second pass hears its utterance: its text in the first pass's spoken form,
+        each word timed and scored where the first pass's outputs place it (forced alignment), and
+        the text as the second pass wrote it; among the texts the pass found, the KenLM (unless
+        `use_lm` is off) has its say at the pass's `lm_weight`. A final the first pass is sure of
+        stays as it is: there the first pass was the better (model card); so does one longer than
+        the second pass can hear."""
+        if self.second_pass is None or final.audio is None or not len(final.audio) or final.logprobs is None:
+            return self.first_pass_only(final)
         too_long = len(final.audio) > self.second_pass.max_seconds * self.spec.features.sample_rate
         if too_long or final.hypotheses[0].confidence >= self.second_pass.keep_first_above:
-            return replace(final, audio=None)
-        written = self.second_pass.transcribe(final.audio, hotwords)
-        best = final.hypotheses[0]._replace(text=spoken(written))
-        return replace(final, hypotheses=[best, *final.hypotheses[1:]], audio=None, written=written)
+            return self.first_pass_only(final)
+        found = self.second_pass.transcribe(final.audio, hotwords)
+        weight = self.second_pass.lm_weight
+        if use_lm and weight and self.decoder.has_lm:
+            found = sorted(found, key=lambda f: -(f[1] + weight * self.decoder.text_score(spoken(f[0]))))
+        written = found[0][0]
+        best = self.decoder.align(spoken(written), final.logprobs, final.offset)
+        return replace(self.first_pass_only(final), hypotheses=[best, *final.hypotheses[1:]], written=written,
+                       first=final.hypotheses[0])
+
+    @staticmethod
+    def first_pass_only(final: Final) -> Final:
+        """The final as the first pass gave it, without what a second pass would have read."""
+        return replace(final, audio=None, logprobs=None)
 
     def _reset_utterance(self, stream: StreamState) -> None:
         stream.decode = self.decoder.start(stream.opts, offset=self._heard_frames(stream.frames))
         stream.endpointer.reset()
+        stream.logprobs = []

@@ -99,8 +99,9 @@ class SecondPassMode:
 
     def transcribe(self, rows: list[dict], desc: str) -> tuple[list[str], float]:
         def one(audio):
-            first = self._recognizer.decoder.decode(self._recognizer.utterance_logprobs(audio), self._opts)
-            return self._recognizer.rewrite(Final(first, HALF_CLOSE, 0.0, audio)).hypotheses[0].text
+            logprobs = self._recognizer.utterance_logprobs(audio)
+            first = self._recognizer.decoder.decode(logprobs, self._opts)
+            return self._recognizer.rewrite(Final(first, HALF_CLOSE, 0.0, audio, logprobs)).hypotheses[0].text
         return timed(rows, f"{desc} (second pass)", one)
 
 

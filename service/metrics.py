@@ -45,7 +45,7 @@ class Metrics:
                                     ["model"], buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.decode = Histogram("asr_decode_seconds", "One decoder call (a model batch's streams, or a final)",
                                 ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        canary = ["set", "model"]
+        canary = ["set", "model", "pass"]  # pass: "first", or "second" (the finals of a two-pass model)
         self.canary_requests = Counter("asr_canary_requests_total", "Labelled canaries scored", canary, registry=r)
         self.canary_word_errors = Counter("asr_canary_word_errors_total", "Word edits against canary references",
                                           canary, registry=r)
@@ -70,7 +70,7 @@ class Metrics:
                                    registry=r)
         self.promotion_canaries = Gauge("asr_promotion_canaries", "Canaries a staged candidate has decoded",
                                         ["model", "set"], registry=r)
-        self.second_pass_skipped = Counter("asr_second_pass_skipped_total", "Finals left as the first pass "
-                                           "heard them because the server was shedding load", ["model"], registry=r)
+        self.second_pass_fallbacks = Counter("asr_second_pass_fallbacks_total", "Finals left as the first pass "
+                                             "heard them because the server was shedding load", ["model"], registry=r)
         self.model_info = Gauge("asr_model_info", "The model being served (value 1)",
                                 ["model", "version", "provider"], registry=r)

@@ -5,12 +5,14 @@ before (every other test)."""
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import grpc
 import numpy as np
 import pytest
 from conftest import BUNDLED, SAMPLES, TEST_CONFIG, ServerThread, place
+from test_metrics import scrape, value
 from test_recognize import pcm16, recognize, stream
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
@@ -41,11 +43,27 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def second(model_dir):
+def second_server(model_dir):
     srv = ServerThread(replace(TEST_CONFIG, model=str(model_dir)))
-    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
-        yield asr_pb2_grpc.SpeechStub(channel)
+    yield srv
     srv.close()
+
+
+@pytest.fixture(scope="module")
+def second(second_server):
+    with grpc.insecure_channel(f"127.0.0.1:{second_server.running.port}") as channel:
+        yield asr_pb2_grpc.SpeechStub(channel)
+
+
+@pytest.fixture(scope="module")
+def recognizer(model_dir):
+    spec = ModelSpec.load(model_dir)
+    return Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec), second_pass=load(model_dir, spec.second_pass))
+
+
+def final_of(recognizer: Recognizer, first: Hypothesis, audio: np.ndarray) -> Final:
+    """A final as the recognizer gives it at half-close, for `rewrite`."""
+    return Final([first], HALF_CLOSE, len(audio) / 16000, audio, recognizer.utterance_logprobs(audio))
 
 
 def test_finals_are_the_second_pass_and_interim_results_the_first(second, model_dir):
@@ -57,7 +75,7 @@ def test_finals_are_the_second_pass_and_interim_results_the_first(second, model_
     assert finals == [PHONE_SECOND]
     assert any("three two zero zero" in t for t in interim), interim  # the first pass, as it heard it
     written = load(model_dir, json.loads((model_dir / "model.json").read_text())["second_pass"]).transcribe(
-        read_audio(SAMPLES / "phone.flac", 16000))
+        read_audio(SAMPLES / "phone.flac", 16000))[0][0]
     assert spoken(written) == PHONE_SECOND
 
 
@@ -90,27 +108,83 @@ def test_hotwords_reach_the_second_pass(second):
         "my phone number is three two zero zero five nine one four five seven")
 
 
-def test_a_final_the_first_pass_is_sure_of_is_kept(model_dir):
+def test_a_final_the_first_pass_is_sure_of_is_kept(recognizer):
     """Where the first pass's confidence reaches `keep_first_above` (0.9) its final stands: on the wake
     words the second pass was far worse (the model card's Experiments)."""
-    spec = ModelSpec.load(model_dir)
-    recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec), second_pass=load(model_dir, spec.second_pass))
     audio = read_audio(SAMPLES / "phone.flac", 16000)
     first = Hypothesis("my phone number is three two zero zero five nine one four five seven", 0.95, ())
-    assert recognizer.rewrite(Final([first], HALF_CLOSE, 4.0, audio)).hypotheses[0].text == first.text
-    unsure = recognizer.rewrite(Final([first._replace(confidence=0.5)], HALF_CLOSE, 4.0, audio))
+    assert recognizer.rewrite(final_of(recognizer, first, audio)).hypotheses[0].text == first.text
+    unsure = recognizer.rewrite(final_of(recognizer, first._replace(confidence=0.5), audio))
     assert unsure.hypotheses[0].text == PHONE_SECOND and unsure.written.startswith("My phone number")
+    assert unsure.first.text == first.text
 
 
-def test_many_hotwords_on_a_long_utterance_stay_within_the_decoder(model_dir):
+def test_many_hotwords_on_a_long_utterance_stay_within_the_decoder(model_dir, recognizer):
     """The most phrases a request may send, as a prompt, leave the text room within Whisper's 448
     positions (past them the decoder would fail the call), and an utterance longer than the second
     pass hears keeps the first pass's final."""
     whisper = load(model_dir, json.loads((model_dir / "model.json").read_text())["second_pass"])
     prompt = whisper.prompt_of(tuple(f"phrase number {i} of a hundred, each of them long enough" for i in range(100)))
     assert len(prompt) + whisper.most_tokens(len(prompt), 30.0) <= 448 and whisper.most_tokens(len(prompt), 30.0) > 200
-    spec = ModelSpec.load(model_dir)
-    recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec), second_pass=whisper)
     first = Hypothesis("what time is it in paris", 0.5, ())
     long = np.tile(read_audio(SAMPLES / "what_time.wav", 16000), 20)  # 34 s
-    assert recognizer.rewrite(Final([first], HALF_CLOSE, 34.0, long)).hypotheses[0] == first
+    assert recognizer.rewrite(final_of(recognizer, first, long)).hypotheses[0] == first
+
+
+def words_of(responses) -> list:
+    return [w for r in responses if r.results and r.results[0].is_final for w in r.results[0].alternatives[0].words]
+
+
+def test_the_second_pass_words_are_timed_where_the_first_pass_heard_them(second, stub):
+    """Word times and confidences of a second-pass final come from aligning its words to the first
+    pass's outputs: its words, in order, each where the first pass alone places the same word."""
+    pcm, rate = pcm16("phone.flac")
+    config = dict(encoding=asr_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=rate, enable_word_time_offsets=True)
+    words = words_of(stream(second, pcm, 3200, **config))
+    assert [w.word for w in words] == PHONE_SECOND.split()
+    alone = {w.word: w for w in words_of(stream(stub, pcm, 3200, **config))}
+    for w in words:
+        start, end = w.start_time.ToTimedelta().total_seconds(), w.end_time.ToTimedelta().total_seconds()
+        assert 0 <= start < end <= len(pcm) / 2 / rate and 0 < w.confidence <= 1, w
+        if w.word in ("my", "phone", "number", "is"):  # heard alike by both passes
+            assert start == pytest.approx(alone[w.word].start_time.ToTimedelta().total_seconds(), abs=0.1)
+            assert end == pytest.approx(alone[w.word].end_time.ToTimedelta().total_seconds(), abs=0.1)
+    assert all(a.end_time.ToTimedelta() <= b.start_time.ToTimedelta() for a, b in zip(words, words[1:]))
+
+
+def test_canaries_are_scored_for_each_pass(second, second_server):
+    """A canary on a two-pass model is scored as served (pass "second": the dropped zero is a word
+    error) and by its first pass alone (pass "first": none)."""
+    reference = "my phone number is three two zero zero five nine one four five seven"
+    response = recognize(second, (SAMPLES / "phone.flac").read_bytes(),
+                         canary=asr_pb2.CanaryLabel(reference=reference, set="phones"))
+    assert response.canary_score.pass_name == "second" and response.canary_score.word_errors == 1
+    samples = scrape(second_server.running.metrics_port)
+    errors = {p: value(samples, "asr_canary_word_errors_total", set="phones", model="ctc-whisper-tiny", **{"pass": p})
+              for p in ("first", "second")}
+    assert errors == {"first": 0, "second": 1}
+
+
+def test_under_load_the_final_is_the_first_pass_flagged(model_dir):
+    """A server shedding load (here: any live work passes --max-model-busy-ratio) skips the second
+    pass: the final is the first pass's, flagged, and counted."""
+    srv = ServerThread(replace(TEST_CONFIG, model=str(model_dir), max_model_busy_ratio=0.001))
+    try:
+        pcm, rate = pcm16("phone.flac")
+
+        def paced():  # in real time: a live stream
+            yield asr_pb2.StreamingRecognizeRequest(streaming_config=asr_pb2.StreamingRecognitionConfig(
+                config=asr_pb2.RecognitionConfig(encoding=asr_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=rate)))
+            for i in range(0, len(pcm), 3200):
+                time.sleep(3200 / 2 / rate)
+                yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm[i:i + 3200])
+        with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+            responses = list(asr_pb2_grpc.SpeechStub(channel).StreamingRecognize(paced(), timeout=60))
+        finals = [r.results[0] for r in responses if r.results and r.results[0].is_final]
+        assert [f.alternatives[0].transcript for f in finals] == [
+            "my phone number is three two zero zero five nine one four five seven"]
+        assert finals[0].second_pass_fallback
+        assert value(scrape(srv.running.metrics_port), "asr_second_pass_fallbacks_total",
+                     model="ctc-whisper-tiny") == 1
+    finally:
+        srv.close()

@@ -143,24 +143,28 @@ class StreamingRecognizeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[StreamingRecognitionResult, _Mapping]]] = ..., speech_event_type: _Optional[_Union[StreamingRecognizeResponse.SpeechEventType, str]] = ..., total_billed_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., endpoint_reason: _Optional[str] = ..., canary_score: _Optional[_Union[CanaryScore, _Mapping]] = ...) -> None: ...
 
 class SpeechRecognitionResult(_message.Message):
-    __slots__ = ("alternatives", "result_end_time")
+    __slots__ = ("alternatives", "result_end_time", "second_pass_fallback")
     ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
     RESULT_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    SECOND_PASS_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     alternatives: _containers.RepeatedCompositeFieldContainer[SpeechRecognitionAlternative]
     result_end_time: _duration_pb2.Duration
-    def __init__(self, alternatives: _Optional[_Iterable[_Union[SpeechRecognitionAlternative, _Mapping]]] = ..., result_end_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    second_pass_fallback: bool
+    def __init__(self, alternatives: _Optional[_Iterable[_Union[SpeechRecognitionAlternative, _Mapping]]] = ..., result_end_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., second_pass_fallback: _Optional[bool] = ...) -> None: ...
 
 class StreamingRecognitionResult(_message.Message):
-    __slots__ = ("alternatives", "is_final", "stability", "result_end_time")
+    __slots__ = ("alternatives", "is_final", "stability", "result_end_time", "second_pass_fallback")
     ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
     STABILITY_FIELD_NUMBER: _ClassVar[int]
     RESULT_END_TIME_FIELD_NUMBER: _ClassVar[int]
+    SECOND_PASS_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     alternatives: _containers.RepeatedCompositeFieldContainer[SpeechRecognitionAlternative]
     is_final: bool
     stability: float
     result_end_time: _duration_pb2.Duration
-    def __init__(self, alternatives: _Optional[_Iterable[_Union[SpeechRecognitionAlternative, _Mapping]]] = ..., is_final: _Optional[bool] = ..., stability: _Optional[float] = ..., result_end_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    second_pass_fallback: bool
+    def __init__(self, alternatives: _Optional[_Iterable[_Union[SpeechRecognitionAlternative, _Mapping]]] = ..., is_final: _Optional[bool] = ..., stability: _Optional[float] = ..., result_end_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., second_pass_fallback: _Optional[bool] = ...) -> None: ...
 
 class SpeechRecognitionAlternative(_message.Message):
     __slots__ = ("transcript", "confidence", "words")
@@ -185,7 +189,7 @@ class WordInfo(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., word: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class CanaryScore(_message.Message):
-    __slots__ = ("set", "word_errors", "reference_words", "char_errors", "reference_chars", "wer", "cer")
+    __slots__ = ("set", "word_errors", "reference_words", "char_errors", "reference_chars", "wer", "cer", "pass_name")
     SET_FIELD_NUMBER: _ClassVar[int]
     WORD_ERRORS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_WORDS_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +197,7 @@ class CanaryScore(_message.Message):
     REFERENCE_CHARS_FIELD_NUMBER: _ClassVar[int]
     WER_FIELD_NUMBER: _ClassVar[int]
     CER_FIELD_NUMBER: _ClassVar[int]
+    PASS_NAME_FIELD_NUMBER: _ClassVar[int]
     set: str
     word_errors: int
     reference_words: int
@@ -200,7 +205,8 @@ class CanaryScore(_message.Message):
     reference_chars: int
     wer: float
     cer: float
-    def __init__(self, set: _Optional[str] = ..., word_errors: _Optional[int] = ..., reference_words: _Optional[int] = ..., char_errors: _Optional[int] = ..., reference_chars: _Optional[int] = ..., wer: _Optional[float] = ..., cer: _Optional[float] = ...) -> None: ...
+    pass_name: str
+    def __init__(self, set: _Optional[str] = ..., word_errors: _Optional[int] = ..., reference_words: _Optional[int] = ..., char_errors: _Optional[int] = ..., reference_chars: _Optional[int] = ..., wer: _Optional[float] = ..., cer: _Optional[float] = ..., pass_name: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("name",)

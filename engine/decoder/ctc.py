@@ -8,12 +8,16 @@ stays flat on long streams.
 """
 
 import logging
+import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import kenlm
 import numpy as np
 
+from engine.decoder.alignment import Aligner
 from engine.decoder.beam_search import BeamSearch, GreedySearch, PythonBeamSearch, Search, SearchOptions, Words
 from engine.decoder.native import NATIVE_ERROR, NativeBeamSearch
 from engine.model.directory import ModelSpec
@@ -88,6 +92,9 @@ class CtcDecoder:
         self.engine: BeamSearch = (NativeBeamSearch if engine != "python" else PythonBeamSearch)(
             list(spec.tokens), spec.lm, unigrams, spec.blank_skip)
         self._greedy = GreedySearch(list(spec.tokens))
+        self._aligner = Aligner(list(spec.tokens))
+        self._lm: kenlm.Model | None = None
+        self._lm_lock = threading.Lock()
         self.threads = threads
 
     @property
@@ -126,7 +133,7 @@ class CtcDecoder:
 
     def partial(self, state: DecodeState) -> Hypothesis:
         """The best hypothesis so far, the word in progress included; the state is unchanged."""
-        return self._hypothesis(state, state.search.best())
+        return self._hypothesis(state.offset, state.search.best())
 
     def stability(self, state: DecodeState) -> float:
         """How likely the interim text is to stay: with beams, the share of probability
@@ -143,7 +150,8 @@ class CtcDecoder:
         """Final LM scoring (end of sentence); up to opts.alternatives hypotheses, best first."""
         if state.frames == 0:
             return [Hypothesis("", 0.0, ())]
-        return [self._hypothesis(state, words, score) for words, score in state.search.finish(state.opts.alternatives)]
+        return [self._hypothesis(state.offset, words, score)
+                for words, score in state.search.finish(state.opts.alternatives)]
 
     def decode(self, logprobs: np.ndarray, opts: DecodeOptions) -> list[Hypothesis]:
         """Whole-utterance convenience: start, advance, finish."""
@@ -151,10 +159,30 @@ class CtcDecoder:
         self.advance(state, logprobs)
         return self.finish(state)
 
-    def _hypothesis(self, state: DecodeState, words: Words, score: float = 0.0) -> Hypothesis:
+    def text_score(self, text: str) -> float:
+        """The LM's log-probability of a whole sentence (natural log, end of sentence included) per
+        word: how another pass's texts are weighed against each other."""
+        with self._lm_lock:  # loaded once, on first use: a model without a second pass never needs it
+            if self._lm is None:
+                self._lm = kenlm.Model(str(self.spec.lm))
+        return self._lm.score(text, bos=True, eos=True) * math.log(10) / max(len(text.split()), 1)
+
+    def align(self, text: str, logprobs: np.ndarray, offset: int) -> Hypothesis:
+        """`text` (another pass's, in the spoken form) timed on the utterance's log-probabilities (T, V)
+        whose first frame is `offset` frames into the stream: each word's times and confidence
+        from the frames that the most likely path emitting it gives it (forced alignment). Where
+        the frames are too few to hold the text, its words share them evenly, confidence 0."""
+        words = text.split()
+        aligned = self._aligner.align(words, logprobs)
+        if aligned is None:
+            edges = np.linspace(0, len(logprobs), len(words) + 1).astype(int)
+            aligned = [(w, int(s), int(e), 0.0) for w, s, e in zip(words, edges, edges[1:])]
+        return self._hypothesis(offset, aligned)
+
+    def _hypothesis(self, offset: int, words: Words, score: float = 0.0) -> Hypothesis:
         if not words:
             return Hypothesis("", 0.0, (), score)
-        step, o = self.spec.frame_seconds, state.offset
+        step, o = self.spec.frame_seconds, offset
         timed = tuple(Word(w, max(0.0, (o + s) * step), max(0.0, (o + max(e, s + 1)) * step), c)
                       for w, s, e, c in words)
         return Hypothesis(" ".join(w for w, *_ in words), sum(c for *_, c in words) / len(words), timed, score)

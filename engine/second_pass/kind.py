@@ -10,11 +10,13 @@ import numpy as np
 class SecondPass(Protocol):
     keep_first_above: float  # a final whose first-pass confidence reaches this is not decoded again
     max_seconds: float  # nor is an utterance longer than this
+    lm_weight: float  # the model directory's KenLM's weight in choosing among the pass's texts (0: none)
 
     def __init__(self, directory: Path, settings: dict, threads: int) -> None:
         """`directory`: the model directory's `second_pass/`; `settings`: model.json's `second_pass`
         (ValueError naming what is wrong)."""
 
-    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = ()) -> str:
-        """One utterance's samples (mono, float32, at the model's rate) -> its text, as the second
-        pass writes it (cased and punctuated where it can), biased toward the request's hotwords."""
+    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+        """One utterance's samples (mono, float32, at the model's rate) -> the texts it may be, as the
+        second pass writes them (cased and punctuated where it can), biased toward the request's
+        hotwords; best first, each with the pass's score (a log-probability per token)."""

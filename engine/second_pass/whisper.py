@@ -44,6 +44,7 @@ class Settings:
     beam: int = 5
     max_tokens_per_second: float = 8.0
     keep_first_above: float = 0.9  # a final the first pass is this sure of is kept as it is
+    lm_weight: float = 0.0  # the KenLM's weight (per word) beside Whisper's log-probability (per token)
 
     def __post_init__(self) -> None:
         if not 0 <= self.keep_first_above <= 1.01:
@@ -54,6 +55,8 @@ class Settings:
             raise ValueError("second_pass.beam must be from 1 to 16")
         if self.max_tokens_per_second <= 0:
             raise ValueError("second_pass.max_tokens_per_second must be positive")
+        if not 0 <= self.lm_weight <= 10:
+            raise ValueError("second_pass.lm_weight must be from 0 to 10")
 
 
 class WhisperPass:
@@ -61,7 +64,7 @@ class WhisperPass:
 
     def __init__(self, directory: Path, settings: dict, threads: int = 1) -> None:
         self.settings = Settings(**{k: v for k, v in settings.items() if k != "kind"})
-        self.keep_first_above = self.settings.keep_first_above
+        self.keep_first_above, self.lm_weight = self.settings.keep_first_above, self.settings.lm_weight
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -88,9 +91,9 @@ class WhisperPass:
         window = self.settings.window_seconds if seconds <= self.settings.window_seconds else MAX_SECONDS
         return self.encoder.run(None, {"mel": log_mel(samples, window)[None]})[0]
 
-    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = ()) -> str:
-        tokens = self.decode(self.encode(samples), len(samples) / SAMPLE_RATE, self.prompt_of(hotwords))
-        return self.bpe.decode([self.tokens[t] for t in tokens]).strip()
+    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+        found = self.search(self.encode(samples), len(samples) / SAMPLE_RATE, self.prompt_of(hotwords))
+        return [(self.bpe.decode([self.tokens[t] for t in tokens]).strip(), score) for tokens, score in found]
 
     def prompt_of(self, hotwords: tuple[str, ...]) -> list[int]:
         """What the decoder is shown before the audio's text: the hotwords as earlier text (Whisper's
@@ -100,8 +103,13 @@ class WhisperPass:
         return [self._previous, *self.bpe.encode(" " + ", ".join(hotwords))[-MAX_PROMPT:], *self.prompt]
 
     def decode(self, cross: np.ndarray, seconds: float, prompt: list[int] | None = None) -> list[int]:
-        """Beam search (width `beam`) over the text tokens after `prompt` (default: no hotwords); each
-        hypothesis's score is its log-probability over its length, as Whisper ranks them."""
+        """The best text's tokens after `prompt` (default: no hotwords)."""
+        return self.search(cross, seconds, prompt)[0][0]
+
+    def search(self, cross: np.ndarray, seconds: float, prompt: list[int] | None = None
+               ) -> list[tuple[list[int], float]]:
+        """Beam search (width `beam`) over the text tokens after `prompt`: the finished texts, best
+        first, each scored by its log-probability over its length, as Whisper ranks them."""
         prompt = prompt or self.prompt
         beam, most = self.settings.beam, self.most_tokens(len(prompt), seconds)
         past = np.zeros((self._layers, 2, 1, 0, self._width), np.float32)
@@ -137,7 +145,7 @@ class WhisperPass:
                                                  "past": np.ascontiguousarray(past[:, :, origins]), "cross": cross})
             step_logp = logp[:, -1]
         finished += hyps if not finished else []
-        return max(finished, key=lambda h: h[1] / max(len(h[0]), 1))[0]
+        return sorted(((t, total / max(len(t), 1)) for t, total in finished), key=lambda h: -h[1])
 
 
     def most_tokens(self, prompt: int, seconds: float) -> int:

@@ -26,6 +26,7 @@ class FinalResult:
     end: float
     billed_seconds: float | None  # on the stream's last final: audio received
     canary: asr_pb2.CanaryScore | None  # on the last final of a labelled canary
+    second_pass_fallback: bool = False  # the first pass's final where a second pass was due (load shedding)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ its last final, and its audio kept for a staged candidate to decode again.
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from service.metrics import Metrics
 from service.session import canary
 from service.session.admission import Admission, StreamClock
 from service.session.audio import STREAM_ENCODINGS, AudioError, Encoding, PcmStream, raw_format
+from service.session.canary import FIRST, SECOND
 from service.session.events import EndOfSingleUtterance, Event, FinalResult, InterimResult, SpeechBegin, SpeechEnd
 from service.session.options import recognition_options
 
@@ -92,7 +93,8 @@ class StreamSession:
         self.clock = StreamClock(min_message_s=1 / ctx.cfg.max_messages_per_second)
         self.shadow = shadow if self.opts.canary_reference else None
         self.kept: list[bytes] = []  # a canary's audio, while a candidate is staged
-        self.transcript: list[str] = []
+        self.transcript: list[str] = []  # the finals' texts as served
+        self.first_transcript: list[str] = []  # and as the first pass heard them (a model with a second pass)
         self.sent_result = not live
         self.next_read = 0.0  # live streams: messages are read at most --max-messages-per-second
         self.state = None  # the recognizer's, made on the pool when the stream starts
@@ -200,14 +202,16 @@ class StreamSession:
 
     async def _second_pass(self, progress: Progress) -> None:
         """The model's second pass over each final's utterance (on the worker pool), unless the
-        server is shedding load: then the final stays the first pass's."""
+        server is shedding load: then the final stays the first pass's, flagged."""
         recognizer = self.served.recognizer
         for i, item in enumerate(progress.events):
             if isinstance(item, Final) and item.audio is not None:
                 if self.ctx.admission.overloaded():
-                    self.ctx.metrics.second_pass_skipped.labels(self.served.name).inc()
+                    self.ctx.metrics.second_pass_fallbacks.labels(self.served.name).inc()
+                    progress.events[i] = replace(recognizer.first_pass_only(item), fell_back=True)
                     continue
-                progress.events[i] = await self.ctx.run(recognizer.rewrite, item, self.opts.phrases)
+                progress.events[i] = await self.ctx.run(recognizer.rewrite, item, self.opts.phrases,
+                                                        self.opts.decode.use_lm)
 
     def _events(self, progress: Progress, last: bool) -> list[Event]:
         out: list[Event] = []
@@ -217,6 +221,7 @@ class StreamSession:
                 out.append(SpeechBegin())
                 continue
             self.transcript.append(item.hypotheses[0].text)
+            self.first_transcript.append((item.first or item.hypotheses[0]).text)
             ends_call = last or self.sc.single_utterance
             score = self._score() if ends_call and opts.canary_reference else None
             hypotheses = item.hypotheses
@@ -224,7 +229,8 @@ class StreamSession:
                 hypotheses = [hypotheses[0]._replace(text=item.written), *hypotheses[1:]]
             elif opts.format_numbers:  # the words (and their times) stay as spoken
                 hypotheses = [h._replace(text=format_numbers(h.text)) for h in hypotheses]
-            out.append(FinalResult(hypotheses, item.reason, item.end, self.seconds if ends_call else None, score))
+            out.append(FinalResult(hypotheses, item.reason, item.end, self.seconds if ends_call else None, score,
+                                   item.fell_back))
             if item.reason != HALF_CLOSE:
                 out.append(SpeechEnd())
             if self.sc.single_utterance:
@@ -233,10 +239,18 @@ class StreamSession:
         return out
 
     def _score(self) -> asr_pb2.CanaryScore:
-        """A labelled canary's score, recorded for its set; a staged candidate gets its audio."""
-        score = canary.score(self.opts.canary_reference, " ".join(t for t in self.transcript if t),
-                             self.opts.canary_set)
-        self.served.canaries.record(score)
+        """A labelled canary's score (its finals as served), recorded for its set, and with a second
+        pass the first pass's alone too; a staged candidate gets its audio."""
+        def scored(transcript: list[str], pass_name: str) -> asr_pb2.CanaryScore:
+            score = canary.score(self.opts.canary_reference, " ".join(t for t in transcript if t),
+                                 self.opts.canary_set, pass_name)
+            self.served.canaries.record(score)
+            return score
+        if self.served.recognizer.second_pass is None:
+            score = scored(self.transcript, FIRST)
+        else:
+            scored(self.first_transcript, FIRST)
+            score = scored(self.transcript, SECOND)
         if self.shadow is not None:
             self.shadow(ShadowJob(quiet_config(self.sc), self.kept, self.endpoint, score, self.opts.canary_reference))
         return score

@@ -51,7 +51,8 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
         response = asr_pb2.RecognizeResponse(total_billed_time=duration(transcript.seconds))
         for final in transcript.finals:
             response.results.add(alternatives=alternatives(final.hypotheses, request.config.enable_word_time_offsets),
-                                 result_end_time=duration(final.end))
+                                 result_end_time=duration(final.end),
+                                 second_pass_fallback=final.second_pass_fallback)
         if transcript.canary is not None:
             response.canary_score.CopyFrom(transcript.canary)
         return response

@@ -46,7 +46,8 @@ def streaming_response(event: Event, word_offsets: bool) -> asr_pb2.StreamingRec
             response = asr_pb2.StreamingRecognizeResponse(
                 results=[asr_pb2.StreamingRecognitionResult(
                     alternatives=alternatives(event.hypotheses, word_offsets), is_final=True,
-                    result_end_time=duration(event.end))], endpoint_reason=event.reason)
+                    result_end_time=duration(event.end), second_pass_fallback=event.second_pass_fallback)],
+                endpoint_reason=event.reason)
             if event.billed_seconds is not None:
                 response.total_billed_time.CopyFrom(duration(event.billed_seconds))
             if event.canary is not None:
