@@ -1,4 +1,4 @@
-"""python -m export.second_pass --model-dir DIR [--window-seconds 15] [--beam 5]
+"""python -m export.second_pass --model-dir DIR [--window-seconds 15] [--beam 5] [--lm-weight 0.5]
 
 Adds Whisper tiny.en's second pass to a model directory: its encoder (with every decoder layer's
 cross-attention keys and values) and its text decoder (one step, a key/value cache in and out) as
@@ -9,6 +9,7 @@ clips, and exits 1 when it does not.
 """
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -88,12 +89,14 @@ def main() -> None:
     p.add_argument("--window-seconds", type=float, default=15.0, help="utterances are padded with silence to this "
                    "(longer ones to 30 s): Whisper runs away into repetition on unpadded audio")
     p.add_argument("--beam", type=int, default=5, help="beam width of the second pass's search")
+    p.add_argument("--lm-weight", type=float, default=Settings.lm_weight,
+                   help="the model directory's KenLM's weight in choosing among the second pass's texts (0: none)")
     a = p.parse_args()
     meta_path = a.model_dir / "model.json"
     if not meta_path.is_file():
         p.error(f"--model-dir {a.model_dir}: no model.json")
     try:
-        settings = Settings(window_seconds=a.window_seconds, beam=a.beam)
+        settings = Settings(window_seconds=a.window_seconds, beam=a.beam, lm_weight=a.lm_weight)
     except ValueError as e:
         p.error(str(e))
     wheel = source_files("tiny.en")[0].parent
@@ -105,9 +108,7 @@ def main() -> None:
         shutil.copy(wheel / name, out / name)
     shutil.copy(wheel / "config.json", out / "whisper_config.json")
     meta = json.loads(meta_path.read_text())
-    meta["second_pass"] = {"kind": "whisper", "window_seconds": settings.window_seconds, "beam": settings.beam,
-                           "max_tokens_per_second": settings.max_tokens_per_second,
-                           "keep_first_above": settings.keep_first_above}
+    meta["second_pass"] = {"kind": "whisper", **dataclasses.asdict(settings)}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     greedy = WhisperPass(out, {**meta["second_pass"], "beam": 1})
     failed = False
@@ -118,7 +119,7 @@ def main() -> None:
         same = ours == theirs
         failed |= not same
         print(f"{clip.name}: greedy tokens {'the same as' if same else 'DIFFER from'} CTranslate2's "
-              f"({len(ours)} tokens): {greedy.transcribe(audio)!r}")
+              f"({len(ours)} tokens): {greedy.transcribe(audio)[0][0]!r}")
     sizes = ", ".join(f"{f.name} {f.stat().st_size / 1e6:.1f} MB" for f in sorted(out.glob("*.onnx")))
     print(f"wrote {out} ({sizes}) and model.json's second_pass")
     sys.exit(1 if failed else 0)

@@ -16,7 +16,7 @@ from test_metrics import scrape, value
 from test_recognize import pcm16, recognize, stream
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from engine.decoder.ctc import CtcDecoder, Hypothesis
+from engine.decoder.ctc import CtcDecoder, DecoderInputs, Hypothesis
 from engine.manifest import read_audio
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession
@@ -188,3 +188,22 @@ def test_under_load_the_final_is_the_first_pass_flagged(model_dir):
                      model="ctc-whisper-tiny") == 1
     finally:
         srv.close()
+
+
+def test_the_language_model_chooses_among_the_second_pass_texts(model_dir, recognizer, tmp_path):
+    """Among the texts the second pass found for phone.flac is "3205 91457" (spoken "three thousand
+    two hundred five ..."): with an LM that finds "zero" unlikely, the final is that one; with the LM
+    off (disable_lm), Whisper's own best."""
+    words = sorted(set(PHONE_SECOND.split()) | {"thousand", "hundred"})
+    unigrams = ["-99\t<s>\t0", "-1.0\t</s>", "-6.0\t<unk>", *(f"{-6.0 if w == 'zero' else -1.0}\t{w}" for w in words)]
+    arpa = tmp_path / "lm.arpa"  # KenLM reads ARPA text as well; it needs bigrams
+    arpa.write_text("\n".join(["\\data\\", f"ngram 1={len(unigrams)}", "ngram 2=1", "", "\\1-grams:", *unigrams,
+                               "", "\\2-grams:", "-0.5\t<s> my", "", "\\end\\", ""]))
+    spec = ModelSpec.load(model_dir)
+    decoder = CtcDecoder(DecoderInputs(spec.tokens, arpa, None, spec.frame_seconds))
+    with_lm = Recognizer(recognizer.session, decoder, second_pass=recognizer.second_pass)
+    audio = read_audio(SAMPLES / "phone.flac", 16000)
+    first = Hypothesis("my phone number is three two zero zero five nine one four five seven", 0.5, ())
+    assert with_lm.rewrite(final_of(with_lm, first, audio)).hypotheses[0].text == (
+        "my phone number is three thousand two hundred five nine one four five seven")
+    assert with_lm.rewrite(final_of(with_lm, first, audio), use_lm=False).hypotheses[0].text == PHONE_SECOND

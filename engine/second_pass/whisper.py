@@ -44,7 +44,9 @@ class Settings:
     beam: int = 5
     max_tokens_per_second: float = 8.0
     keep_first_above: float = 0.9  # a final the first pass is this sure of is kept as it is
-    lm_weight: float = 0.0  # the KenLM's weight (per word) beside Whisper's log-probability (per token)
+    # The KenLM's weight (its log-probability per word) beside Whisper's (per token) among the beam's
+    # texts: 0.5 was best on real utterances held out from every reported set (model card).
+    lm_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 <= self.keep_first_above <= 1.01:
