@@ -237,7 +237,7 @@ class Recognizer:
         too_long = len(final.audio) > self.second_pass.max_seconds * self.spec.features.sample_rate
         if too_long or final.hypotheses[0].confidence >= self.second_pass.keep_first_above:
             return self.first_pass_only(final)
-        found = self.second_pass.transcribe(final.audio, hotwords)
+        found = self.second_pass.transcribe(final.audio, hotwords, proposed=(final.hypotheses[0].text,))
         weight = self.second_pass.lm_weight
         if use_lm and weight and self.decoder.has_lm:
             found = sorted(found, key=lambda f: -(f[1] + weight * self.decoder.text_score(spoken(f[0]))))

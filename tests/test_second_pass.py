@@ -190,20 +190,45 @@ def test_under_load_the_final_is_the_first_pass_flagged(model_dir):
         srv.close()
 
 
+def unigram_lm(path, words: list[str], logp: dict[str, float], default: float):
+    """A KenLM model (ARPA text, which KenLM reads too; it needs a bigram) of `words`, each with its
+    log10 probability in `logp` or `default`, and the decoder that scores texts with it."""
+    unigrams = ["-99\t<s>\t0", "-1.0\t</s>", "-6.0\t<unk>", *(f"{logp.get(w, default)}\t{w}" for w in sorted(words))]
+    path.write_text("\n".join(["\\data\\", f"ngram 1={len(unigrams)}", "ngram 2=1", "", "\\1-grams:", *unigrams,
+                                "", "\\2-grams:", "-0.5\t<s> my", "", "\\end\\", ""]))
+    return path
+
+
 def test_the_language_model_chooses_among_the_second_pass_texts(model_dir, recognizer, tmp_path):
     """Among the texts the second pass found for phone.flac is "3205 91457" (spoken "three thousand
     two hundred five ..."): with an LM that finds "zero" unlikely, the final is that one; with the LM
     off (disable_lm), Whisper's own best."""
-    words = sorted(set(PHONE_SECOND.split()) | {"thousand", "hundred"})
-    unigrams = ["-99\t<s>\t0", "-1.0\t</s>", "-6.0\t<unk>", *(f"{-6.0 if w == 'zero' else -1.0}\t{w}" for w in words)]
-    arpa = tmp_path / "lm.arpa"  # KenLM reads ARPA text as well; it needs bigrams
-    arpa.write_text("\n".join(["\\data\\", f"ngram 1={len(unigrams)}", "ngram 2=1", "", "\\1-grams:", *unigrams,
-                               "", "\\2-grams:", "-0.5\t<s> my", "", "\\end\\", ""]))
+    words = [*PHONE_SECOND.split(), "thousand", "hundred"]
     spec = ModelSpec.load(model_dir)
-    decoder = CtcDecoder(DecoderInputs(spec.tokens, arpa, None, spec.frame_seconds))
-    with_lm = Recognizer(recognizer.session, decoder, second_pass=recognizer.second_pass)
+    lm = unigram_lm(tmp_path / "lm.arpa", words, {"zero": -6.0}, -1.0)
+    with_lm = Recognizer(recognizer.session, CtcDecoder(DecoderInputs(spec.tokens, lm, None, spec.frame_seconds)),
+                         second_pass=recognizer.second_pass)
     audio = read_audio(SAMPLES / "phone.flac", 16000)
     first = Hypothesis("my phone number is three two zero zero five nine one four five seven", 0.5, ())
     assert with_lm.rewrite(final_of(with_lm, first, audio)).hypotheses[0].text == (
         "my phone number is three thousand two hundred five nine one four five seven")
     assert with_lm.rewrite(final_of(with_lm, first, audio), use_lm=False).hypotheses[0].text == PHONE_SECOND
+
+
+def test_the_first_pass_text_is_a_candidate_of_the_second(model_dir, recognizer, tmp_path):
+    """The first pass's text is scored by Whisper's decoder beside Whisper's own (as `search` scores
+    its beam: the same number for the same text); where the LM prefers it, the final is the first
+    pass's, with the two zeros Whisper drops."""
+    whisper = recognizer.second_pass
+    audio = read_audio(SAMPLES / "phone.flac", 16000)
+    cross = whisper.encode(audio)
+    for tokens, score in whisper.search(cross, len(audio) / 16000)[:3]:
+        assert whisper.score(cross, whisper.prompt, tokens) == pytest.approx(score, abs=1e-4)
+    heard = "my phone number is three two zero zero five nine one four five seven"
+    spec = ModelSpec.load(model_dir)
+    lm = unigram_lm(tmp_path / "lm.arpa", heard.split(), {"zero": -0.01}, -2.0)
+    with_lm = Recognizer(recognizer.session, CtcDecoder(DecoderInputs(spec.tokens, lm, None, spec.frame_seconds)),
+                         second_pass=whisper)
+    final = with_lm.rewrite(final_of(with_lm, Hypothesis(heard, 0.5, ()), audio))
+    assert final.hypotheses[0].text == heard and final.written == (
+        "My phone number is three two zero zero five nine one four five seven.")

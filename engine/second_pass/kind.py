@@ -16,7 +16,9 @@ class SecondPass(Protocol):
         """`directory`: the model directory's `second_pass/`; `settings`: model.json's `second_pass`
         (ValueError naming what is wrong)."""
 
-    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = (),
+                   proposed: tuple[str, ...] = ()) -> list[tuple[str, float]]:
         """One utterance's samples (mono, float32, at the model's rate) -> the texts it may be, as the
         second pass writes them (cased and punctuated where it can), biased toward the request's
-        hotwords; best first, each with the pass's score (a log-probability per token)."""
+        hotwords, with the `proposed` texts (the first pass's, spoken form) scored alike; best
+        first, each with the pass's score (a log-probability per token)."""

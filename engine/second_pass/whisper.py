@@ -5,7 +5,9 @@ writes the graphs from the Whisper wheel). Whisper writes cased, punctuated text
 Whisper was trained on 30 s windows: decoding an utterance's frames alone runs away into
 repetition, padding to 15 s does not (FIELD-NOTES), so the window is padded with silence to
 `window_seconds` (longer utterances to 30 s), and the text is capped at `max_tokens_per_second` of
-the audio.
+the audio. The texts it returns are its beam's and the proposed ones (the first pass's), each
+scored by the decoder alike: where Whisper mishears what the first pass heard well (a lone
+digit), the first pass's text can still win (model card).
 """
 
 import json
@@ -93,9 +95,26 @@ class WhisperPass:
         window = self.settings.window_seconds if seconds <= self.settings.window_seconds else MAX_SECONDS
         return self.encoder.run(None, {"mel": log_mel(samples, window)[None]})[0]
 
-    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = ()) -> list[tuple[str, float]]:
-        found = self.search(self.encode(samples), len(samples) / SAMPLE_RATE, self.prompt_of(hotwords))
-        return [(self.bpe.decode([self.tokens[t] for t in tokens]).strip(), score) for tokens, score in found]
+    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = (),
+                   proposed: tuple[str, ...] = ()) -> list[tuple[str, float]]:
+        cross, prompt = self.encode(samples), self.prompt_of(hotwords)
+        found = [(self.bpe.decode([self.tokens[t] for t in tokens]).strip(), score)
+                 for tokens, score in self.search(cross, len(samples) / SAMPLE_RATE, prompt)]
+        for text in proposed:  # written as Whisper writes a sentence, so that its score is comparable
+            written = text[:1].upper() + text[1:] + "."
+            tokens = self.bpe.encode(" " + written)
+            if text and len(prompt) + len(tokens) < POSITIONS:
+                found.append((written, self.score(cross, prompt, tokens)))
+        return sorted(found, key=lambda f: -f[1])
+
+    def score(self, cross: np.ndarray, prompt: list[int], tokens: list[int]) -> float:
+        """The decoder's log-probability of `tokens` and then the end after `prompt`, per token (as
+        `search` scores what it finds), in one call."""
+        past = np.zeros((self._layers, 2, 1, 0, self._width), np.float32)
+        logp, _ = self.decoder.run(None, {"tokens": np.array([prompt + tokens], np.int64), "past": past,
+                                          "cross": cross})
+        steps = np.arange(len(prompt) - 1, len(prompt) + len(tokens))  # the outputs that predict them
+        return float(logp[0, steps, [*tokens, self.eot]].sum()) / max(len(tokens), 1)
 
     def prompt_of(self, hotwords: tuple[str, ...]) -> list[int]:
         """What the decoder is shown before the audio's text: the hotwords as earlier text (Whisper's
