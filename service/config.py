@@ -61,6 +61,9 @@ class ServerConfig:
     workers: int = flag(2, positive=True, help=(
         "threads for unary requests and stream bookkeeping; the native beam search decodes a model batch's streams "
         "this many at a time"))
+    max_pending_second_passes: int = flag(4, positive=True, help=(
+        "finals that may wait for a model's second pass (which runs one at a time on a thread of its own); past "
+        "it, and while the server sheds load, a final stays the first pass's, flagged second_pass_fallback"))
     max_unary_audio_seconds: float = flag(60.0, positive=True, help=(
         "longest audio Recognize accepts (OUT_OF_RANGE past it)"))
     max_stream_audio_seconds: float = flag(300.0, positive=True, help=(

@@ -43,7 +43,7 @@ class MelFrontEnd:
             raise ValueError("VTLP warping applies to the htk front-end only")
         self.cfg = cfg
         self._window = self.window(cfg)
-        self._fbank = self.filterbank(cfg, warp)
+        self._fbank = self.filterbank(cfg, warp).astype(np.float64)
 
     @staticmethod
     def check(cfg: FeatureConfig) -> None:
@@ -80,7 +80,9 @@ class MelFrontEnd:
         n = self.num_frames(len(samples))
         idx = np.arange(self.cfg.win_length)[None, :] + self.cfg.hop_length * np.arange(n)[:, None]
         frames = self.prepare(samples[idx]) * self._window
-        return (np.abs(np.fft.rfft(frames, n=self.cfg.n_fft, axis=1)) ** 2).astype(np.float32) @ self._fbank
+        # In float64, then rounded: float32 matrix products differ in their last bits with the number
+        # of rows (BLAS kernels), so a stream's features would depend on how its audio was split.
+        return ((np.abs(np.fft.rfft(frames, n=self.cfg.n_fft, axis=1)) ** 2) @ self._fbank).astype(np.float32)
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         if self.num_frames(len(samples)) == 0:

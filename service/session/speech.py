@@ -30,6 +30,7 @@ from service.session.admission import Admission
 from service.session.audio import AudioError, decode_unary
 from service.session.events import Event, FinalResult, Transcript
 from service.session.options import recognition_options
+from service.session.second_passes import SecondPasses
 from service.session.stream import StreamContext, StreamSession, float32_config, seconds_of
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class Speech:
         self.in_flight = 0  # calls of every kind, for draining
         self.draining = False
         self.admission = Admission(cfg, metrics, self.models.busy_ratio)
-        self._streams = StreamContext(cfg, metrics, self.admission, self._run)
+        self._second_passes = SecondPasses(cfg.max_pending_second_passes)
+        self._streams = StreamContext(cfg, metrics, self.admission, self._run, self._second_passes)
 
     @property
     def spec(self):
@@ -60,6 +62,7 @@ class Speech:
         await self.models.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._files.shutdown(wait=False, cancel_futures=True)
+        self._second_passes.close()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -8,6 +8,7 @@ its last final, and its audio kept for a staged candidate to decode again.
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
@@ -27,6 +28,7 @@ from service.session.audio import STREAM_ENCODINGS, AudioError, Encoding, PcmStr
 from service.session.canary import FIRST, SECOND
 from service.session.events import EndOfSingleUtterance, Event, FinalResult, InterimResult, SpeechBegin, SpeechEnd
 from service.session.options import recognition_options
+from service.session.second_passes import SecondPasses
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,24 @@ class ShadowJob:
 
 @dataclass(frozen=True)
 class StreamContext:
-    """What every stream of a server shares: its rules, metrics, admission, and the worker pool
-    (`run` calls a function there) on which front-end and decoding work runs."""
+    """What every stream of a server shares: its rules, metrics, admission, the worker pool (`run`
+    calls a function there) on which front-end and decoding work runs, and where second passes run."""
     cfg: ServerConfig
     metrics: Metrics
     admission: Admission
     run: Callable
+    second_passes: SecondPasses
+
+
+@dataclass
+class Processed:
+    """One message's outcome, until its finals' second pass (`rewrite`, if any) has run: then its
+    events go out, after those of every earlier message."""
+    progress: Progress
+    interim: InterimResult | None
+    arrived: float
+    rewrite: asyncio.Future | None
+    last: bool = False
 
 
 def float32_config(config: asr_pb2.RecognitionConfig, rate: int) -> asr_pb2.StreamingRecognitionConfig:
@@ -98,6 +112,7 @@ class StreamSession:
         self.sent_result = not live
         self.next_read = 0.0  # live streams: messages are read at most --max-messages-per-second
         self.state = None  # the recognizer's, made on the pool when the stream starts
+        self.processed: deque[Processed] = deque()  # messages whose events wait for a second pass
 
     @property
     def seconds(self) -> float:
@@ -126,20 +141,20 @@ class StreamSession:
                                        f"{cfg.max_stream_audio_seconds:g} s")
                 # Audio sent ahead of real time is not live: it fills what live streams leave.
                 progress = await self._advance(chunks, self.live and self.clock.live(arrived))
-                await self._second_pass(progress)
-                out = self._events(progress, last=False)
+                interim = None
                 if (self.sc.interim_results and not progress.finals and progress.frames
                         and (partial := recognizer.partial(self.state))[0].text):
                     hyp, stability = partial
-                    out.append(InterimResult(hyp._replace(words=()), stability, recognizer.heard(self.state)))
+                    interim = InterimResult(hyp._replace(words=()), stability, recognizer.heard(self.state))
                 done = time.perf_counter()
-                if self.live:
+                if self.live:  # the first pass's pace: a second pass runs beside the stream, not in it
                     self.clock.processed(done - arrived + throttled, seconds, done)
                     self.ctx.admission.check_lag(id(self), self.clock)
-                self._observe(out, arrived, done)
-                for event in out:
+                self.processed.append(Processed(progress, interim, arrived, self._second_pass(progress)))
+                ends = bool(progress.finals) and self.sc.single_utterance
+                async for event in self._ready(wait=ends):
                     yield event
-                if progress.finals and self.sc.single_utterance:
+                if ends:
                     return
             if self.pcm.samples_in == 0:  # no audio, or only empty messages: nothing was said, no results
                 self.pcm.finish()
@@ -147,12 +162,13 @@ class StreamSession:
             half_closed = time.perf_counter()
             progress = await self._advance(await self.ctx.run(self._front_end_last), self.live)
             await self.ctx.run(recognizer.close, self.state, progress)
-            await self._second_pass(progress)
-            out = self._events(progress, last=True)
-            self._observe(out, half_closed, time.perf_counter())
-            for event in out:
+            self.processed.append(Processed(progress, None, half_closed, self._second_pass(progress), last=True))
+            async for event in self._ready(wait=True):
                 yield event
         finally:
+            for waiting in self.processed:  # a client gone: its second passes are not wanted
+                if waiting.rewrite is not None:
+                    waiting.rewrite.cancel()
             if self.counted:
                 self.ctx.metrics.audio_seconds.inc(self.seconds)
             if self.live:
@@ -200,18 +216,41 @@ class StreamSession:
             await self.ctx.run(self.served.recognizer.consume, self.state, logprobs, state, progress)
         return progress
 
-    async def _second_pass(self, progress: Progress) -> None:
-        """The model's second pass over each final's utterance (on the worker pool), unless the
-        server is shedding load: then the final stays the first pass's, flagged."""
+    def _second_pass(self, progress: Progress) -> asyncio.Future | None:
+        """The model's second pass over each of the message's finals, started after the stream's
+        previous one (None: none due), so that a stream waits for its own and a whole file never
+        fills the queue alone; a final stays the first pass's, flagged, while the server sheds load
+        or too many wait."""
         recognizer = self.served.recognizer
-        for i, item in enumerate(progress.events):
-            if isinstance(item, Final) and item.audio is not None:
-                if self.ctx.admission.overloaded():
+        due = [i for i, item in enumerate(progress.events) if isinstance(item, Final) and item.audio is not None]
+        if not due:
+            return None
+        previous = next((p.rewrite for p in reversed(self.processed) if p.rewrite is not None), None)
+
+        async def rewrite() -> None:
+            if previous is not None:
+                await previous
+            for i in due:
+                final = progress.events[i]
+                if self.ctx.admission.overloaded() or self.ctx.second_passes.full():
                     self.ctx.metrics.second_pass_fallbacks.labels(self.served.name).inc()
-                    progress.events[i] = replace(recognizer.first_pass_only(item), fell_back=True)
-                    continue
-                progress.events[i] = await self.ctx.run(recognizer.rewrite, item, self.opts.phrases,
-                                                        self.opts.decode.use_lm)
+                    progress.events[i] = replace(recognizer.first_pass_only(final), fell_back=True)
+                else:
+                    progress.events[i] = await self.ctx.second_passes.run(recognizer.rewrite, final,
+                                                                          self.opts.phrases, self.opts.decode.use_lm)
+        return asyncio.ensure_future(rewrite())
+
+    async def _ready(self, wait: bool) -> AsyncIterator[Event]:
+        """The events of processed messages, in order, each message's once its second pass is done
+        (`wait`: all of them)."""
+        while self.processed and (wait or self.processed[0].rewrite is None or self.processed[0].rewrite.done()):
+            item = self.processed.popleft()
+            if item.rewrite is not None:
+                await item.rewrite
+            out = self._events(item.progress, item.last) + ([item.interim] if item.interim else [])
+            self._observe(out, item.arrived, time.perf_counter())
+            for event in out:
+                yield event
 
     def _events(self, progress: Progress, last: bool) -> list[Event]:
         out: list[Event] = []
