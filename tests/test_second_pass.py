@@ -199,15 +199,19 @@ def unigram_lm(path, words: list[str], logp: dict[str, float], default: float):
     return path
 
 
+def beside_lm(recognizer: Recognizer, model_dir, lm) -> Recognizer:
+    """The same model and second pass, decoding with the LM at `lm` instead of the model's."""
+    spec = ModelSpec.load(model_dir)
+    return Recognizer(recognizer.session, CtcDecoder(DecoderInputs(spec.tokens, lm, None, spec.frame_seconds)),
+                      second_pass=recognizer.second_pass)
+
+
 def test_the_language_model_chooses_among_the_second_pass_texts(model_dir, recognizer, tmp_path):
     """Among the texts the second pass found for phone.flac is "3205 91457" (spoken "three thousand
     two hundred five ..."): with an LM that finds "zero" unlikely, the final is that one; with the LM
     off (disable_lm), Whisper's own best."""
     words = [*PHONE_SECOND.split(), "thousand", "hundred"]
-    spec = ModelSpec.load(model_dir)
-    lm = unigram_lm(tmp_path / "lm.arpa", words, {"zero": -6.0}, -1.0)
-    with_lm = Recognizer(recognizer.session, CtcDecoder(DecoderInputs(spec.tokens, lm, None, spec.frame_seconds)),
-                         second_pass=recognizer.second_pass)
+    with_lm = beside_lm(recognizer, model_dir, unigram_lm(tmp_path / "lm.arpa", words, {"zero": -6.0}, -1.0))
     audio = read_audio(SAMPLES / "phone.flac", 16000)
     first = Hypothesis("my phone number is three two zero zero five nine one four five seven", 0.5, ())
     assert with_lm.rewrite(final_of(with_lm, first, audio)).hypotheses[0].text == (
@@ -225,10 +229,7 @@ def test_the_first_pass_text_is_a_candidate_of_the_second(model_dir, recognizer,
     for tokens, score in whisper.search(cross, len(audio) / 16000)[:3]:
         assert whisper.score(cross, whisper.prompt, tokens) == pytest.approx(score, abs=1e-4)
     heard = "my phone number is three two zero zero five nine one four five seven"
-    spec = ModelSpec.load(model_dir)
-    lm = unigram_lm(tmp_path / "lm.arpa", heard.split(), {"zero": -0.01}, -2.0)
-    with_lm = Recognizer(recognizer.session, CtcDecoder(DecoderInputs(spec.tokens, lm, None, spec.frame_seconds)),
-                         second_pass=whisper)
+    with_lm = beside_lm(recognizer, model_dir, unigram_lm(tmp_path / "lm.arpa", heard.split(), {"zero": -0.01}, -2.0))
     final = with_lm.rewrite(final_of(with_lm, Hypothesis(heard, 0.5, ()), audio))
     assert final.hypotheses[0].text == heard and final.written == (
         "My phone number is three two zero zero five nine one four five seven.")

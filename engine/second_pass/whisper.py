@@ -88,6 +88,7 @@ class WhisperPass:
         self._suppressed_first = config["suppress_ids_begin"]  # a space, or the end, as the first token
         self._layers = self.decoder.get_inputs()[1].shape[0]
         self._width = self.decoder.get_inputs()[1].shape[-1]
+        self._no_past = np.zeros((self._layers, 2, 1, 0, self._width), np.float32)  # an empty key/value cache
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """The utterance's cross-attention keys and values (layers, 2, 1, S, width)."""
@@ -110,7 +111,7 @@ class WhisperPass:
     def score(self, cross: np.ndarray, prompt: list[int], tokens: list[int]) -> float:
         """The decoder's log-probability of `tokens` and then the end after `prompt`, per token (as
         `search` scores what it finds), in one call."""
-        past = np.zeros((self._layers, 2, 1, 0, self._width), np.float32)
+        past = self._no_past
         logp, _ = self.decoder.run(None, {"tokens": np.array([prompt + tokens], np.int64), "past": past,
                                           "cross": cross})
         steps = np.arange(len(prompt) - 1, len(prompt) + len(tokens))  # the outputs that predict them
@@ -133,7 +134,7 @@ class WhisperPass:
         first, each scored by its log-probability over its length, as Whisper ranks them."""
         prompt = prompt or self.prompt
         beam, most = self.settings.beam, self.most_tokens(len(prompt), seconds)
-        past = np.zeros((self._layers, 2, 1, 0, self._width), np.float32)
+        past = self._no_past
         logp, past = self.decoder.run(None, {"tokens": np.array([prompt], np.int64), "past": past, "cross": cross})
         hyps = [([], 0.0)]  # (tokens, summed log-probability) of the live beams, in the cache's order
         step_logp = logp[:, -1]

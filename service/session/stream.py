@@ -25,7 +25,6 @@ from service.metrics import Metrics
 from service.session import canary
 from service.session.admission import Admission, StreamClock
 from service.session.audio import STREAM_ENCODINGS, AudioError, Encoding, PcmStream, raw_format
-from service.session.canary import FIRST, SECOND
 from service.session.events import EndOfSingleUtterance, Event, FinalResult, InterimResult, SpeechBegin, SpeechEnd
 from service.session.options import recognition_options
 from service.session.second_passes import SecondPasses
@@ -286,10 +285,10 @@ class StreamSession:
             self.served.canaries.record(score)
             return score
         if self.served.recognizer.second_pass is None:
-            score = scored(self.transcript, FIRST)
+            score = scored(self.transcript, canary.FIRST)
         else:
-            scored(self.first_transcript, FIRST)
-            score = scored(self.transcript, SECOND)
+            scored(self.first_transcript, canary.FIRST)
+            score = scored(self.transcript, canary.SECOND)
         if self.shadow is not None:
             self.shadow(ShadowJob(quiet_config(self.sc), self.kept, self.endpoint, score, self.opts.canary_reference))
         return score
