@@ -6,13 +6,13 @@ import sys
 
 from engine.model.directory import ModelDirectoryError
 from service.config import parse_args
-from service.lifecycle.loading import fix_mmap_threshold
+from service.lifecycle.loading import tune_malloc
 from service.server import StartupError, serve
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fix_mmap_threshold()
+    tune_malloc()
     try:
         asyncio.run(serve(parse_args()))
     except (ModelDirectoryError, StartupError) as e:  # before anything is served: one line, as argparse's

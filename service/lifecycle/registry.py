@@ -183,8 +183,8 @@ class Reloader:
 
     async def _free(self, served: ServedModel) -> None:
         await served.close()
-        del served
-        release_memory()
+        # The caller's reference goes when its step of the task ends: the memory is given back after.
+        asyncio.get_running_loop().call_soon(release_memory)
 
     async def _evaluate(self, candidate: Candidate) -> None:
         name = candidate.serving.name

@@ -6,7 +6,7 @@ Starts a server on loopback, then in one run: real-time streams without reloads 
 reference), then the same streams while Admin.ReloadModel reloads the model `--reloads` times
 (each a full load, warm-up and self-check beside the serving model). Prints the server's RSS
 before the first reload and after each one, each reload's time, and both phases' partial
-latency and errors side by side.
+latency and errors side by side. With `--streams 0` the reloads run without traffic.
 """
 
 import argparse
@@ -56,27 +56,29 @@ def summary(label: str, runs: list[dict]) -> str:
 
 
 async def run(a, server_pid: int, target: str) -> None:
-    await run_streams(target, a.streams, 5.0, CHUNK_S, DELAY_S, None, 0)  # warm the server up
+    await run_streams(target, max(a.streams, 1), 5.0, CHUNK_S, DELAY_S, None, 0)  # warm the server up
     before = rss_mb(server_pid)
     print(f"server RSS before reloads: {before:.0f} MB", flush=True)
-    quiet = [await run_streams(target, a.streams, 10.0, CHUNK_S, DELAY_S, None, 0) for _ in range(2)]
+    quiet = [await run_streams(target, a.streams, 10.0, CHUNK_S, DELAY_S, None, 0)
+             for _ in range(2 if a.streams else 0)]
     done = asyncio.Event()
-    streaming = asyncio.create_task(streams_until(target, a.streams, done))
+    streaming = asyncio.create_task(streams_until(target, a.streams, done)) if a.streams else None
     try:
         measured = await reloads(target, server_pid, a.reloads, a.model)
     finally:
         done.set()
-        during = await streaming
+        during = await streaming if streaming else []
     await asyncio.sleep(1.0)
     after = rss_mb(server_pid)
     times = sorted(s for s, _ in measured)
     print(f"\n{a.reloads} reloads of {a.model} with {a.streams} real-time streams: reload time median "
           f"{times[len(times) // 2]:.1f} s, max {times[-1]:.1f} s; server RSS {before:.0f} MB before, "
           f"{max(r for _, r in measured):.0f} MB at most after a reload, {after:.0f} MB after the last "
-          f"({after - before:+.0f} MB)")
-    print("\n| phase | 10 s runs | partial p50 (ms) | p95 | p99 | errors |\n|---|---|---|---|---|---|")
-    print(summary("no reloads", quiet))
-    print(summary(f"{a.reloads} reloads", during))
+          f"({after - before:+.0f} MB, {after / before - 1:+.1%})")
+    if a.streams:
+        print("\n| phase | 10 s runs | partial p50 (ms) | p95 | p99 | errors |\n|---|---|---|---|---|---|")
+        print(summary("no reloads", quiet))
+        print(summary(f"{a.reloads} reloads", during))
 
 
 def main() -> None:
@@ -85,7 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m service.tools.reload_benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reloads", type=int, default=20)
-    p.add_argument("--streams", type=int, default=8, help="real-time streams throughout")
+    p.add_argument("--streams", type=int, default=8, help="real-time streams throughout (0: reloads alone)")
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL, help="the directory served and reloaded")
     a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     server, target = start_server(["--provider", "cpu", "--model", str(a.model), *server_args])
