@@ -19,6 +19,8 @@ from service.lifecycle.loading import announce, load_model
 from service.lifecycle.registry import Reloader
 from service.metrics import Metrics
 from service.session.speech import Speech
+from service.transports import google_speech
+from service.transports.google_speech import GoogleSpeechServicer
 from service.transports.grpc_api import AdminServicer, SpeechServicer
 from service.transports.http_api import HttpApi
 from service.transports.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
@@ -30,7 +32,8 @@ ADMIN_NAME = asr_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 # Method label values: the served methods' short names; any other path a caller makes up is "unknown",
 # so unauthenticated callers cannot add series to /metrics.
 KNOWN_METHODS = {f"/{service.full_name}/{method.name}": method.name
-                 for service in asr_pb2.DESCRIPTOR.services_by_name.values() for method in service.methods}
+                 for service in asr_pb2.DESCRIPTOR.services_by_name.values() for method in service.methods} | {
+    f"/{google_speech.SERVICE}/{method}": label for method, label in google_speech.METHODS.items()}
 
 
 @dataclass
@@ -100,6 +103,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
     metrics.stream_lag.set_function(speech.admission.server_lag)
     reloader = Reloader(speech, cfg, metrics)
     asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech, by_token=tokens is not None), server)
+    server.add_generic_rpc_handlers((google_speech.handler(GoogleSpeechServicer(speech, by_token=tokens is not None)),))
     admin_open = tokens is not None or cfg.tls_client_ca is not None or cfg.admin_without_auth
     asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(speech, reloader, admin_open), server)
     health_servicer = health.aio.HealthServicer()
@@ -134,7 +138,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
         raise StartupError(f"--http-port {cfg.http_port}: cannot listen on {cfg.host}:{cfg.http_port} "
                            f"({e.strerror}); choose another with --http-port") from e
     await server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, google_speech.SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving gRPC on %s:%d and HTTP on port %d (%s%s), metrics on %s://%s:%d/metrics; Admin %s; pid %d "
              "(SIGHUP reloads the models)", cfg.host, port, http_port,

@@ -12,24 +12,40 @@ from service.transports.messages import alternatives, duration, model_info, stre
 from service.transports.security import bearer
 
 
-async def _abort(context: grpc.aio.ServicerContext, e: ServiceError):
+async def abort(context: grpc.aio.ServicerContext, e: ServiceError):
     await context.abort(grpc.StatusCode[e.status.name], e.message)
 
 
 DEADLINE_SLACK_SECONDS = 0.5
 
 
-def _expired(context: grpc.aio.ServicerContext):
+def deadline_passed(context: grpc.aio.ServicerContext):
     """Whether the call's deadline has passed (a cancellation then is DEADLINE_EXCEEDED). Our view of
     the deadline starts when the call reaches us, later than the client's: on a loaded machine the
     client's cancel at its deadline can arrive while ours is still a moment away, hence the slack."""
     return lambda: (remaining := context.time_remaining()) is not None and remaining <= DEADLINE_SLACK_SECONDS
 
 
-def _client(context: grpc.aio.ServicerContext, by_token: bool) -> str:
+def caller(context: grpc.aio.ServicerContext, by_token: bool) -> str:
     """Whom the call counts against for per-client limits: its token (already checked), else its address."""
     token = bearer([value for key, value in context.invocation_metadata() or () if key == "authorization"])
     return client_id(token if by_token else None, grpc_peer_host(context.peer()))
+
+
+async def streaming_config(requests):
+    """A stream's first message, which must carry its streaming_config (ours and Google's alike)."""
+    first = await anext(requests, None)
+    if first is None or first.WhichOneof("streaming_request") != "streaming_config":
+        raise ServiceError(Status.INVALID_ARGUMENT, "the first message must carry streaming_config (and no audio)")
+    return first.streaming_config
+
+
+async def audio_messages(requests):
+    """The audio of the messages after the first."""
+    async for request in requests:
+        if request.WhichOneof("streaming_request") != "audio_content":
+            raise ServiceError(Status.INVALID_ARGUMENT, "streaming_config may only be sent once, in the first message")
+        yield request.audio_content
 
 
 class SpeechServicer(asr_pb2_grpc.SpeechServicer):
@@ -40,14 +56,14 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
 
     async def Recognize(self, request, context):
         try:
-            async with self.speech.call("Recognize", _expired(context)):
+            async with self.speech.call("Recognize", deadline_passed(context)):
                 if (size := request.ByteSize()) > self.speech.cfg.max_message_bytes:
                     raise ServiceError(Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes; at most "
                                        f"{self.speech.cfg.max_message_bytes} (--max-message-bytes)")
-                transcript = await self.speech.recognize("Recognize", _client(context, self.by_token), request.config,
+                transcript = await self.speech.recognize("Recognize", caller(context, self.by_token), request.config,
                                                          request.audio_content)
         except ServiceError as e:
-            await _abort(context, e)
+            await abort(context, e)
         response = asr_pb2.RecognizeResponse(total_billed_time=duration(transcript.seconds))
         for final in transcript.finals:
             response.results.add(alternatives=alternatives(final.hypotheses, request.config.enable_word_time_offsets),
@@ -59,40 +75,28 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
 
     async def StreamingRecognize(self, request_iterator, context):
         try:
-            async with self.speech.stream_call("StreamingRecognize", _client(context, self.by_token),
-                                               _expired(context)):
+            async with self.speech.stream_call("StreamingRecognize", caller(context, self.by_token),
+                                               deadline_passed(context)):
                 requests = self.speech.idle_limited(request_iterator)
-                first = await anext(requests, None)
-                if first is None or first.WhichOneof("streaming_request") != "streaming_config":
-                    raise ServiceError(Status.INVALID_ARGUMENT,
-                                       "the first message must carry streaming_config (and no audio)")
-                sc = first.streaming_config
-                async for event in self.speech.stream(sc, self._audio(requests)):
+                sc = await streaming_config(requests)
+                async for event in self.speech.stream(sc, audio_messages(requests)):
                     yield streaming_response(event, sc.config.enable_word_time_offsets)
         except ServiceError as e:
-            await _abort(context, e)
-
-    @staticmethod
-    async def _audio(requests):
-        async for request in requests:
-            if request.WhichOneof("streaming_request") != "audio_content":
-                raise ServiceError(Status.INVALID_ARGUMENT,
-                                   "streaming_config may only be sent once, in the first message")
-            yield request.audio_content
+            await abort(context, e)
 
     async def GetModelInfo(self, request, context):
         try:
             async with self.speech.call("GetModelInfo"):
                 return model_info(self.speech.models.get(request.name))
         except ServiceError as e:
-            await _abort(context, e)
+            await abort(context, e)
 
     async def ListModels(self, request, context):
         try:
             async with self.speech.call("ListModels"):
                 return asr_pb2.ListModelsResponse(models=[model_info(m) for m in self.speech.models.served()])
         except ServiceError as e:
-            await _abort(context, e)
+            await abort(context, e)
 
 
 class AdminServicer(asr_pb2_grpc.AdminServicer):
@@ -104,14 +108,14 @@ class AdminServicer(asr_pb2_grpc.AdminServicer):
 
     async def ReloadModel(self, request, context):
         try:
-            async with self.speech.call("ReloadModel", _expired(context)):
+            async with self.speech.call("ReloadModel", deadline_passed(context)):
                 if not self.open:
                     raise ServiceError(Status.PERMISSION_DENIED, "the Admin service is closed on a server without "
                                        "--auth-tokens-file or --tls-client-ca (--admin-without-auth opens it on a "
                                        "trusted network); SIGHUP reloads the models")
                 outcome = await self.reloader.reload(request.name, request.directory, request.stage)
         except ServiceError as e:
-            await _abort(context, e)
+            await abort(context, e)
         return asr_pb2.ReloadModelResponse(result=outcome.result, message=outcome.message,
                                            model=model_info(outcome.serving), sets=outcome.sets,
                                            self_check_wer=outcome.self_check_wer)
