@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from riva.client.proto import riva_asr_pb2_grpc
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.config import ServerConfig
@@ -19,10 +20,11 @@ from service.lifecycle.loading import announce, load_model
 from service.lifecycle.registry import Reloader
 from service.metrics import Metrics
 from service.session.speech import Speech
-from service.transports import google_speech
+from service.transports import google_speech, riva_asr
 from service.transports.google_speech import GoogleSpeechServicer
 from service.transports.grpc_api import AdminServicer, SpeechServicer
 from service.transports.http_api import HttpApi
+from service.transports.riva_asr import RivaServicer
 from service.transports.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ ADMIN_NAME = asr_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 # so unauthenticated callers cannot add series to /metrics.
 KNOWN_METHODS = {f"/{service.full_name}/{method.name}": method.name
                  for service in asr_pb2.DESCRIPTOR.services_by_name.values() for method in service.methods} | {
-    f"/{google_speech.SERVICE}/{method}": label for method, label in google_speech.METHODS.items()}
+    f"/{protocol.SERVICE}/{method}": label for protocol in (google_speech, riva_asr) for method, label in
+    protocol.METHODS.items()}
 
 
 @dataclass
@@ -104,12 +107,15 @@ async def start(cfg: ServerConfig) -> RunningServer:
     reloader = Reloader(speech, cfg, metrics)
     asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech, by_token=tokens is not None), server)
     server.add_generic_rpc_handlers((google_speech.handler(GoogleSpeechServicer(speech, by_token=tokens is not None)),))
+    riva_asr_pb2_grpc.add_RivaSpeechRecognitionServicer_to_server(RivaServicer(speech, by_token=tokens is not None),
+                                                                  server)
     admin_open = tokens is not None or cfg.tls_client_ca is not None or cfg.admin_without_auth
     asr_pb2_grpc.add_AdminServicer_to_server(AdminServicer(speech, reloader, admin_open), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (SERVICE_NAME, ADMIN_NAME, riva_asr.SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
         server)
     address = f"{cfg.host}:{cfg.port}"
     try:
@@ -138,7 +144,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
         raise StartupError(f"--http-port {cfg.http_port}: cannot listen on {cfg.host}:{cfg.http_port} "
                            f"({e.strerror}); choose another with --http-port") from e
     await server.start()
-    for name in ("", SERVICE_NAME, google_speech.SERVICE):
+    for name in ("", SERVICE_NAME, google_speech.SERVICE, riva_asr.SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving gRPC on %s:%d and HTTP on port %d (%s%s), metrics on %s://%s:%d/metrics; Admin %s; pid %d "
              "(SIGHUP reloads the models)", cfg.host, port, http_port,
