@@ -52,6 +52,13 @@ class ServerConfig:
     http_port: int = flag(8080, help=(
         "HTTP port (on --host): OpenAI-compatible /v1/audio/transcriptions, WebSocket /v1/stream, the browser page at"
         " /, /healthz and /readyz (0: any free port)"))
+    wyoming_port: int = flag(-1, help=(
+        "Wyoming (Home Assistant) TCP port (on --host): describe and transcribe (-1: off, the default; 0: any free "
+        "port). Wyoming has no authentication: with --auth-tokens-file the server will not open it unless "
+        "--wyoming-without-auth"))
+    wyoming_without_auth: bool = flag(False, help=(
+        "open --wyoming-port on a server with --auth-tokens-file (Wyoming clients cannot send tokens: a trusted "
+        "network only)"))
     provider: str = flag("auto", help=(
         "ONNX Runtime execution provider: auto (CUDA when it loads, else CPU), cuda or cpu"))
     decoder: str = flag("auto", help=(
@@ -190,6 +197,8 @@ class ServerConfig:
         for name in ("port", "metrics_port", "http_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a port number")
+        if not -1 <= self.wyoming_port <= 65535:
+            raise ValueError("--wyoming-port must be a port number, or -1 (off)")
         for f in fields(self):
             if f.metadata["positive"] and getattr(self, f.name) <= 0:
                 raise ValueError(f"--{f.name.replace('_', '-')} must be positive")

@@ -26,6 +26,7 @@ from service.transports.grpc_api import AdminServicer, SpeechServicer
 from service.transports.http_api import HttpApi
 from service.transports.riva_asr import RivaServicer
 from service.transports.security import BearerTokenInterceptor, http_ssl_context, read_bearer_tokens, server_credentials
+from service.transports.wyoming_asr import WyomingServer
 
 log = logging.getLogger(__name__)
 SLACK = 1024 * 1024
@@ -45,10 +46,12 @@ class RunningServer:
     speech: Speech
     reloader: Reloader
     http: HttpApi
+    wyoming: WyomingServer | None
     health: health.aio.HealthServicer
     port: int
     http_port: int
     metrics_port: int
+    wyoming_port: int | None
     _metrics_http: object
 
     async def stop(self, grace: float) -> None:
@@ -61,7 +64,8 @@ class RunningServer:
         deadline = loop.time() + grace
         while self.speech.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        await asyncio.gather(self.server.stop(max(0.0, deadline - loop.time())), self.http.stop())
+        await asyncio.gather(self.server.stop(max(0.0, deadline - loop.time())), self.http.stop(),
+                             *([self.wyoming.stop()] if self.wyoming else []))
         await self.reloader.close()
         await self.speech.close()
         self._metrics_http.shutdown()
@@ -143,16 +147,32 @@ async def start(cfg: ServerConfig) -> RunningServer:
         metrics_http.shutdown()
         raise StartupError(f"--http-port {cfg.http_port}: cannot listen on {cfg.host}:{cfg.http_port} "
                            f"({e.strerror}); choose another with --http-port") from e
+    wyoming, wyoming_port = None, None
+    if cfg.wyoming_port >= 0:
+        if tokens is not None and not cfg.wyoming_without_auth:
+            await http.stop()
+            metrics_http.shutdown()
+            raise StartupError("--wyoming-port with --auth-tokens-file: Wyoming clients cannot send tokens, so the "
+                               "port would be open to anyone; add --wyoming-without-auth on a trusted network")
+        wyoming = WyomingServer(speech)
+        try:
+            wyoming_port = await wyoming.start(cfg.host, cfg.wyoming_port)
+        except OSError as e:
+            await http.stop()
+            metrics_http.shutdown()
+            raise StartupError(f"--wyoming-port {cfg.wyoming_port}: cannot listen on {cfg.host}:{cfg.wyoming_port} "
+                               f"({e.strerror}); choose another with --wyoming-port") from e
     await server.start()
     for name in ("", SERVICE_NAME, google_speech.SERVICE, riva_asr.SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving gRPC on %s:%d and HTTP on port %d (%s%s), metrics on %s://%s:%d/metrics; Admin %s; pid %d "
+    log.info("serving gRPC on %s:%d and HTTP on port %d%s (%s%s), metrics on %s://%s:%d/metrics; Admin %s; pid %d "
              "(SIGHUP reloads the models)", cfg.host, port, http_port,
+             f", Wyoming on port {wyoming_port}" if wyoming else "",
              "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
              ", bearer tokens" if tokens else "", "https" if cfg.metrics_tls else "http", cfg.metrics_address,
              metrics_http.server_port, "open" if admin_open else "closed (no tokens or mutual TLS)", os.getpid())
-    return RunningServer(server, speech, reloader, http, health_servicer, port, http_port, metrics_http.server_port,
-                         metrics_http)
+    return RunningServer(server, speech, reloader, http, wyoming, health_servicer, port, http_port,
+                         metrics_http.server_port, wyoming_port, metrics_http)
 
 
 async def serve(cfg: ServerConfig) -> None:
