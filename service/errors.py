@@ -8,6 +8,7 @@ class Status(enum.Enum):
     OK = 200
     CANCELLED = 499
     INVALID_ARGUMENT = 400
+    NOT_FOUND = 404
     DEADLINE_EXCEEDED = 408
     OUT_OF_RANGE = 413
     RESOURCE_EXHAUSTED = 429

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
+from google.longrunning import operations_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -20,7 +21,8 @@ from service.lifecycle.loading import announce, load_model
 from service.lifecycle.registry import Reloader
 from service.metrics import Metrics
 from service.session.speech import Speech
-from service.transports import google_speech, riva_asr
+from service.transports import google_operations, google_speech, riva_asr
+from service.transports.google_operations import Operations
 from service.transports.google_speech import GoogleSpeechServicer
 from service.transports.grpc_api import AdminServicer, SpeechServicer
 from service.transports.http_api import HttpApi
@@ -36,8 +38,8 @@ ADMIN_NAME = asr_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 # so unauthenticated callers cannot add series to /metrics.
 KNOWN_METHODS = {f"/{service.full_name}/{method.name}": method.name
                  for service in asr_pb2.DESCRIPTOR.services_by_name.values() for method in service.methods} | {
-    f"/{protocol.SERVICE}/{method}": label for protocol in (google_speech, riva_asr) for method, label in
-    protocol.METHODS.items()}
+    f"/{protocol.SERVICE}/{method}": label for protocol in (google_speech, google_operations, riva_asr)
+    for method, label in protocol.METHODS.items()}
 
 
 @dataclass
@@ -47,6 +49,7 @@ class RunningServer:
     reloader: Reloader
     http: HttpApi
     wyoming: WyomingServer | None
+    operations: Operations  # Google's long-running operations
     health: health.aio.HealthServicer
     port: int
     http_port: int
@@ -66,6 +69,7 @@ class RunningServer:
             await asyncio.sleep(0.05)
         await asyncio.gather(self.server.stop(max(0.0, deadline - loop.time())), self.http.stop(),
                              *([self.wyoming.stop()] if self.wyoming else []))
+        await self.operations.close()
         await self.reloader.close()
         await self.speech.close()
         self._metrics_http.shutdown()
@@ -110,7 +114,9 @@ async def start(cfg: ServerConfig) -> RunningServer:
     metrics.stream_lag.set_function(speech.admission.server_lag)
     reloader = Reloader(speech, cfg, metrics)
     asr_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(speech, by_token=tokens is not None), server)
-    server.add_generic_rpc_handlers((google_speech.handler(GoogleSpeechServicer(speech, by_token=tokens is not None)),))
+    google = GoogleSpeechServicer(speech, by_token=tokens is not None)
+    server.add_generic_rpc_handlers((google_speech.handler(google),))
+    operations_pb2_grpc.add_OperationsServicer_to_server(google.operations, server)
     riva_asr_pb2_grpc.add_RivaSpeechRecognitionServicer_to_server(RivaServicer(speech, by_token=tokens is not None),
                                                                   server)
     admin_open = tokens is not None or cfg.tls_client_ca is not None or cfg.admin_without_auth
@@ -171,7 +177,7 @@ async def start(cfg: ServerConfig) -> RunningServer:
              "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext",
              ", bearer tokens" if tokens else "", "https" if cfg.metrics_tls else "http", cfg.metrics_address,
              metrics_http.server_port, "open" if admin_open else "closed (no tokens or mutual TLS)", os.getpid())
-    return RunningServer(server, speech, reloader, http, wyoming, health_servicer, port, http_port,
+    return RunningServer(server, speech, reloader, http, wyoming, google.operations, health_servicer, port, http_port,
                          metrics_http.server_port, wyoming_port, metrics_http)
 
 

@@ -12,10 +12,13 @@ from google.cloud.speech_v1.services.speech.transports import SpeechGrpcTranspor
 from test_metrics import scrape, value
 from test_recognize import heard
 
+from ctc_asr.v1 import asr_pb2
+
 WAV = (SAMPLES / "what_time.wav").read_bytes()
 PCM = sf.read(SAMPLES / "what_time.wav", dtype="int16")[0].tobytes()
 Encoding = speech.RecognitionConfig.AudioEncoding
 Event = speech.StreamingRecognizeResponse.SpeechEventType
+
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +111,7 @@ def test_an_audio_uri_is_refused_and_calls_are_counted_under_googles_method_name
 
 def test_googles_client_needs_the_servers_bearer_token(make_server, tmp_path):
     tokens = tmp_path / "tokens"
-    tokens.write_text("the-secret\n")
+    tokens.write_text("the-secret\nother-secret\n")
     srv = make_server(auth_tokens_file=tokens)
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         client = speech.SpeechClient(transport=SpeechGrpcTransport(channel=channel))
@@ -128,3 +131,39 @@ def test_googles_client_needs_the_servers_bearer_token(make_server, tmp_path):
         responses = list(SpeechClient.streaming_recognize(client, requests=iter(requests), timeout=60,
                                                           metadata=[("authorization", "Bearer the-secret")]))
         assert heard(responses[-1].results[0].alternatives[0].transcript, "what_time.wav")
+        # an operation is its caller's: another token's client cannot read, cancel or delete it
+        operation = SpeechClient.long_running_recognize(
+            client, config=speech.RecognitionConfig(language_code="en-US"), audio=speech.RecognitionAudio(content=WAV),
+            timeout=60, metadata=[("authorization", "Bearer the-secret")])
+        operations = client._transport.operations_client
+        with pytest.raises(exceptions.NotFound):
+            operations.get_operation(operation.operation.name, metadata=[("authorization", "Bearer other-secret")])
+        done = operations.get_operation(operation.operation.name, metadata=[("authorization", "Bearer the-secret")])
+        assert done.name == operation.operation.name
+
+
+def test_long_running_recognize_is_an_operation_polled_to_its_results(client, stub):
+    pcm = PCM + b"\x00\x00" * 16000 * 2 + PCM
+    operation = client.long_running_recognize(
+        config=speech.RecognitionConfig(encoding=Encoding.LINEAR16, sample_rate_hertz=16000, language_code="en-US"),
+        audio=speech.RecognitionAudio(content=pcm), timeout=60)
+    response = operation.result(timeout=60)  # the client polls google.longrunning.Operations/GetOperation
+    assert heard([r.alternatives[0].transcript for r in response.results], "what_time.wav", "what_time.wav")
+    assert response.results[0].result_end_time.total_seconds() < response.results[1].result_end_time.total_seconds()
+    assert abs(response.total_billed_time.total_seconds() - len(pcm) / 2 / 16000) < 0.01
+    assert operation.metadata.progress_percent == 100
+    assert operation.metadata.last_update_time >= operation.metadata.start_time
+    operations = client._transport.operations_client
+    assert operations.get_operation(operation.operation.name).done
+    operations.delete_operation(operation.operation.name)
+    with pytest.raises(exceptions.NotFound):
+        operations.get_operation(operation.operation.name)
+    with pytest.raises(exceptions.InvalidArgument, match="de-DE"):  # a bad config is refused by the call itself
+        client.long_running_recognize(config=speech.RecognitionConfig(language_code="de-DE"),
+                                      audio=speech.RecognitionAudio(content=WAV), timeout=60)
+
+
+def test_googles_transcripts_equal_our_own_apis_on_the_same_audio(client, stub):
+    ours = stub.Recognize(asr_pb2.RecognizeRequest(audio_content=WAV), timeout=60).results[0].alternatives[0]
+    assert recognize(client).results[0].alternatives[0].transcript == ours.transcript
+    assert stream(client)[-1].results[0].alternatives[0].transcript == ours.transcript

@@ -10,8 +10,11 @@ from riva.client.proto import riva_asr_pb2
 from test_metrics import scrape, value
 from test_recognize import heard
 
+from ctc_asr.v1 import asr_pb2
+
 WAV = (SAMPLES / "what_time.wav").read_bytes()
 PCM = sf.read(SAMPLES / "what_time.wav", dtype="int16")[0].tobytes()
+
 
 
 def config(**fields) -> riva.client.RecognitionConfig:
@@ -99,3 +102,9 @@ def test_rivas_client_needs_the_servers_bearer_token(make_server, tmp_path):
     asr = riva.client.ASRService(riva.client.Auth(uri=uri, metadata_args=[["authorization", "Bearer the-secret"]]))
     assert heard(asr.offline_recognize(WAV, config()).results[0].alternatives[0].transcript, "what_time.wav")
     assert stream(asr)[-1].is_final
+
+
+def test_rivas_transcripts_equal_our_own_apis_on_the_same_audio(asr, stub):
+    ours = stub.Recognize(asr_pb2.RecognizeRequest(audio_content=WAV), timeout=60).results[0].alternatives[0]
+    assert asr.offline_recognize(WAV, config()).results[0].alternatives[0].transcript == ours.transcript
+    assert stream(asr)[-1].alternatives[0].transcript == ours.transcript

@@ -5,6 +5,7 @@ import asyncio
 import json
 from dataclasses import replace
 
+import grpc
 import pytest
 import soundfile as sf
 from conftest import SAMPLES, TEST_CONFIG, ServerThread
@@ -16,6 +17,7 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.info import Describe, Info
 
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from service.server import StartupError
 
 PCM = sf.read(SAMPLES / "what_time.wav", dtype="int16")[0].tobytes()
@@ -107,3 +109,11 @@ def test_wyoming_is_off_by_default_and_not_opened_beside_bearer_tokens(running, 
     tokens.write_text("the-secret\n")
     with pytest.raises(StartupError, match="--wyoming-without-auth"):
         ServerThread(replace(TEST_CONFIG, wyoming_port=0, auth_tokens_file=tokens))
+
+
+def test_wyomings_transcript_equals_our_own_apis_on_the_same_audio(wyoming):
+    with grpc.insecure_channel(f"127.0.0.1:{wyoming.port}") as channel:
+        ours = asr_pb2_grpc.SpeechStub(channel).Recognize(
+            asr_pb2.RecognizeRequest(audio_content=(SAMPLES / "what_time.wav").read_bytes()), timeout=60)
+    events = asyncio.run(session(wyoming.wyoming_port))
+    assert Transcript.from_event(events[-2]).text == ours.results[0].alternatives[0].transcript

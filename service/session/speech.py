@@ -114,9 +114,11 @@ class Speech:
         return samples, seconds
 
     async def _file_events(self, method: str, client: str, config: asr_pb2.RecognitionConfig, audio: bytes,
-                           endpoint: EndpointConfig) -> AsyncIterator[Event]:
+                           endpoint: EndpointConfig, progress: Callable[[float], None] = lambda share: None
+                           ) -> AsyncIterator[Event]:
         """A whole file decoded as a stream, as fast as the model goes, through the batcher a
-        second at a time, so that it shares the model with live streams instead of holding it."""
+        second at a time, so that it shares the model with live streams instead of holding it.
+        `progress(share)`: the share of the audio handed to the model so far."""
         with self.admission.unary_slot(method, client):
             with self.models.using(config.model) as served:
                 started = time.perf_counter()
@@ -125,7 +127,7 @@ class Speech:
                 samples, seconds = await self._decode_file(config, audio, rate)
                 session = StreamSession(self._streams, served, float32_config(config, rate), endpoint, live=False,
                                         shadow=self.models.shadow(served.name))
-                async for event in session.run(seconds_of(samples, rate)):
+                async for event in session.run(_reporting(seconds_of(samples, rate), len(samples), progress)):
                     yield event
                 elapsed = time.perf_counter() - started
                 self.metrics.request_duration.labels(method, traffic, served.name).observe(elapsed)
@@ -140,10 +142,10 @@ class Speech:
         spoken = [f for f in finals if f.hypotheses[0].text] or finals[-1:]
         return Transcript(spoken, finals[-1].billed_seconds, finals[-1].canary)
 
-    async def transcribe_file(self, method: str, client: str, config: asr_pb2.RecognitionConfig,
-                              audio: bytes) -> AsyncIterator[Event]:
+    async def transcribe_file(self, method: str, client: str, config: asr_pb2.RecognitionConfig, audio: bytes,
+                              progress: Callable[[float], None] = lambda share: None) -> AsyncIterator[Event]:
         """A whole file whose utterances end at silences, as a stream's do."""
-        async for event in self._file_events(method, client, config, audio, self.cfg.endpoint):
+        async for event in self._file_events(method, client, config, audio, self.cfg.endpoint, progress):
             yield event
 
     async def idle_limited(self, iterator: AsyncIterator):
@@ -175,3 +177,13 @@ class Speech:
         session = StreamSession(self._streams, served, sc, endpoint, live=False, counted=False)
         finals = [e async for e in session.run(messages) if isinstance(e, FinalResult)]
         return " ".join(t for f in finals if (t := f.hypotheses[0].text))
+
+
+async def _reporting(pieces: AsyncIterator[bytes], samples: int, progress: Callable[[float], None]
+                     ) -> AsyncIterator[bytes]:
+    """`pieces` of float32 audio, `progress` told the share of `samples` passed on after each."""
+    done = 0
+    async for piece in pieces:
+        yield piece
+        done += len(piece) // 4
+        progress(min(1.0, done / max(samples, 1)))

@@ -3,23 +3,27 @@ Google's client libraries talk to this server unchanged: its messages mapped ont
 field table is docs/protocols.md), the calls served by `service.session.speech` as ours are.
 
 The message classes are the `google-cloud-speech` package's own (its proto-plus types wrap the
-published protos), so nothing is copied by hand. LongRunningRecognize is not served yet
-(UNIMPLEMENTED, as for any method a server lacks)."""
+published protos), so nothing is copied by hand. LongRunningRecognize starts an operation of
+`service.transports.google_operations`, decoded as a whole file cut at pauses."""
 
 import grpc
 from google.cloud.speech_v1.types import cloud_speech
+from google.longrunning import operations_pb2
 
 from ctc_asr.v1 import asr_pb2
 from engine.decoder.ctc import Hypothesis
 from service.errors import ServiceError, Status
 from service.session.events import EndOfSingleUtterance, FinalResult, InterimResult, SpeechBegin, SpeechEnd
-from service.session.options import MAX_ALTERNATIVES
+from service.session.options import MAX_ALTERNATIVES, recognition_options
 from service.session.speech import Speech
+from service.transports.google_operations import Job, Operations
+from service.transports.google_operations import timestamp as _timestamp
 from service.transports.grpc_api import abort, audio_messages, caller, deadline_passed, streaming_config
 from service.transports.messages import duration
 
 SERVICE = "google.cloud.speech.v1.Speech"
-METHODS = {"Recognize": "google.Recognize", "StreamingRecognize": "google.StreamingRecognize"}  # `method` labels
+METHODS = {"Recognize": "google.Recognize", "StreamingRecognize": "google.StreamingRecognize",
+           "LongRunningRecognize": "google.LongRunningRecognize"}  # `method` labels
 
 Config = cloud_speech.RecognitionConfig.pb()
 Encoding = Config.AudioEncoding
@@ -80,31 +84,71 @@ def _alternatives(hyps: list[Hypothesis], c) -> list:
     return out
 
 
+def _metadata(job: Job):
+    Metadata = cloud_speech.LongRunningRecognizeMetadata.pb()
+    return Metadata(progress_percent=int(job.progress * 100), start_time=_timestamp(job.started),
+                    last_update_time=_timestamp(job.updated))
+
+
 class GoogleSpeechServicer:
     def __init__(self, speech: Speech, by_token: bool) -> None:
         self.speech = speech
         self.by_token = by_token
+        self.operations = Operations(speech, by_token, _metadata)
+
+    def _request(self, request) -> asr_pb2.RecognitionConfig:
+        """A whole-file request's config as ours, its audio checked."""
+        if request.audio.WhichOneof("audio_source") == "uri":
+            raise ServiceError(Status.INVALID_ARGUMENT, "audio.uri: this server reads no URIs; send the audio in "
+                               "audio.content")
+        if (size := request.ByteSize()) > self.speech.cfg.max_message_bytes:
+            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes; at most "
+                               f"{self.speech.cfg.max_message_bytes}")
+        config = our_config(request.config, self.speech)
+        recognition_options(config, self.speech.models.get(config.model).spec)  # refused now, not in an operation
+        return config
+
+    def _results(self, response, finals: list[FinalResult], request, config: asr_pb2.RecognitionConfig) -> None:
+        for final in finals:
+            response.results.add(alternatives=_alternatives(final.hypotheses, request.config),
+                                 result_end_time=duration(final.end), language_code=self._language(config))
 
     async def Recognize(self, request, context):
         method = METHODS["Recognize"]
         try:
             async with self.speech.call(method, deadline_passed(context)):
-                if request.audio.WhichOneof("audio_source") == "uri":
-                    raise ServiceError(Status.INVALID_ARGUMENT, "audio.uri: this server reads no URIs; send the "
-                                       "audio in audio.content")
-                if (size := request.ByteSize()) > self.speech.cfg.max_message_bytes:
-                    raise ServiceError(Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes; at most "
-                                       f"{self.speech.cfg.max_message_bytes}")
-                config = our_config(request.config, self.speech)
+                config = self._request(request)
                 transcript = await self.speech.recognize(method, caller(context, self.by_token), config,
                                                          request.audio.content)
         except ServiceError as e:
             await abort(context, e)
         response = cloud_speech.RecognizeResponse.pb()(total_billed_time=duration(transcript.seconds))
-        for final in transcript.finals:
-            response.results.add(alternatives=_alternatives(final.hypotheses, request.config),
-                                 result_end_time=duration(final.end), language_code=self._language(config))
+        self._results(response, transcript.finals, request, config)
         return response
+
+    async def LongRunningRecognize(self, request, context):
+        """An operation to poll (`google.longrunning.Operations/GetOperation`), with its progress: the
+        audio decoded as a whole file whose utterances end at pauses, a result per utterance."""
+        method = METHODS["LongRunningRecognize"]
+        client = caller(context, self.by_token)
+        try:
+            async with self.speech.call(method):
+                config = self._request(request)
+                if request.HasField("output_config") and request.output_config.gcs_uri:
+                    raise ServiceError(Status.INVALID_ARGUMENT, "output_config.gcs_uri: this server writes no "
+                                       "files; the operation's response holds the results")
+
+                async def work(job):
+                    finals = [e async for e in self.speech.transcribe_file(method, client, config,
+                                                                          request.audio.content, job.report)
+                              if isinstance(e, FinalResult)]
+                    Response = cloud_speech.LongRunningRecognizeResponse.pb()
+                    response = Response(total_billed_time=duration(finals[-1].billed_seconds or 0.0))
+                    self._results(response, [f for f in finals if f.hypotheses[0].text], request, config)
+                    return response
+                return self.operations.start(client, work)
+        except ServiceError as e:
+            await abort(context, e)
 
     def _language(self, config: asr_pb2.RecognitionConfig) -> str:
         return (config.language_code or self.speech.models.get(config.model).spec.language_code).lower()
@@ -160,4 +204,8 @@ def handler(servicer: GoogleSpeechServicer) -> grpc.GenericRpcHandler:
         "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
             servicer.StreamingRecognize,
             **messages(cloud_speech.StreamingRecognizeRequest, cloud_speech.StreamingRecognizeResponse)),
+        "LongRunningRecognize": grpc.unary_unary_rpc_method_handler(
+            servicer.LongRunningRecognize,
+            request_deserializer=cloud_speech.LongRunningRecognizeRequest.pb().FromString,
+            response_serializer=operations_pb2.Operation.SerializeToString),
     })
