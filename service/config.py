@@ -208,6 +208,9 @@ class ServerConfig:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.metrics_tls and not self.tls_cert:
             raise ValueError("--metrics-tls needs --tls-cert and --tls-key")
+        if self.wyoming_port >= 0 and self.auth_tokens_file and not self.wyoming_without_auth:
+            raise ValueError("--wyoming-port with --auth-tokens-file: Wyoming clients cannot send tokens, so the port "
+                             "would be open to anyone; add --wyoming-without-auth on a trusted network")
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():

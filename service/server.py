@@ -155,11 +155,6 @@ async def start(cfg: ServerConfig) -> RunningServer:
                            f"({e.strerror}); choose another with --http-port") from e
     wyoming, wyoming_port = None, None
     if cfg.wyoming_port >= 0:
-        if tokens is not None and not cfg.wyoming_without_auth:
-            await http.stop()
-            metrics_http.shutdown()
-            raise StartupError("--wyoming-port with --auth-tokens-file: Wyoming clients cannot send tokens, so the "
-                               "port would be open to anyone; add --wyoming-without-auth on a trusted network")
         wyoming = WyomingServer(speech)
         try:
             wyoming_port = await wyoming.start(cfg.host, cfg.wyoming_port)

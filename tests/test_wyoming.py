@@ -18,7 +18,6 @@ from wyoming.error import Error
 from wyoming.info import Describe, Info
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
-from service.server import StartupError
 
 PCM = sf.read(SAMPLES / "what_time.wav", dtype="int16")[0].tobytes()
 SILENCE = b"\x00\x00" * 16000 * 2
@@ -107,8 +106,8 @@ def test_wyoming_is_off_by_default_and_not_opened_beside_bearer_tokens(running, 
     assert running.wyoming is None and running.wyoming_port is None
     tokens = tmp_path / "tokens"
     tokens.write_text("the-secret\n")
-    with pytest.raises(StartupError, match="--wyoming-without-auth"):
-        ServerThread(replace(TEST_CONFIG, wyoming_port=0, auth_tokens_file=tokens))
+    with pytest.raises(ValueError, match="--wyoming-without-auth"):  # the command line's error, before loading
+        replace(TEST_CONFIG, wyoming_port=0, auth_tokens_file=tokens)
 
 
 def test_wyomings_transcript_equals_our_own_apis_on_the_same_audio(wyoming):
