@@ -69,3 +69,7 @@ class Endpointer:
 
     def reset(self) -> None:
         self.frames, self.trailing_silence, self.speech = 0, 0, False
+
+    def resume(self, frames: int, speech: bool) -> None:
+        """A new utterance that already holds `frames` (those after a cut), spoken or not."""
+        self.frames, self.trailing_silence, self.speech = frames, 0, speech

@@ -20,13 +20,16 @@ import numpy as np
 
 from engine.decoder.beam_search import BLANK
 from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecodeState, Hypothesis
-from engine.endpointing import SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
+from engine.endpointing import MAX_UTTERANCE, SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
 from engine.features import StreamingFeatures, frontend, logmel_utterance, pad_to_multiple
 from engine.model.session import ModelSession
 from engine.second_pass import SecondPass
 from engine.text import spoken
 
 HALF_CLOSE = "half_close"
+# An utterance that reaches max_utterance is cut between two words in its last fifth, not where the
+# limit falls, which may be inside a word.
+CUT_WINDOW = 0.2
 NO_ENDPOINTING = EndpointConfig(enabled=False, max_utterance_s=math.inf)  # offline: one utterance
 SPEECH_BEGAN = "speech_began"
 
@@ -70,10 +73,10 @@ class StreamState:
     samples: int = 0  # at the model's rate
     frames: int = 0  # output frames so far
     finals: int = 0
-    # With a second pass: the open utterance's samples and model outputs.
+    logprobs: list[np.ndarray] = field(default_factory=list)  # the open utterance's model outputs
+    # With a second pass: the open utterance's samples.
     audio: list[np.ndarray] = field(default_factory=list)
     audio_from: int = 0  # the sample of the stream where `audio` starts
-    logprobs: list[np.ndarray] = field(default_factory=list)
 
 
 class Recognizer:
@@ -138,14 +141,15 @@ class Recognizer:
         had_speech = stream.endpointer.speech
         stream.frames += len(logprobs)
         progress.frames += len(logprobs)
-        if self.second_pass is not None:
-            stream.logprobs.append(logprobs)
+        stream.logprobs.append(logprobs)
         reason = stream.endpointer.update(logprobs)
         if stream.endpointer.speech and not had_speech:
             progress.events.append(SPEECH_BEGAN)
         if reason == SILENCE_NO_SPEECH:
             self._take_audio(stream)
             self._reset_utterance(stream)
+        elif reason == MAX_UTTERANCE:
+            self._cut(stream, progress)
         elif reason:
             self._finalize(stream, reason, progress)
         if reason in (SILENCE_NO_SPEECH, SILENCE_AFTER_SPEECH):
@@ -214,13 +218,45 @@ class Recognizer:
         stream.finals += 1
         self._reset_utterance(stream)
 
-    def _take_audio(self, stream: StreamState) -> np.ndarray | None:
-        """With a second pass: the open utterance's samples, up to what the model has heard (what
-        follows is the next utterance's), taken out of the stream's buffer."""
+    def _cut(self, stream: StreamState, progress: Progress) -> None:
+        """max_utterance: the utterance ends in its last fifth, in the widest gap between two words
+        of its best hypothesis so far (else after its most blank-like frame); its frames before are
+        decoded again as a final, those after begin the next utterance (the model keeps its context)."""
+        held = np.concatenate(stream.logprobs)
+        start, step, offset = int(len(held) * (1 - CUT_WINDOW)), self.spec.frame_seconds, stream.decode.offset
+        words = self.decoder.partial(stream.decode).words
+        gaps = [(b.start - a.end, (a.end + b.start) / 2) for a, b in zip(words, words[1:])]
+        gaps = [(gap, round(middle / step) - offset) for gap, middle in gaps if round(middle / step) - offset >= start]
+        if gaps:
+            cut = min(max(gaps)[1], len(held))
+        else:
+            blank = np.convolve(np.exp(held[start:, self._blank]), np.ones(3) / 3, mode="same")
+            cut = start + int(blank.argmax()) + 1
+        rest = held[cut:]
+        started = time.perf_counter()
+        utterance = self.decoder.start(stream.opts, offset=offset)
+        self.decoder.advance(utterance, held[:cut])
+        hyps = self.decoder.finish(utterance)
+        self._on_decode(time.perf_counter() - started)
+        end = self.heard(stream) - len(rest) * step
+        audio = self._take_audio(stream, end)
+        progress.events.append(Final(hyps, MAX_UTTERANCE, end, audio, held[:cut] if audio is not None else None,
+                                     offset))
+        stream.finals += 1
+        stream.decode = self.decoder.start(stream.opts, offset=offset + cut)
+        self.decoder.advance(stream.decode, rest)
+        stream.endpointer.resume(len(rest), bool((rest.argmax(axis=1) != self._blank).any()))
+        stream.logprobs = [rest]
+
+    def _take_audio(self, stream: StreamState, until: float | None = None) -> np.ndarray | None:
+        """With a second pass: the open utterance's samples, up to what the model has heard or
+        `until` seconds into the stream (what follows is the next utterance's), taken out of the
+        stream's buffer."""
         if self.second_pass is None:
             return None
         held = np.concatenate(stream.audio) if stream.audio else np.zeros(0, np.float32)
-        end = round(self.heard(stream) * self.spec.features.sample_rate) - stream.audio_from
+        until = self.heard(stream) if until is None else until
+        end = round(until * self.spec.features.sample_rate) - stream.audio_from
         utterance, rest = held[:max(end, 0)], held[max(end, 0):]
         stream.audio, stream.audio_from = [rest], stream.audio_from + len(utterance)
         return utterance

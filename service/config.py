@@ -152,7 +152,7 @@ class ServerConfig:
     endpoint_silence_no_speech_seconds: float = flag(DEFAULT_ENDPOINT.silence_no_speech_s, help=(
         "silence with nothing decoded after which the utterance is dropped"))
     endpoint_max_utterance_seconds: float = flag(DEFAULT_ENDPOINT.max_utterance_s, help=(
-        "longest utterance before a final is forced"))
+        "longest utterance before a final is forced (cut at the widest gap between words in its last fifth)"))
     endpoint_blank_threshold: float = flag(DEFAULT_ENDPOINT.blank_threshold, help=(
         "a frame is silence when the CTC blank probability exceeds this"))
     left_context_ms: int | None = flag(None, help=(

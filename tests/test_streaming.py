@@ -111,7 +111,19 @@ def test_max_utterance_forces_finals(make_server):
     reasons = [r.endpoint_reason for r in responses if r.results and r.results[0].is_final]
     assert reasons[0] == "max_utterance" and len(reasons) >= 2
     words = " ".join(f.alternatives[0].transcript for f in finals(responses)).split()
-    assert words[:3] == ["my", "phone", "number"]  # (a forced cut may split a word: that is its cost)
+    assert words[:3] == ["my", "phone", "number"]
+
+
+def test_a_forced_cut_falls_between_words(make_server):
+    """At max_utterance the cut goes back to the widest gap between words in the utterance's last
+    fifth: no word is split in two (at the limit itself, 2.5 s, "zero f | five" was)."""
+    srv = make_server(endpoint_max_utterance_seconds=2.5, endpoint_silence_after_speech_seconds=1.0)
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
+        responses = run_stream(asr_pb2_grpc.SpeechStub(channel), pcm("phone.flac"), [3200])
+    said = [f.alternatives[0].transcript for f in finals(responses)]
+    assert len(said) >= 2 and responses[-1].endpoint_reason == "half_close"
+    assert len(" ".join(said).split()) == len(CLIPS["phone.flac"].split()), said
+    assert heard(" ".join(said), "phone.flac"), said
 
 
 def test_concurrent_streams_are_batched_and_decoded_alike(stub, running):
