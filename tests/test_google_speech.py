@@ -158,6 +158,10 @@ def test_long_running_recognize_is_an_operation_polled_to_its_results(client, st
     operations.delete_operation(operation.operation.name)
     with pytest.raises(exceptions.NotFound):
         operations.get_operation(operation.operation.name)
+    broken = client.long_running_recognize(config=speech.RecognitionConfig(language_code="en-US"),
+                                           audio=speech.RecognitionAudio(content=b"not audio at all" * 100), timeout=60)
+    with pytest.raises(exceptions.InvalidArgument):  # audio that cannot be decoded: the operation's error
+        broken.result(timeout=60)
     with pytest.raises(exceptions.InvalidArgument, match="de-DE"):  # a bad config is refused by the call itself
         client.long_running_recognize(config=speech.RecognitionConfig(language_code="de-DE"),
                                       audio=speech.RecognitionAudio(content=WAV), timeout=60)

@@ -7,6 +7,7 @@ running, a new call is RESOURCE_EXHAUSTED), a finished one for `keep_seconds`; a
 visible only to the client that started it (others get NOT_FOUND)."""
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -20,9 +21,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
 from service.errors import ServiceError, Status
+from service.session.audio import AudioError
 from service.session.speech import Speech
 from service.transports.grpc_api import abort, caller
 
+log = logging.getLogger(__name__)
 SERVICE = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
 METHODS = {"GetOperation": "google.GetOperation", "CancelOperation": "google.CancelOperation",
            "DeleteOperation": "google.DeleteOperation"}
@@ -75,8 +78,13 @@ class Operations(operations_pb2_grpc.OperationsServicer):
                 job.report(1.0)
             except ServiceError as e:
                 job.error = e
+            except AudioError as e:  # audio that cannot be decoded, found once the call has answered
+                job.error = ServiceError(Status.INVALID_ARGUMENT, str(e))
             except asyncio.CancelledError:
                 job.error = ServiceError(Status.CANCELLED, "the operation was cancelled")
+            except Exception:
+                log.exception("long-running operation %s failed", job.name)
+                job.error = ServiceError(Status.INTERNAL, "internal error")
             finally:
                 job.ended = time.time()
         job.task = asyncio.get_running_loop().create_task(run())

@@ -16,8 +16,7 @@ from service.errors import ServiceError, Status
 from service.session.events import EndOfSingleUtterance, FinalResult, InterimResult, SpeechBegin, SpeechEnd
 from service.session.options import MAX_ALTERNATIVES, recognition_options
 from service.session.speech import Speech
-from service.transports.google_operations import Job, Operations
-from service.transports.google_operations import timestamp as _timestamp
+from service.transports.google_operations import Job, Operations, timestamp
 from service.transports.grpc_api import abort, audio_messages, caller, deadline_passed, streaming_config
 from service.transports.messages import duration
 
@@ -53,9 +52,7 @@ def our_config(c, speech: Speech) -> asr_pb2.RecognitionConfig:
     if c.HasField("diarization_config") and c.diarization_config.enable_speaker_diarization:
         _refuse("diarization_config", "speaker diarization is not supported")
     model = c.model if c.model not in GOOGLE_MODELS else ""
-    if model:
-        speech.models.get(model)  # INVALID_ARGUMENT naming the models served
-    served = speech.models.get(model).spec.language_code
+    served = speech.models.get(model).spec.language_code  # an unknown model: INVALID_ARGUMENT naming those served
     for code in c.alternative_language_codes:
         if code.split("-")[0].lower() != served.split("-")[0].lower():
             _refuse("alternative_language_codes", f"{code[:35]!r} is not served; this model is {served!r}")
@@ -86,8 +83,8 @@ def _alternatives(hyps: list[Hypothesis], c) -> list:
 
 def _metadata(job: Job):
     Metadata = cloud_speech.LongRunningRecognizeMetadata.pb()
-    return Metadata(progress_percent=int(job.progress * 100), start_time=_timestamp(job.started),
-                    last_update_time=_timestamp(job.updated))
+    return Metadata(progress_percent=int(job.progress * 100), start_time=timestamp(job.started),
+                    last_update_time=timestamp(job.updated))
 
 
 class GoogleSpeechServicer:
