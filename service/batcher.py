@@ -2,7 +2,8 @@
 
 Streams await `step`; a single loop takes every chunk queued by the time the
 model is free (waiting at most `max_wait_s` for more, up to `max_batch`),
-runs equal-length chunks as one ONNX Runtime call on the worker pool, then
+runs equal-length chunks as one ONNX Runtime call on the worker pool (live
+streams' before whole files'), then
 (with `decode`) decodes the batch's log-probs in one call, and hands each
 stream its log-probs and next state. One batch is in flight at a time: on CPU
 the intra-op threads use the cores, on CUDA the provider has a single compute
@@ -115,10 +116,12 @@ class ModelBatcher:
         loop = asyncio.get_running_loop()
         while True:
             self._batch = batch = await self._collect()
-            by_length = defaultdict(list)
+            # Live streams' chunks first, in calls of their own: whole files' steps taken in the same
+            # batch wait for them rather than delay them.
+            calls = defaultdict(list)
             for item in batch:
-                by_length[len(item[0])].append(item)
-            for items in by_length.values():
+                calls[(not item[4], len(item[0]))].append(item)
+            for _, items in sorted(calls.items(), key=lambda call: call[0]):
                 items = [it for it in items if not it[2].done()]  # callers that gave up (cancelled)
                 if not items:
                     continue

@@ -6,7 +6,10 @@
 Unary by default: WAV and FLAC are sent as they are; anything else libsndfile reads
 (MP3, OGG Vorbis, Opus, ...) is decoded here and sent as LINEAR16; other files (M4A/AAC,
 ...) are sent as they are, for the server to decode with ffmpeg; `--encoding
-LINEAR16|FLOAT32|MULAW|ALAW --sample-rate N` sends a headerless file as raw samples. With
+LINEAR16|FLOAT32|MULAW|ALAW --sample-rate N` sends a headerless file as raw samples. A file
+longer than Recognize takes (over 55 s, or of a length this client cannot tell) is sent as it
+is to the Google-compatible LongRunningRecognize on the same server, with a progress bar while
+it is decoded (Ctrl-C cancels it on the server too). With
 --stream the audio is decoded here and sent as LINEAR16 at real-time pace, printing
 interim results as they arrive and each final result with the endpoint that ended it. --reference sends the request
 as a labelled canary and prints its score. The call's deadline follows the audio's
@@ -44,11 +47,85 @@ def stream_requests(config: asr_pb2.RecognitionConfig, pcm: bytes, rate: int, ch
 
 
 SENT_AS_IS = ("WAV", "FLAC")  # containers the server parses itself
+LONG_SECONDS = 55.0  # Recognize takes a minute (the server's default): longer files go the long-running way
+POLL_SECONDS = 0.5
 RAW_WIDTH = {"LINEAR16": 2, "FLOAT32": 4, "MULAW": 1, "ALAW": 1}
 
 
 class UnreadableAudio(Exception):
     pass
+
+
+class CallFailed(Exception):
+    """A call the server refused or failed: its status name and message."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+
+
+def recognize(channel: grpc.Channel, path: Path, config: asr_pb2.RecognitionConfig, a: argparse.Namespace,
+              metadata, position: int = 0) -> asr_pb2.RecognizeResponse:
+    """One file, by Recognize, or if it is long by LongRunningRecognize with a progress bar (at
+    `position` among others)."""
+    content, seconds = unary_audio(path, config, a.encoding, a.sample_rate)
+    if 0 < seconds <= LONG_SECONDS:
+        try:
+            return asr_pb2_grpc.SpeechStub(channel).Recognize(asr_pb2.RecognizeRequest(
+                config=config, audio_content=content), timeout=a.timeout or 60.0 + seconds, metadata=metadata)
+        except grpc.RpcError as e:
+            raise CallFailed(e.code().name, e.details()) from None
+    if a.encoding != "auto" or a.no_lm or a.format_numbers or config.HasField("canary"):
+        raise UnreadableAudio(f"{path}: over {LONG_SECONDS:g} s (or of unknown length), so sent to "
+                              "LongRunningRecognize, which takes files in their own format and has no --no-lm, "
+                              "--format-numbers or --reference")
+    return long_running(channel, path, config, a.timeout, metadata, position)
+
+
+def long_running(channel: grpc.Channel, path: Path, config: asr_pb2.RecognitionConfig, timeout: float | None,
+                 metadata, position: int) -> asr_pb2.RecognizeResponse:
+    """The file as it is, through google.cloud.speech.v1's LongRunningRecognize and
+    google.longrunning's GetOperation (with its progress), its results as ours."""
+    from google.cloud.speech_v1.types import cloud_speech
+    from google.longrunning import operations_pb2
+    from google.protobuf import json_format
+    Request, Response = cloud_speech.LongRunningRecognizeRequest.pb(), cloud_speech.LongRunningRecognizeResponse.pb()
+    Operation, Metadata = operations_pb2.Operation, cloud_speech.LongRunningRecognizeMetadata.pb()
+    start = channel.unary_unary("/google.cloud.speech.v1.Speech/LongRunningRecognize",
+                                request_serializer=Request.SerializeToString,
+                                response_deserializer=Operation.FromString)
+    get = channel.unary_unary("/google.longrunning.Operations/GetOperation",
+                              request_serializer=operations_pb2.GetOperationRequest.SerializeToString,
+                              response_deserializer=Operation.FromString)
+    cancel = channel.unary_unary("/google.longrunning.Operations/CancelOperation",
+                                 request_serializer=operations_pb2.CancelOperationRequest.SerializeToString,
+                                 response_deserializer=lambda data: data)
+    request = Request(config={"language_code": "en-US", "enable_word_time_offsets": config.enable_word_time_offsets},
+                      audio={"content": path.read_bytes()})
+    try:
+        operation = start(request, timeout=60.0, metadata=metadata)
+        deadline = time.monotonic() + (timeout or 7200.0)
+        with tqdm(total=100, unit="%", desc=path.name, file=sys.stderr, disable=None, position=position,
+                  leave=position == 0, bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]") as bar:
+            try:
+                while not operation.done:
+                    if time.monotonic() > deadline:
+                        raise CallFailed("DEADLINE_EXCEEDED", f"not done within {timeout or 7200.0:g} s")
+                    time.sleep(POLL_SECONDS)
+                    operation = get(operations_pb2.GetOperationRequest(name=operation.name), timeout=30.0,
+                                    metadata=metadata)
+                    bar.update(Metadata.FromString(operation.metadata.value).progress_percent - bar.n)
+            except BaseException:  # Ctrl-C, or the deadline: the server stops decoding it too
+                if not operation.done:
+                    cancel(operations_pb2.CancelOperationRequest(name=operation.name), timeout=10.0, metadata=metadata)
+                raise
+    except grpc.RpcError as e:
+        raise CallFailed(e.code().name, e.details()) from None
+    if operation.HasField("error"):
+        code = next((c.name for c in grpc.StatusCode if c.value[0] == operation.error.code), "UNKNOWN")
+        raise CallFailed(code, operation.error.message)
+    # Google's results and ours are the same messages field by field
+    return json_format.ParseDict(json_format.MessageToDict(Response.FromString(operation.response.value)),
+                                 asr_pb2.RecognizeResponse(), ignore_unknown_fields=True)
 
 
 def read_pcm(path: Path) -> tuple[bytes, int, int, float]:
@@ -127,35 +204,35 @@ def print_score(score: asr_pb2.CanaryScore) -> None:
           f"CER {score.cer:.3f} ({score.char_errors}/{score.reference_chars} chars)")
 
 
-def transcribe(a: argparse.Namespace, stub, config: asr_pb2.RecognitionConfig, metadata) -> int:
+def transcribe(a: argparse.Namespace, channel: grpc.Channel, config: asr_pb2.RecognitionConfig, metadata) -> int:
     """One file, unary or streamed, its results printed."""
     try:
-        if a.stream:
-            pcm, rate, channels, seconds = read_pcm(a.file)
-            config.encoding, config.sample_rate_hertz, config.audio_channel_count = Encoding.LINEAR16, rate, channels
-        else:
-            content, seconds = unary_audio(a.file, config, a.encoding, a.sample_rate)
+        if not a.stream:
+            response = recognize(channel, a.file, config, a, metadata)
+            for result in response.results:
+                print_final(result.alternatives[0])
+            if response.HasField("canary_score"):
+                print_score(response.canary_score)
+            return 0
+        pcm, rate, channels, seconds = read_pcm(a.file)
+        config.encoding, config.sample_rate_hertz, config.audio_channel_count = Encoding.LINEAR16, rate, channels
     except UnreadableAudio as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except CallFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     timeout = a.timeout or 60.0 + seconds  # a real-time stream takes its audio's length
     try:
-        if a.stream:
-            requests = stream_requests(config, pcm, rate, a.chunk_ms, not a.fast)
-            for response in stub.StreamingRecognize(requests, timeout=timeout, metadata=metadata):
-                for result in response.results:
-                    alt = result.alternatives[0] if result.alternatives else asr_pb2.SpeechRecognitionAlternative()
-                    if result.is_final:
-                        print_final(alt, response.endpoint_reason)
-                    else:
-                        print(f"partial: {alt.transcript}", flush=True)
-                if response.HasField("canary_score"):
-                    print_score(response.canary_score)
-        else:
-            response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=content),
-                                      timeout=timeout, metadata=metadata)
+        requests = stream_requests(config, pcm, rate, a.chunk_ms, not a.fast)
+        for response in asr_pb2_grpc.SpeechStub(channel).StreamingRecognize(requests, timeout=timeout,
+                                                                            metadata=metadata):
             for result in response.results:
-                print_final(result.alternatives[0])
+                alt = result.alternatives[0] if result.alternatives else asr_pb2.SpeechRecognitionAlternative()
+                if result.is_final:
+                    print_final(alt, response.endpoint_reason)
+                else:
+                    print(f"partial: {alt.transcript}", flush=True)
             if response.HasField("canary_score"):
                 print_score(response.canary_score)
     except grpc.RpcError as e:
@@ -182,9 +259,9 @@ def audio_files(arguments: list[str]) -> list[Path] | None:
     return files
 
 
-def transcribe_many(a: argparse.Namespace, files: list[Path], stub, metadata) -> int:
-    """Each file unary, one line each under a progress bar, then a summary; WER against the
-    `NAME.txt` beside a file where there is one."""
+def transcribe_many(a: argparse.Namespace, files: list[Path], channel: grpc.Channel, metadata) -> int:
+    """Each file unary (a long one with a bar of its own), one line each under a progress bar,
+    then a summary; WER against the `NAME.txt` beside a file where there is one."""
     started, audio_seconds, failed = time.monotonic(), 0.0, 0
     references, hypotheses = [], []
     bar = tqdm(files, unit="file", file=sys.stderr, disable=None)
@@ -192,18 +269,12 @@ def transcribe_many(a: argparse.Namespace, files: list[Path], stub, metadata) ->
         config = asr_pb2.RecognitionConfig(format_numbers=a.format_numbers,
                                            decoder=asr_pb2.DecoderOptions(disable_lm=a.no_lm))
         try:
-            content, seconds = unary_audio(path, config)
-            response = stub.Recognize(asr_pb2.RecognizeRequest(config=config, audio_content=content),
-                                      timeout=a.timeout or 60.0 + seconds, metadata=metadata)
-        except (UnreadableAudio, OSError) as e:
+            response = recognize(channel, path, config, a, metadata, position=1)
+        except (UnreadableAudio, OSError, CallFailed) as e:
             failed += 1
             bar.write(f"{path}: error: {e}", file=sys.stderr)
             continue
-        except grpc.RpcError as e:
-            failed += 1
-            bar.write(f"{path}: error: {e.code().name}: {e.details()}", file=sys.stderr)
-            continue
-        transcript = response.results[0].alternatives[0].transcript if response.results else ""
+        transcript = " ".join(r.alternatives[0].transcript for r in response.results if r.alternatives)
         audio_seconds += response.total_billed_time.ToTimedelta().total_seconds()
         bar.write(f"{path}: {transcript}")
         if (reference := path.with_suffix(".txt")).is_file():
@@ -254,16 +325,15 @@ def main() -> int:
             print(f"error: {path}: no such file", file=sys.stderr)
             return 2
     with open_channel(a) as channel:
-        stub = asr_pb2_grpc.SpeechStub(channel)
         if files is not None:
-            return transcribe_many(a, files, stub, call_metadata(a))
+            return transcribe_many(a, files, channel, call_metadata(a))
         a.file = Path(a.files[0])
         config = asr_pb2.RecognitionConfig(enable_word_time_offsets=a.words, format_numbers=a.format_numbers,
                                            decoder=asr_pb2.DecoderOptions(disable_lm=a.no_lm))
         if a.reference:
             config.canary.reference = a.reference
             config.canary.set = a.canary_set
-        return transcribe(a, stub, config, call_metadata(a))
+        return transcribe(a, channel, config, call_metadata(a))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,15 @@ class ServerConfig:
         "finals that may wait for a model's second pass (which runs one at a time on a thread of its own); past "
         "it, and while the server sheds load, a final stays the first pass's, flagged second_pass_fallback"))
     max_unary_audio_seconds: float = flag(60.0, positive=True, help=(
-        "longest audio Recognize accepts (OUT_OF_RANGE past it)"))
+        "longest audio Recognize accepts (OUT_OF_RANGE past it; longer files: HTTP transcriptions, "
+        "LongRunningRecognize)"))
+    max_file_bytes: int = flag(25 * 1024 * 1024, positive=True, help=(
+        "largest audio file accepted whole: an HTTP transcriptions upload, a Recognize or LongRunningRecognize request "
+        "(OpenAI's limit, about 25 minutes of MP3 at 128 kbit/s)"))
+    max_file_audio_seconds: float = flag(7200.0, positive=True, help=(
+        "longest audio HTTP transcriptions and LongRunningRecognize accept, once decoded (OUT_OF_RANGE past it)"))
+    file_parallel_segments: int = flag(4, positive=True, help=(
+        "segments of one long file decoded side by side (they fill what live streams leave of the model)"))
     max_stream_audio_seconds: float = flag(300.0, positive=True, help=(
         "longest audio one StreamingRecognize call accepts (OUT_OF_RANGE past it)"))
     max_message_bytes: int = flag(10 * 1024 * 1024, positive=True, help=(

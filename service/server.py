@@ -67,6 +67,7 @@ class RunningServer:
         deadline = loop.time() + grace
         while self.speech.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        await self.speech.end_files()
         await asyncio.gather(self.server.stop(max(0.0, deadline - loop.time())), self.http.stop(),
                              *([self.wyoming.stop()] if self.wyoming else []))
         await self.operations.close()
@@ -106,7 +107,8 @@ async def start(cfg: ServerConfig) -> RunningServer:
                                       ("grpc.server_handshake_timeout_ms", int(cfg.read_timeout_seconds * 1000)),
                                       ("grpc.max_allowed_incoming_connections", cfg.max_connections),
                                       # up to SLACK over the limit the servicer refuses (and counts) it
-                                      ("grpc.max_receive_message_length", cfg.max_message_bytes + SLACK),
+                                      ("grpc.max_receive_message_length",
+                                       max(cfg.max_message_bytes, cfg.max_file_bytes) + SLACK),
                                       ("grpc.max_send_message_length", cfg.max_message_bytes)])
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="asr")
     speech = Speech(models, pool, metrics, cfg)

@@ -39,6 +39,8 @@ PREREQUISITES = {
     "fortunes": (lambda: Path("/usr/share/games/fortunes/fortunes").exists()
                  and Path("/usr/share/games/fortunes/literature").exists(),
                  "fortunes-min fortunes", "English sentences for training and evaluation", False),
+    "espeak-ng and flite": (_tool("espeak-ng", "flite"), "espeak-ng flite", "synthesized sentences for the long "
+                            "recordings' tests", False),
     "synthesis": (_tool("espeak-ng", "flite", "text2wave", "pico2wave", "RHVoice-test", "mbrola"),
                   "espeak-ng flite festival festvox-kdlpc16k festvox-us-slt-hts libttspico-utils rhvoice "
                   "rhvoice-english mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1",

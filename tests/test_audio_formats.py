@@ -15,7 +15,7 @@ from prerequisites import requires
 from test_recognize import CLIPS, recognize, stream
 
 from ctc_asr.v1 import asr_pb2
-from service.session.audio import AudioError, decode_file
+from service.session.audio import AudioError, decode_unary
 
 Encoding = asr_pb2.RecognitionConfig.AudioEncoding
 EXPECTED = CLIPS["what_time.wav"]
@@ -54,7 +54,7 @@ def test_files_only_ffmpeg_reads_are_transcribed(stub, tmp_path):
 def test_without_ffmpeg_other_formats_get_a_clear_error(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(AudioError, match="need ffmpeg, which is not installed on the server"):
-        decode_file(b"\x00\x00\x00\x20ftypM4A " + bytes(100), Encoding.ENCODING_UNSPECIFIED, 0, 0, 16000, 60)
-    samples, seconds = decode_file((SAMPLES / "phone.flac").read_bytes(), Encoding.ENCODING_UNSPECIFIED, 0, 0,
+        decode_unary(b"\x00\x00\x00\x20ftypM4A " + bytes(100), Encoding.ENCODING_UNSPECIFIED, 0, 0, 16000, 60)
+    samples, seconds = decode_unary((SAMPLES / "phone.flac").read_bytes(), Encoding.ENCODING_UNSPECIFIED, 0, 0,
                                    16000, 60)  # what libsndfile reads needs no ffmpeg
     assert seconds == pytest.approx(sf.info(SAMPLES / "phone.flac").duration) and np.isfinite(samples).all()

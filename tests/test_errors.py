@@ -3,7 +3,7 @@
 import grpc
 import numpy as np
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, TEST_CONFIG
 from test_recognize import heard, recognize
 
 from ctc_asr.v1 import asr_pb2
@@ -115,7 +115,7 @@ def test_stream_without_audio_ends_without_results(stub):
 
 
 def test_oversized_message_is_refused_by_the_transport(stub):
-    too_big = b"\x00" * (10 * 1024 * 1024 + 1)
+    too_big = b"\x00" * (TEST_CONFIG.max_file_bytes + 1)
     with pytest.raises(grpc.RpcError) as err:
         recognize_raw(stub, config(encoding=Encoding.LINEAR16, sample_rate_hertz=16000), too_big)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -124,12 +124,15 @@ def test_word_offsets_cover_the_words_in_order(stub):
 
 def test_alternatives_on_ambiguous_audio(stub):
     audio, rate = sf.read(SAMPLES / "phone.flac", dtype="float32")
-    noise = np.random.default_rng(0).normal(0, np.sqrt(np.mean(audio**2)), len(audio))  # 0 dB SNR
-    noisy = (audio + noise).astype("<f4").tobytes()
-    config = dict(encoding=Encoding.FLOAT32, sample_rate_hertz=rate)
-    alts = recognize(stub, noisy, max_alternatives=3, **config).results[0].alternatives
-    assert 2 <= len(alts) <= 3 and len({a.transcript for a in alts}) == len(alts)  # at most 3, all distinct
-    assert alts[0].transcript == recognize(stub, noisy, **config).results[0].alternatives[0].transcript
+    config, several = dict(encoding=Encoding.FLOAT32, sample_rate_hertz=rate), 0
+    for seed in range(4):  # (on some CPUs one noisy take's beams end on a single text: most do not)
+        noise = np.random.default_rng(seed).normal(0, np.sqrt(np.mean(audio**2)), len(audio))  # 0 dB SNR
+        noisy = (audio + noise).astype("<f4").tobytes()
+        alts = recognize(stub, noisy, max_alternatives=3, **config).results[0].alternatives
+        assert 1 <= len(alts) <= 3 and len({a.transcript for a in alts}) == len(alts)  # at most 3, all distinct
+        assert alts[0].transcript == recognize(stub, noisy, **config).results[0].alternatives[0].transcript
+        several += len(alts) >= 2
+    assert several >= 3
 
 
 def test_greedy_without_lm_differs_from_lm_decoding(stub):

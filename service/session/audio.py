@@ -10,6 +10,7 @@ which the adapters answer as INVALID_ARGUMENT.
 import io
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,82 +58,6 @@ def _to_mono(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1) if samples.ndim == 2 else samples
 
 
-def _ffmpeg(data: bytes, target_rate: int, max_seconds: float) -> np.ndarray:
-    """Any file ffmpeg reads -> mono float32 at target_rate (at most max_seconds plus one, so
-    the caller can tell that the audio is too long)."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise AudioError("could not decode the audio: it is not WAV, FLAC, OGG or MP3, which libsndfile reads; others "
-                         "(M4A/AAC, ...) need ffmpeg, which is not installed on the server. For raw audio set "
-                         "config.encoding (LINEAR16, FLOAT32, MULAW, ALAW) and config.sample_rate_hertz")
-    try:
-        done = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", "pipe:0", "-t", f"{max_seconds + 1:g}",
-                               "-f", "f32le", "-ac", "1", "-ar", str(target_rate), "pipe:1"],
-                              input=data, capture_output=True, timeout=FFMPEG_SECONDS, check=False)
-    except subprocess.TimeoutExpired:
-        raise AudioError(f"the audio file took over {FFMPEG_SECONDS} s to decode") from None
-    if done.returncode != 0:  # (read well but empty: decode_unary says it holds no samples)
-        reason = done.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioError("could not decode the audio file (not a format libsndfile or ffmpeg reads; for raw "
-                         "audio set config.encoding and config.sample_rate_hertz)"
-                         + (f": {reason[-1]}" if reason else ""))
-    return np.frombuffer(done.stdout, "<f4").copy()
-
-
-NO_SAMPLES = "the audio holds no samples (a header with no audio after it)"
-UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frame count for a file whose header leaves it open
-MAX_FILE_CHANNELS = 8  # as config.audio_channel_count: what a file may make the server decode at once
-
-
-class UnknownLength(AudioError):
-    """A file libsndfile opens but cannot read to its end: ffmpeg reads it instead."""
-
-
-def decode_container(data: bytes, encoding: int, sample_rate: int, channels: int,
-                     max_seconds: float) -> tuple[np.ndarray, int, float]:
-    """A file libsndfile reads -> (mono float32 samples, sample rate, seconds). A rate or channel
-    count set in the config must match the header. At most `max_seconds` + 1 s are decoded, so
-    memory is bounded by the limit, not by what the header claims; a longer file's seconds are
-    its header's, for the caller to refuse."""
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            frames, rate, width = f.frames, f.samplerate, f.channels
-            cap = int((max_seconds + 1) * min(max(rate, 1), MAX_RATE))
-            # libsndfile cannot read a file whose header leaves its length open (FLAC streams' say 0)
-            samples = (f.read(min(frames, cap), dtype="float32", always_2d=True)
-                       if frames < UNKNOWN_LENGTH and width <= MAX_FILE_CHANNELS else None)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
-        raise AudioError(f"could not decode the audio container: {e}") from None
-    if width > MAX_FILE_CHANNELS:
-        raise AudioError(f"the audio has {width} channels; at most {MAX_FILE_CHANNELS}")
-    if samples is None:
-        raise UnknownLength("the audio's header does not say its length")
-    check_rate(rate, "the audio's sample rate")
-    if sample_rate and sample_rate != rate:
-        raise AudioError(f"config.sample_rate_hertz is {sample_rate} but the audio header says {rate}")
-    if channels and channels != samples.shape[1]:
-        raise AudioError(f"config.audio_channel_count is {channels} but the audio has {samples.shape[1]}")
-    seconds = (frames if len(samples) == cap else len(samples)) / rate  # a header may claim more than is there
-    return _to_mono(samples), rate, seconds
-
-
-def decode_file(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int,
-                max_seconds: float) -> tuple[np.ndarray, float]:
-    """A whole audio file -> (samples at target_rate, seconds). WAV and FLAC, when named, must be
-    that; otherwise libsndfile tries first and ffmpeg reads what it cannot."""
-    try:
-        samples, rate, seconds = decode_container(data, encoding, sample_rate, channels, max_seconds)
-    except AudioError as e:
-        named = encoding in (Encoding.WAV, Encoding.FLAC) or data.startswith((b"RIFF", b"RIFX", b"fLaC"))
-        if named and not isinstance(e, UnknownLength):
-            raise  # a broken WAV/FLAC says what is wrong with it, not what ffmpeg thinks
-        samples = _ffmpeg(data, target_rate, max_seconds)
-        return samples, len(samples) / target_rate
-    if rate != target_rate:
-        samples = soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32)
-    return samples, seconds
-
-
 class PcmStream:
     """Raw PCM bytes in any chunking -> mono float32 samples at the target rate."""
 
@@ -172,16 +97,148 @@ class PcmStream:
         return self._resampler.resample_chunk(mono, last=last)
 
 
-def decode_unary(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int,
-                 max_seconds: float = 3600.0) -> tuple[np.ndarray, float]:
-    """Whole request audio -> (samples at target_rate, seconds of input audio)."""
+NO_SAMPLES = "the audio holds no samples (a header with no audio after it)"
+UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frame count for a file whose header leaves it open
+MAX_FILE_CHANNELS = 8  # as config.audio_channel_count: what a file may make the server decode at once
+BLOCK_SECONDS = 10  # a file is decoded (and resampled) this much at a time
+
+
+class UnknownLength(AudioError):
+    """A file libsndfile opens but cannot read to its end: ffmpeg reads it instead."""
+
+
+class FileAudio:
+    """An audio file opened for decoding: its length (`seconds`, as its header or its raw size
+    says) and its samples at the target rate, mono float32, a block at a time (`blocks`), so that
+    the decoded audio of a long file is never held whole. `close` frees what it holds."""
+
+    def __init__(self, reader, rate: int, seconds: float, target_rate: int, closing=()) -> None:
+        """`reader(frames)`: up to that many frames (n, channels) at `rate`, fewer only at the end."""
+        self.seconds, self.rate, self.target_rate = seconds, rate, target_rate
+        self._reader, self._closing = reader, list(closing)
+
+    def blocks(self, max_seconds: float):
+        """At most `max_seconds` + 1 s of samples (whatever a header claimed), in blocks."""
+        left = int((max_seconds + 1) * self.rate)
+        resampler = (soxr.ResampleStream(self.rate, self.target_rate, 1, dtype="float32", quality="HQ")
+                     if self.rate != self.target_rate else None)
+        try:
+            while left > 0:
+                wanted = min(left, BLOCK_SECONDS * self.rate)
+                block = self._reader(wanted)
+                left -= len(block)
+                last = len(block) < wanted or left <= 0
+                mono = _to_mono(block).astype(np.float32, copy=False)
+                out = mono if resampler is None else resampler.resample_chunk(mono, last=last)
+                if len(out):
+                    yield out
+                if last:
+                    return
+        except (sf.LibsndfileError, RuntimeError, ValueError, MemoryError) as e:
+            raise AudioError(f"could not decode the audio container: {e}") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        while self._closing:
+            self._closing.pop().close()
+
+
+def _raw_file(data: bytes, fmt: AudioFormat, target_rate: int) -> FileAudio:
+    stream = PcmStream(fmt, fmt.sample_rate)  # resampled by FileAudio, as every file is
+    frame = RAW_WIDTH[fmt.encoding] * fmt.channels
+    if len(data) % frame:
+        raise AudioError(f"audio length is not a whole number of {frame}-byte samples "
+                         f"({len(data) % frame} bytes left over)")
+    at = 0
+
+    def read(frames: int) -> np.ndarray:
+        nonlocal at
+        piece, at = data[at:at + frames * frame], at + frames * frame
+        return stream.accept(piece).reshape(-1, 1)
+    return FileAudio(read, fmt.sample_rate, len(data) / frame / fmt.sample_rate, target_rate)
+
+
+def _container(source, sample_rate: int, channels: int, target_rate: int) -> FileAudio:
+    """A file libsndfile reads (`source`: its bytes or a path). A rate or channel count set in the
+    config must match the header."""
+    try:
+        f = sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
+        raise AudioError(f"could not decode the audio container: {e}") from None
+    try:
+        frames, rate, width = f.frames, f.samplerate, f.channels
+        if width > MAX_FILE_CHANNELS:
+            raise AudioError(f"the audio has {width} channels; at most {MAX_FILE_CHANNELS}")
+        if frames >= UNKNOWN_LENGTH:  # libsndfile cannot read a file whose header leaves its length open
+            raise UnknownLength("the audio's header does not say its length")
+        check_rate(rate, "the audio's sample rate")
+        if sample_rate and sample_rate != rate:
+            raise AudioError(f"config.sample_rate_hertz is {sample_rate} but the audio header says {rate}")
+        if channels and channels != width:
+            raise AudioError(f"config.audio_channel_count is {channels} but the audio has {width}")
+    except AudioError:
+        f.close()
+        raise
+    return FileAudio(lambda n: f.read(n, dtype="float32", always_2d=True), rate, frames / rate, target_rate, [f])
+
+
+def _ffmpeg(data: bytes, target_rate: int, max_seconds: float) -> FileAudio:
+    """Any file ffmpeg reads, decoded to a temporary WAV file (mono, at target_rate, at most
+    max_seconds plus one, so the caller can tell that the audio is too long): on disk, not in memory."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioError("could not decode the audio: it is not WAV, FLAC, OGG or MP3, which libsndfile reads; others "
+                         "(M4A/AAC, ...) need ffmpeg, which is not installed on the server. For raw audio set "
+                         "config.encoding (LINEAR16, FLOAT32, MULAW, ALAW) and config.sample_rate_hertz")
+    out = tempfile.NamedTemporaryFile(suffix=".wav")
+    try:
+        done = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", "pipe:0", "-t", f"{max_seconds + 1:g}",
+                               "-f", "wav", "-acodec", "pcm_s16le", "-ac", "1", "-ar", str(target_rate), "-y",
+                               out.name], input=data, capture_output=True, timeout=FFMPEG_SECONDS, check=False)
+        if done.returncode != 0:  # (read well but empty: the caller says it holds no samples)
+            reason = done.stderr.decode(errors="replace").strip().splitlines()
+            raise AudioError("could not decode the audio file (not a format libsndfile or ffmpeg reads; for raw "
+                             "audio set config.encoding and config.sample_rate_hertz)"
+                             + (f": {reason[-1]}" if reason else ""))
+        audio = _container(out.name, 0, 0, target_rate)
+    except subprocess.TimeoutExpired:
+        out.close()
+        raise AudioError(f"the audio file took over {FFMPEG_SECONDS} s to decode") from None
+    except BaseException:
+        out.close()
+        raise
+    audio._closing.insert(0, out)  # the temporary file goes after the reader
+    return audio
+
+
+def open_file(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int,
+              max_seconds: float) -> FileAudio:
+    """Request audio -> a `FileAudio`. Raw LINEAR16/FLOAT32/MULAW/ALAW need the config's rate;
+    WAV and FLAC, when named, must be that; otherwise libsndfile tries first and ffmpeg reads
+    what it cannot."""
     if not data:
         raise AudioError("audio_content is empty")
     if encoding in RAW_WIDTH:
-        stream = PcmStream(raw_format(encoding, sample_rate, channels or 1), target_rate)
-        samples, seconds = np.concatenate([stream.accept(data), stream.finish()]), stream.samples_in / sample_rate
-    else:
-        samples, seconds = decode_file(data, encoding, sample_rate, channels, target_rate, max_seconds)
+        return _raw_file(data, raw_format(encoding, sample_rate, channels or 1), target_rate)
+    try:
+        return _container(io.BytesIO(data), sample_rate, channels, target_rate)
+    except AudioError as e:
+        named = encoding in (Encoding.WAV, Encoding.FLAC) or data.startswith((b"RIFF", b"RIFX", b"fLaC"))
+        if named and not isinstance(e, UnknownLength):
+            raise  # a broken WAV/FLAC says what is wrong with it, not what ffmpeg thinks
+        return _ffmpeg(data, target_rate, max_seconds)
+
+
+def decode_unary(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int,
+                 max_seconds: float = 3600.0) -> tuple[np.ndarray, float]:
+    """Whole request audio -> (samples at target_rate, seconds of input audio). At most
+    `max_seconds` + 1 s are decoded, so memory is bounded by the limit, not by what a header
+    claims; a longer file's seconds are its header's, for the caller to refuse."""
+    audio = open_file(data, encoding, sample_rate, channels, target_rate, max_seconds)
+    blocks = list(audio.blocks(max_seconds))
+    samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     if not len(samples):  # a file's header with no samples after it: nothing to transcribe is a caller's error
         raise AudioError(NO_SAMPLES)
-    return samples, seconds
+    decoded = len(samples) / target_rate  # a header may claim more than is there
+    return samples, (max(audio.seconds, decoded) if decoded > max_seconds else decoded)

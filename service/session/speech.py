@@ -22,15 +22,17 @@ import numpy as np
 
 from ctc_asr.v1 import asr_pb2
 from engine.endpointing import EndpointConfig
+from engine.segmenting import SegmentRule
 from service.config import ServerConfig
 from service.errors import ServiceError, Status
 from service.lifecycle.served import ModelTable, ServedModel
 from service.metrics import Metrics
 from service.session.admission import Admission
-from service.session.audio import AudioError, decode_unary
+from service.session.audio import AudioError, decode_unary, open_file
 from service.session.events import Event, FinalResult, Transcript
 from service.session.options import recognition_options
 from service.session.second_passes import SecondPasses
+from service.session.segments import FileJob, file_finals, too_long
 from service.session.stream import StreamContext, StreamSession, float32_config, seconds_of
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class Speech:
         self._files = ThreadPoolExecutor(1, thread_name_prefix="asr-file")
         self.in_flight = 0  # calls of every kind, for draining
         self.draining = False
+        self._files_running: set[asyncio.Task] = set()  # the tasks decoding long files (`end_files`)
+        self._files_ended = False
         self.admission = Admission(cfg, metrics, self.models.busy_ratio)
         self._second_passes = SecondPasses(cfg.max_pending_second_passes)
         self._streams = StreamContext(cfg, metrics, self.admission, self._run, self._second_passes)
@@ -110,43 +114,78 @@ class Speech:
             self.cfg.max_unary_audio_seconds)
         if seconds > self.cfg.max_unary_audio_seconds:
             raise ServiceError(Status.OUT_OF_RANGE, f"audio is {seconds:.1f} s; at most "
-                               f"{self.cfg.max_unary_audio_seconds:g} s in one request (stream longer audio)")
+                               f"{self.cfg.max_unary_audio_seconds:g} s in one Recognize request "
+                               "(--max-unary-audio-seconds); send longer files to LongRunningRecognize or "
+                               "POST /v1/audio/transcriptions, or stream them")
         return samples, seconds
 
-    async def _file_events(self, method: str, client: str, config: asr_pb2.RecognitionConfig, audio: bytes,
-                           endpoint: EndpointConfig, progress: Callable[[float], None] = lambda share: None
-                           ) -> AsyncIterator[Event]:
-        """A whole file decoded as a stream, as fast as the model goes, through the batcher a
-        second at a time, so that it shares the model with live streams instead of holding it.
-        `progress(share)`: the share of the audio handed to the model so far."""
+    async def recognize(self, method: str, client: str, config: asr_pb2.RecognitionConfig,
+                        audio: bytes) -> Transcript:
+        """A file of up to --max-unary-audio-seconds as one utterance (cut only past
+        --endpoint-max-utterance-seconds), decoded as a stream, as fast as the model goes, through
+        the batcher a second at a time, so that it shares the model with live streams."""
         with self.admission.unary_slot(method, client):
             with self.models.using(config.model) as served:
                 started = time.perf_counter()
                 traffic = recognition_options(config, served.spec).traffic  # a bad config is refused before decoding
                 rate = served.spec.features.sample_rate
                 samples, seconds = await self._decode_file(config, audio, rate)
-                session = StreamSession(self._streams, served, float32_config(config, rate), endpoint, live=False,
+                session = StreamSession(self._streams, served, float32_config(config, rate),
+                                        replace(self.cfg.endpoint, enabled=False), live=False,
                                         shadow=self.models.shadow(served.name))
-                async for event in session.run(_reporting(seconds_of(samples, rate), len(samples), progress)):
-                    yield event
-                elapsed = time.perf_counter() - started
-                self.metrics.request_duration.labels(method, traffic, served.name).observe(elapsed)
-                self.metrics.real_time_factor.labels(traffic, served.name).observe(elapsed / max(seconds, 1e-3))
-
-    async def recognize(self, method: str, client: str, config: asr_pb2.RecognitionConfig,
-                        audio: bytes) -> Transcript:
-        """A whole file as one utterance (cut only past --endpoint-max-utterance-seconds)."""
-        one_utterance = replace(self.cfg.endpoint, enabled=False)
-        finals = [e async for e in self._file_events(method, client, config, audio, one_utterance)
-                  if isinstance(e, FinalResult)]
+                finals = [e async for e in session.run(seconds_of(samples, rate)) if isinstance(e, FinalResult)]
+                self._observe(method, traffic, served.name, started, seconds)
         spoken = [f for f in finals if f.hypotheses[0].text] or finals[-1:]
         return Transcript(spoken, finals[-1].billed_seconds, finals[-1].canary)
 
     async def transcribe_file(self, method: str, client: str, config: asr_pb2.RecognitionConfig, audio: bytes,
-                              progress: Callable[[float], None] = lambda share: None) -> AsyncIterator[Event]:
-        """A whole file whose utterances end at silences, as a stream's do."""
-        async for event in self._file_events(method, client, config, audio, self.cfg.endpoint, progress):
-            yield event
+                              progress: Callable[[float], None] = lambda share: None) -> AsyncIterator[FinalResult]:
+        """A file of up to --max-file-audio-seconds cut at pauses, its segments decoded side by side
+        (`service.session.segments`): a final per segment, in order; `progress(share)` of the audio
+        done. A labelled canary is not scored here (Recognize and streams score them)."""
+        with self.admission.unary_slot(method, client):
+            with self.models.using(config.model) as served:
+                started = time.perf_counter()
+                traffic = recognition_options(config, served.spec).traffic
+                most, c = self.cfg.max_file_audio_seconds, config
+                file = await asyncio.get_running_loop().run_in_executor(
+                    self._files, open_file, audio, c.encoding, c.sample_rate_hertz, c.audio_channel_count,
+                    served.spec.features.sample_rate, most)
+                if file.seconds > most:
+                    file.close()
+                    raise too_long(file.seconds, most)
+                job = FileJob(self._streams, served, config, replace(self.cfg.endpoint, enabled=False),
+                              SegmentRule.within(self.cfg.endpoint.max_utterance_s), self.cfg.file_parallel_segments,
+                              self._files)
+                task = asyncio.current_task()
+                self._files_running.add(task)
+                try:
+                    async for final in file_finals(job, file, most, progress):
+                        yield final
+                except asyncio.CancelledError:
+                    if not self._files_ended:
+                        raise
+                    task.uncancel()
+                    raise ServiceError(Status.UNAVAILABLE, "the server is shutting down and this file was not done "
+                                       "within its drain (--grace-seconds); retry (another replica)") from None
+                finally:
+                    self._files_running.discard(task)
+                self._observe(method, traffic, served.name, started, final.billed_seconds)
+
+    async def end_files(self) -> None:
+        """At the end of a drain: files still being decoded end with UNAVAILABLE (their callers
+        told so, rather than cut off), before the transports close."""
+        self._files_ended = True
+        for task in self._files_running:
+            task.cancel()
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while self._files_running and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    def _observe(self, method: str, traffic: str, model: str, started: float, seconds: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.request_duration.labels(method, traffic, model).observe(elapsed)
+        self.metrics.real_time_factor.labels(traffic, model).observe(elapsed / max(seconds, 1e-3))
 
     async def idle_limited(self, iterator: AsyncIterator):
         """A client's messages, ended with OUT_OF_RANGE when the client goes quiet (a stuck
@@ -178,12 +217,3 @@ class Speech:
         finals = [e async for e in session.run(messages) if isinstance(e, FinalResult)]
         return " ".join(t for f in finals if (t := f.hypotheses[0].text))
 
-
-async def _reporting(pieces: AsyncIterator[bytes], samples: int, progress: Callable[[float], None]
-                     ) -> AsyncIterator[bytes]:
-    """`pieces` of float32 audio, `progress` told the share of `samples` passed on after each."""
-    done = 0
-    async for piece in pieces:
-        yield piece
-        done += len(piece) // 4
-        progress(min(1.0, done / max(samples, 1)))

@@ -17,7 +17,7 @@ from service.session.events import EndOfSingleUtterance, FinalResult, InterimRes
 from service.session.options import MAX_ALTERNATIVES, recognition_options
 from service.session.speech import Speech
 from service.transports.google_operations import Job, Operations, timestamp
-from service.transports.grpc_api import abort, audio_messages, caller, deadline_passed, streaming_config
+from service.transports.grpc_api import abort, audio_messages, caller, check_size, deadline_passed, streaming_config
 from service.transports.messages import duration
 
 SERVICE = "google.cloud.speech.v1.Speech"
@@ -98,9 +98,7 @@ class GoogleSpeechServicer:
         if request.audio.WhichOneof("audio_source") == "uri":
             raise ServiceError(Status.INVALID_ARGUMENT, "audio.uri: this server reads no URIs; send the audio in "
                                "audio.content")
-        if (size := request.ByteSize()) > self.speech.cfg.max_message_bytes:
-            raise ServiceError(Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes; at most "
-                               f"{self.speech.cfg.max_message_bytes}")
+        check_size(request, self.speech.cfg)
         config = our_config(request.config, self.speech)
         recognition_options(config, self.speech.models.get(config.model).spec)  # refused now, not in an operation
         return config

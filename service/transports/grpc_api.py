@@ -4,6 +4,7 @@
 import grpc
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from service.config import ServerConfig
 from service.errors import ServiceError, Status
 from service.lifecycle.registry import Reloader
 from service.session.admission import client_id, grpc_peer_host
@@ -48,6 +49,14 @@ async def audio_messages(requests):
         yield request.audio_content
 
 
+def check_size(request, cfg: ServerConfig) -> None:
+    """A whole-file request over --max-file-bytes is refused (gRPC lets through messages up to the
+    larger of it and --max-message-bytes, and a few bytes more, so that the refusal is ours)."""
+    if (size := request.ByteSize()) > cfg.max_file_bytes:
+        raise ServiceError(Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes; at most {cfg.max_file_bytes} "
+                           "(--max-file-bytes)")
+
+
 class SpeechServicer(asr_pb2_grpc.SpeechServicer):
     def __init__(self, speech: Speech, by_token: bool) -> None:
         """`by_token`: clients are told apart by their bearer tokens (configured), else by address."""
@@ -57,9 +66,7 @@ class SpeechServicer(asr_pb2_grpc.SpeechServicer):
     async def Recognize(self, request, context):
         try:
             async with self.speech.call("Recognize", deadline_passed(context)):
-                if (size := request.ByteSize()) > self.speech.cfg.max_message_bytes:
-                    raise ServiceError(Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes; at most "
-                                       f"{self.speech.cfg.max_message_bytes} (--max-message-bytes)")
+                check_size(request, self.speech.cfg)
                 transcript = await self.speech.recognize("Recognize", caller(context, self.by_token), request.config,
                                                          request.audio_content)
         except ServiceError as e:

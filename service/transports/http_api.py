@@ -35,6 +35,7 @@ from service.transports.security import Tokens, bearer
 log = logging.getLogger(__name__)
 PAGE = resources.files("service.transports").joinpath("web/index.html")
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+FORM_SLACK = 64 * 1024
 OPENAI_ERROR_TYPES = {Status.UNAUTHENTICATED: "authentication_error", Status.RESOURCE_EXHAUSTED: "rate_limit_error",
                       Status.INTERNAL: "server_error", Status.UNAVAILABLE: "server_error"}
 WS_CLOSE = {Status.INTERNAL: 1011, Status.RESOURCE_EXHAUSTED: 1013, Status.UNAVAILABLE: 1013}  # else 1008
@@ -165,7 +166,9 @@ class HttpApi:
         self.tokens = tokens
         logging.getLogger("aiohttp.websocket").addFilter(REDACT_CLIENT_PROTOCOLS)
         self.connections = ConnectionGuard(cfg.max_connections, cfg.read_timeout_seconds)
-        self.app = web.Application(client_max_size=cfg.max_message_bytes, middlewares=[self.connections.middleware])
+        # an upload is the file and its form fields (a few KB more)
+        self.app = web.Application(client_max_size=cfg.max_file_bytes + FORM_SLACK,
+                                   middlewares=[self.connections.middleware])
         self.app.add_routes([
             web.get("/", self.page), web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
             web.get("/v1/models", self.models), web.post("/v1/audio/transcriptions", self.transcriptions),
@@ -174,7 +177,9 @@ class HttpApi:
 
     async def start(self, ssl_context) -> int:
         # Calls in flight had the drain's grace already (service.server): the rest are cut at once.
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        # A client that disconnects cancels its call: a long file stops costing the server.
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5,
+                                    handler_cancellation=True)
         await self.runner.setup()
         self.listener = await asyncio.get_running_loop().create_server(
             self.connections.protocol_factory(self.runner.server), self.cfg.host, self.cfg.http_port,
@@ -231,7 +236,7 @@ class HttpApi:
                                        ) from None
                 except web.HTTPRequestEntityTooLarge:
                     raise ServiceError(Status.OUT_OF_RANGE, "the request is larger than "
-                                       f"{self.cfg.max_message_bytes} bytes (--max-message-bytes)") from None
+                                       f"{self.cfg.max_file_bytes} bytes (--max-file-bytes)") from None
                 except ConnectionError:  # the client went away mid-upload: its call, not our fault
                     raise ServiceError(Status.CANCELLED, "the client closed the connection") from None
                 except (ValueError, HttpProcessingError) as e:  # aiohttp's parser: a malformed form body

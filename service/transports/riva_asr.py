@@ -13,7 +13,7 @@ from engine.decoder.ctc import Hypothesis
 from service.errors import ServiceError, Status
 from service.session.events import FinalResult, InterimResult
 from service.session.speech import Speech
-from service.transports.grpc_api import abort, audio_messages, caller, deadline_passed, streaming_config
+from service.transports.grpc_api import abort, audio_messages, caller, check_size, deadline_passed, streaming_config
 from service.transports.messages import model_info
 
 SERVICE = riva.DESCRIPTOR.services_by_name["RivaSpeechRecognition"].full_name
@@ -70,9 +70,7 @@ class RivaServicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
         method = METHODS["Recognize"]
         try:
             async with self.speech.call(method, deadline_passed(context)):
-                if (size := request.ByteSize()) > self.speech.cfg.max_message_bytes:
-                    raise ServiceError(Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes; at most "
-                                       f"{self.speech.cfg.max_message_bytes}")
+                check_size(request, self.speech.cfg)
                 config = our_config(request.config, request.audio)
                 transcript = await self.speech.recognize(method, caller(context, self.by_token), config, request.audio)
         except ServiceError as e:
