@@ -254,7 +254,9 @@ def test_a_stream_the_server_cannot_keep_in_real_time_sheds_new_calls_then_is_en
         thread = threading.Thread(target=behind)
         thread.start()
         deadline = time.monotonic() + 20
-        while srv.running.speech.admission.server_lag() <= 0.3 and time.monotonic() < deadline:
+        # well past the 0.3 s that sheds (a lag measured between two messages dips; shedding holds
+        # until none is half of it behind)
+        while srv.running.speech.admission.server_lag() <= 0.6 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert thread.is_alive(), ended  # seen behind before relief ended it
         code, details = status(stub, cfg())
@@ -393,11 +395,11 @@ def test_a_broken_model_directory_fails_at_start_naming_the_file(tmp_path, case)
 
 
 def test_refusals_while_draining_and_oversize_requests_are_counted():
-    srv = ServerThread(replace(TEST_CONFIG, max_message_bytes=100_000))
+    srv = ServerThread(replace(TEST_CONFIG, max_message_bytes=100_000, max_file_bytes=100_000))
     with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
         code, details = status(stub, cfg(encoding=Encoding.LINEAR16, sample_rate_hertz=16000), bytes(100_002))
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-message-bytes" in details
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-file-bytes" in details
         release = threading.Event()
 
         def held():  # a stream in flight while the server drains

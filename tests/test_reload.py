@@ -254,9 +254,10 @@ def test_a_failed_or_cancelled_reload_frees_what_it_loaded_and_names_the_canary_
         checked = reload(channel, directory=str(plain))
         assert checked.result == "reloaded" and checked.self_check_wer == -1
         assert "decoded generated audio" in checked.message
+        slow = full_directory(tmp_path / "slow")  # its canaries ten times over: a self-check of many seconds
+        (slow / "canaries" / "manifest.jsonl").write_text((slow / "canaries" / "manifest.jsonl").read_text() * 10)
         with pytest.raises(grpc.RpcError) as err:  # cancelled by its deadline mid-way through the self-check
-            asr_pb2_grpc.AdminStub(channel).ReloadModel(  # (the full directory: its canaries take seconds)
-                asr_pb2.ReloadModelRequest(directory=str(tmp_path / "full")), timeout=1.5)
+            asr_pb2_grpc.AdminStub(channel).ReloadModel(asr_pb2.ReloadModelRequest(directory=str(slow)), timeout=1.5)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # every model loaded on the way was freed: the serving one's is the only model thread left
         assert wait_for(lambda: model_threads() <= threads, 10), [t.name for t in threading.enumerate()]
