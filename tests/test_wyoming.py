@@ -76,9 +76,13 @@ def test_a_session_streams_a_chunk_per_utterance_then_the_transcript(wyoming):
     ({}, 4, "4-byte samples"),
 ])
 def test_what_this_server_cannot_do_is_an_error_event(wyoming, transcribe, width, says):
-    [error] = asyncio.run(session(wyoming.wyoming_port, width=width, **transcribe))
-    assert Error.is_type(error.type) and says in Error.from_event(error).text
-    assert Error.from_event(error).code == "INVALID_ARGUMENT"
+    # Refused while the client still sends its audio: every time, the error arrives and the rest of
+    # the audio is read and dropped (a read cut between an event's header and payload once made the
+    # next read garbage, and the connection ended with the client's audio unread: a reset, no error).
+    for _ in range(10):
+        [error] = asyncio.run(session(wyoming.wyoming_port, width=width, **transcribe))
+        assert Error.is_type(error.type) and says in Error.from_event(error).text
+        assert Error.from_event(error).code == "INVALID_ARGUMENT"
 
 
 @pytest.mark.parametrize("header, says", [

@@ -64,6 +64,37 @@ async def read_event(reader: asyncio.StreamReader, most: int) -> Event | None:
     return Event(type=kind, data=data, payload=payload)
 
 
+class EventReader:
+    """A connection's events, one read in flight at a time, never cut halfway: a read that an
+    ending session or a timeout stops waiting for stays pending for the next, so the next event
+    is read from its start (a cancelled read could stop between an event's header and payload)."""
+
+    def __init__(self, reader: asyncio.StreamReader, most: int) -> None:
+        self._reader, self._most = reader, most
+        self._pending: asyncio.Task | None = None
+
+    def pending(self) -> asyncio.Task:
+        """The read in flight, started if there is none; `take` its event once it is done."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(read_event(self._reader, self._most))
+        return self._pending
+
+    def take(self) -> Event | None:
+        done, self._pending = self._pending, None
+        return done.result()
+
+    async def next(self, timeout: float) -> Event | None:
+        """The next event (None at the end of the connection); TimeoutError after `timeout` s."""
+        await asyncio.wait({self.pending()}, timeout=timeout)
+        if not self._pending.done():
+            raise TimeoutError
+        return self.take()
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+
+
 class WyomingServer:
     def __init__(self, speech: Speech) -> None:
         self.speech = speech
@@ -94,27 +125,28 @@ class WyomingServer:
         self._connections.add(task)
         peer = writer.get_extra_info("peername")
         client = client_id(None, peer[0] if peer else "")
+        events = EventReader(reader, self.speech.cfg.max_message_bytes)
         try:
             if len(self._connections) > self.speech.cfg.max_connections:
                 raise ProtocolError(f"more than {self.speech.cfg.max_connections} connections (--max-connections)")
-            await self._events(reader, writer, client)
+            await self._events(events, writer, client)
         except ProtocolError as e:
             with contextlib.suppress(ConnectionError):
                 await async_write_event(Error(text=str(e), code="INVALID_ARGUMENT").event(), writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            events.close()
             self._connections.discard(task)
             writer.close()
 
-    async def _events(self, reader, writer, client: str) -> None:
+    async def _events(self, events: EventReader, writer, client: str) -> None:
         """Events until the connection ends; an audio session (audio-start to audio-stop) is one
         stream, answered as it goes. Events of other domains are dropped, as Wyoming asks."""
         transcribe = Transcribe()
-        most = self.speech.cfg.max_message_bytes
         while True:
             try:
-                event = await asyncio.wait_for(read_event(reader, most), self.speech.cfg.stream_idle_timeout_seconds)
+                event = await events.next(self.speech.cfg.stream_idle_timeout_seconds)
             except TimeoutError:
                 raise ProtocolError(f"nothing received for {self.speech.cfg.stream_idle_timeout_seconds:g} s") from None
             if event is None:
@@ -124,10 +156,11 @@ class WyomingServer:
             elif Transcribe.is_type(event.type):
                 transcribe = Transcribe.from_event(event)
             elif AudioStart.is_type(event.type):
-                await self._session(AudioStart.from_event(event), transcribe, reader, writer, client)
+                await self._session(AudioStart.from_event(event), transcribe, events, writer, client)
                 transcribe = Transcribe()
 
-    async def _session(self, start: AudioStart, transcribe: Transcribe, reader, writer, client: str) -> None:
+    async def _session(self, start: AudioStart, transcribe: Transcribe, events: EventReader, writer,
+                       client: str) -> None:
         """audio-start .. audio-stop as one stream: a `transcript-chunk` per final as it comes."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
 
@@ -156,15 +189,14 @@ class WyomingServer:
         answering = asyncio.create_task(answer())
         try:
             while not answering.done():
-                reading = asyncio.create_task(read_event(reader, self.speech.cfg.max_message_bytes))
+                reading = events.pending()
                 await asyncio.wait({reading, answering}, timeout=self.speech.cfg.stream_idle_timeout_seconds,
                                    return_when=asyncio.FIRST_COMPLETED)
                 if not reading.done():
-                    reading.cancel()
                     if answering.done():
-                        break
+                        break  # (the read goes on, for the connection's next event)
                     raise ProtocolError(f"nothing received for {self.speech.cfg.stream_idle_timeout_seconds:g} s")
-                event = reading.result()
+                event = events.take()
                 if event is None or AudioStop.is_type(event.type):
                     await queue.put(None)
                     break
