@@ -84,7 +84,8 @@ class ServerConfig:
     max_stream_audio_seconds: float = flag(300.0, positive=True, help=(
         "longest audio one StreamingRecognize call accepts (OUT_OF_RANGE past it)"))
     max_message_bytes: int = flag(10 * 1024 * 1024, positive=True, help=(
-        "largest gRPC message accepted (RESOURCE_EXHAUSTED past it)"))
+        "largest gRPC message sent, and largest Wyoming event accepted; gRPC takes requests up to the larger of this "
+        "and --max-file-bytes (RESOURCE_EXHAUSTED past it), a stream's audio messages then up to --max-chunk-bytes"))
     grace_seconds: float = flag(10.0, help="on SIGTERM, how long in-flight calls may take to finish")
     max_connection_age_seconds: float = flag(300.0, positive=True, help=(
         "gRPC connections are asked to go away (GOAWAY) after this long, so that clients re-resolve and spread over "
