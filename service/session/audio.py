@@ -159,9 +159,9 @@ def _raw_file(data: bytes, fmt: AudioFormat, target_rate: int) -> FileAudio:
     return FileAudio(read, fmt.sample_rate, len(data) / frame / fmt.sample_rate, target_rate)
 
 
-def _container(source, sample_rate: int, channels: int, target_rate: int) -> FileAudio:
-    """A file libsndfile reads (`source`: its bytes or a path). A rate or channel count set in the
-    config must match the header."""
+def _container(source, sample_rate: int, channels: int, target_rate: int, closing=()) -> FileAudio:
+    """A file libsndfile reads (`source`: its bytes or a path; `closing`: what to close after it).
+    A rate or channel count set in the config must match the header."""
     try:
         f = sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
@@ -180,7 +180,8 @@ def _container(source, sample_rate: int, channels: int, target_rate: int) -> Fil
     except AudioError:
         f.close()
         raise
-    return FileAudio(lambda n: f.read(n, dtype="float32", always_2d=True), rate, frames / rate, target_rate, [f])
+    return FileAudio(lambda n: f.read(n, dtype="float32", always_2d=True), rate, frames / rate, target_rate,
+                     [*closing, f])
 
 
 def _ffmpeg(data: bytes, target_rate: int, max_seconds: float) -> FileAudio:
@@ -201,15 +202,13 @@ def _ffmpeg(data: bytes, target_rate: int, max_seconds: float) -> FileAudio:
             raise AudioError("could not decode the audio file (not a format libsndfile or ffmpeg reads; for raw "
                              "audio set config.encoding and config.sample_rate_hertz)"
                              + (f": {reason[-1]}" if reason else ""))
-        audio = _container(out.name, 0, 0, target_rate)
+        return _container(out.name, 0, 0, target_rate, closing=[out])  # the temporary file goes after the reader
     except subprocess.TimeoutExpired:
         out.close()
         raise AudioError(f"the audio file took over {FFMPEG_SECONDS} s to decode") from None
     except BaseException:
         out.close()
         raise
-    audio._closing.insert(0, out)  # the temporary file goes after the reader
-    return audio
 
 
 def open_file(data: bytes, encoding: int, sample_rate: int, channels: int, target_rate: int,

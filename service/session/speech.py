@@ -178,9 +178,8 @@ class Speech:
         self._files_ended = True
         for task in self._files_running:
             task.cancel()
-        deadline = asyncio.get_running_loop().time() + 1.0
-        while self._files_running and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        if self._files_running:
+            await asyncio.wait(set(self._files_running), timeout=1.0)
 
     def _observe(self, method: str, traffic: str, model: str, started: float, seconds: float) -> None:
         elapsed = time.perf_counter() - started
