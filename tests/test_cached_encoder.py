@@ -153,3 +153,16 @@ def test_the_service_serves_it_over_a_real_channel(exported, make_server):
         reply = stub.Recognize(asr_pb2.RecognizeRequest(audio_content=(SAMPLES / "what_time.wav").read_bytes()),
                                timeout=30)
         assert len(reply.results) == 1  # an untrained head: any text, but a whole answer
+
+
+def test_the_service_benchmark_measures_two_models_side_by_side(exported):
+    result = subprocess.run([sys.executable, "-m", "service.tools.benchmark", "--streams", "2", "--seconds", "3",
+                             "--unary-requests", "2", "--held-final-ms", "5000",
+                             "--models", f"{BUNDLED},{exported[0]}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| default", "| model"))]
+    assert [(r[0].strip(), r[1].strip(), r[-1].strip()) for r in rows] == [("default", "2", "0"), ("model", "2", "0")]
+    assert "model: model ctc-whisper step3 on CPUExecutionProvider; 320 ms chunks, 0 ms look-ahead" in result.stdout
+    assert "default: model ctc-whisper-tiny 0.2.1" in result.stdout and "160 ms look-ahead" in result.stdout
+    assert "model: most streams held (p95 partial <= 150 ms, p95 final <= 5000 ms, no errors): " in result.stdout
