@@ -166,3 +166,13 @@ def test_the_service_benchmark_measures_two_models_side_by_side(exported):
     assert "model: model ctc-whisper step3 on CPUExecutionProvider; 320 ms chunks, 0 ms look-ahead" in result.stdout
     assert "default: model ctc-whisper-tiny 0.2.1" in result.stdout and "160 ms look-ahead" in result.stdout
     assert "model: most streams held (p95 partial <= 150 ms, p95 final <= 5000 ms, no errors): " in result.stdout
+
+
+def test_idle_streams_are_held_and_their_memory_measured(exported):
+    result = subprocess.run([sys.executable, "-m", "service.tools.idle_streams", "--streams", "6", "--ramp-seconds",
+                             "1", "--settle-seconds", "1", "--models", str(exported[0])], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[-1]  # the exported directory is named "model"
+    assert row.startswith("| model | 6 |")
+    assert "{'held': 6}" in row  # every stream still open when measured: none refused, ended or timed out
