@@ -74,22 +74,6 @@ class CachedEncoderCTCConfig:
         return FeatureConfig.whisper(whisper_floor=self.whisper_floor)
 
 
-def attend(block: Block, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor):
-    """One Whisper block over x (B, n, w) whose queries also see cached keys and values (B, P, w);
-    mask (B, 1, n, P + n) is added to the scores. -> (output, the frames' own keys, values)."""
-    b, n, w = x.shape
-    h = block.heads
-    q, k, v = block.qkv(block.attn_ln(x)).split(w, dim=-1)
-
-    def heads(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(b, -1, h, w // h).transpose(1, 2)
-
-    scores = heads(q) @ heads(torch.cat([past_k, k], 1)).transpose(-1, -2) / math.sqrt(w // h) + mask
-    a = torch.softmax(scores, dim=-1) @ heads(torch.cat([past_v, v], 1))
-    x = x + block.attn_out(a.transpose(1, 2).reshape(b, n, w))
-    return x + block.mlp(block.mlp_ln(x)), k, v
-
-
 class CachedEncoderCTC(nn.Module):
     subsampling = SUBSAMPLING
 
@@ -120,29 +104,59 @@ class CachedEncoderCTC(nn.Module):
 
     def convolve(self, frames: torch.Tensor, conv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, n_mels, T) log-mel, T even, after 4 frames of past (less the silence frame) ->
-        (B, T/2, width) encoder inputs without positions, and the next 4 frames of past."""
+        (B, T/2, width) encoder inputs without positions, and the next 4 frames of past.
+
+        Each block is convolved on its own (its frames and the 4 before them), so that every call
+        convolves inputs of one length: chunked and whole then agree to the last bit."""
+        b, n_mels, t = frames.shape
+        size = self.cfg.block_frames
+        blocks = torch.div(t + size - 1, size, rounding_mode="floor")
         buf = torch.cat([conv_cache, frames - self.silence[:, None]], dim=2)
-        x = nn.functional.gelu(nn.functional.conv1d(buf + self.silence[:, None], self.encoder.conv1.weight,
+        padded = nn.functional.pad(buf, (0, blocks * size - t))
+        idx = torch.arange(blocks)[:, None] * size + torch.arange(size + CONV_CONTEXT)[None, :]
+        win = padded[:, :, idx].permute(0, 2, 1, 3).reshape(-1, n_mels, size + CONV_CONTEXT)
+        x = nn.functional.gelu(nn.functional.conv1d(win + self.silence[:, None], self.encoder.conv1.weight,
                                                     self.encoder.conv1.bias))
         x = nn.functional.gelu(nn.functional.conv1d(x, self.encoder.conv2.weight, self.encoder.conv2.bias, stride=2))
-        return x.transpose(1, 2), buf[:, :, buf.shape[2] - CONV_CONTEXT:]
+        x = x.reshape(b, -1, x.shape[1], size // 2).permute(0, 1, 3, 2).reshape(b, -1, x.shape[1])
+        return x[:, : t // 2], buf[:, :, buf.shape[2] - CONV_CONTEXT:]
 
     def position(self, x: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Adds Whisper's positions from `start` (B, 1) on, modulo its 1,500."""
         idx = torch.remainder(start.long() + torch.arange(x.shape[1])[None, :], POSITIONS)
         return x + self.encoder.positions[idx]
 
-    def mask(self, queries: int, past: int, valid_past: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, 1, queries, past + queries) additive mask. Query i (block i // block of this call)
-        sees key positions from its block's start less `left` to its block's end; cached keys
-        (positions -past..-1) only where they hold a frame (the last `valid_past` (B,)), and
-        this call's frames only below `valid` (B,) (a padded batch)."""
-        i = torch.arange(queries)[:, None]
-        rel = torch.arange(past + queries)[None, :] - past
-        start = torch.div(i, self.block, rounding_mode="floor") * self.block
-        seen = (rel < start + self.block) & (rel >= start - self.left)
+    def attend(self, block: Block, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
+               valid_past: torch.Tensor, valid: torch.Tensor):
+        """One Whisper block over x (B, n, width), frames of whole blocks but maybe the last, after
+        cached keys and values (B, left, width) of which the last `valid_past` (B,) hold frames;
+        frames from `valid` (B,) on are padding. -> (output, the frames' own keys, values).
+
+        Each block's queries attend to a window of its own: the `left` keys before the block and
+        the block's. Every call, whole utterance or one chunk, so reduces over windows of one
+        size: chunked and whole compute the same numbers to the last bit (an int8 graph's
+        rounding then cannot tell them apart), and training costs n x window, not n x n."""
+        b, n, w = x.shape
+        h, size = block.heads, self.left + self.block
+        blocks = torch.div(n + self.block - 1, self.block, rounding_mode="floor")
+        pad = blocks * self.block - n
+        q, k, v = block.qkv(block.attn_ln(x)).split(w, dim=-1)
+        idx = torch.arange(blocks)[:, None] * self.block + torch.arange(size)[None, :]  # (blocks, size)
+
+        def windows(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:  # -> (B, h, blocks, size, d)
+            padded = nn.functional.pad(torch.cat([past, new], 1), (0, 0, 0, pad))
+            return padded[:, idx].reshape(b, blocks, size, h, w // h).permute(0, 3, 1, 2, 4)
+
+        queries = nn.functional.pad(q, (0, 0, 0, pad)).reshape(b, blocks, self.block, h, w // h)
+        queries = queries.permute(0, 3, 1, 2, 4)
+        rel = idx - self.left  # key positions from this call's first frame
         held = (rel[None] >= -valid_past[:, None, None]) & (rel[None] < valid[:, None, None])
-        return torch.where(seen[None] & held, 0.0, MASKED)[:, None]
+        mask = torch.where(held, 0.0, MASKED)[:, None, :, None, :]  # (B, 1, blocks, 1, size)
+        scores = queries @ windows(past_k, k).transpose(-1, -2) / math.sqrt(w // h) + mask
+        a = torch.softmax(scores, dim=-1) @ windows(past_v, v)  # (B, h, blocks, block, d)
+        a = a.permute(0, 2, 3, 1, 4).reshape(b, blocks * self.block, w)[:, :n]
+        x = x + block.attn_out(a)
+        return x + block.mlp(block.mlp_ln(x)), k, v
 
     def head_logprobs(self, enc: torch.Tensor) -> torch.Tensor:
         """(B, T/2, width) encoder frames -> (B, T/4, V) log-probs, two frames stacked."""
@@ -168,10 +182,10 @@ class CachedEncoderCTC(nn.Module):
         n = x.shape[1]
         x = self.position(x, position)
         valid_past = torch.clamp(position[:, 0], max=self.left)
-        mask = self.mask(n, self.left, valid_past, torch.full_like(valid_past, n))
+        valid = torch.full_like(valid_past, n)
         caches = []
         for i, block in enumerate(self.encoder.blocks):
-            x, k, v = attend(block, x, kv_cache[:, 2 * i], kv_cache[:, 2 * i + 1], mask)
+            x, k, v = self.attend(block, x, kv_cache[:, 2 * i], kv_cache[:, 2 * i + 1], valid_past, valid)
             for past, new in ((kv_cache[:, 2 * i], k), (kv_cache[:, 2 * i + 1], v)):
                 caches.append(torch.cat([past, new], 1)[:, -self.left:])
         moved = position + n
@@ -184,11 +198,10 @@ class CachedEncoderCTC(nn.Module):
 
     def _blocks(self, x: torch.Tensor, lengths: torch.Tensor, blocks) -> torch.Tensor:
         """Whole utterances (B, n, width) through `blocks`, masked as the stream runs them."""
-        b, n, w = x.shape
-        mask = self.mask(n, 0, torch.zeros(b, dtype=torch.long), lengths)
-        empty = x.new_zeros(b, 0, w)
+        b, _, w = x.shape
+        empty = x.new_zeros(b, self.left, w)  # no past: held by none
         for block in blocks:
-            x = attend(block, x, empty, empty, mask)[0]
+            x = self.attend(block, x, empty, empty, torch.zeros(b, dtype=torch.long), lengths)[0]
         return x
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ from engine.features import frontend, logmel_utterance
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession
 from models import architectures
-from models.cached_encoder_ctc import POSITIONS, CachedEncoderCTC, CachedEncoderCTCConfig, attend
+from models.cached_encoder_ctc import POSITIONS, CachedEncoderCTC, CachedEncoderCTCConfig
 from models.whisper import load_encoder
 
 
@@ -32,7 +32,8 @@ def exported(tmp_path_factory, encoder):
     tmp = tmp_path_factory.mktemp("whisper_ctc_cached")
     architectures.save(tmp / "cached.pt", model, {"step": 3})
     result = subprocess.run([sys.executable, "-m", "export", "--ckpt", str(tmp / "cached.pt"), "--out",
-                             str(tmp / "model"), "--lm-dir", str(BUNDLED)],
+                             str(tmp / "model"), "--lm-dir", str(BUNDLED), "--int8",
+                             str(BUNDLED / "canaries" / "manifest.jsonl"), "--calibration-utterances", "3"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return tmp / "model", result.stdout
@@ -46,12 +47,17 @@ def features(spec, seconds: float) -> np.ndarray:
     return feats[: len(feats) - len(feats) % 4]
 
 
-def test_export_checks_parity_and_declares_the_caches(exported):
+def test_export_checks_parity_in_float32_and_int8_and_declares_the_caches(exported):
     directory, stdout = exported
     assert "found: a whisper_ctc_cached checkpoint" in stdout
     for check in ("onnx_vs_pytorch", "chunked_vs_whole", "batched_vs_single"):
         line = next(out for out in stdout.splitlines() if out.startswith(f"parity {check}"))
         assert line.endswith("(ok)"), line
+    # int8 rounds what float32 computes: blocks convolved and attended in windows of one size make
+    # a stream's chunks compute exactly what the whole utterance does, so int8 cannot round them apart
+    for check in ("chunked_vs_whole", "batched_vs_single"):
+        line = next(out for out in stdout.splitlines() if out.startswith(f"int8 parity {check}"))
+        assert line == f"int8 parity {check}: max |diff| = 0.00e+00 (ok)", line
     spec = ModelSpec.load(directory)
     assert (spec.chunk_frames, spec.lookahead_frames, spec.subsampling_factor) == (32, 0, 4)
     shapes = {s.input: s.shape for s in spec.states}
@@ -98,14 +104,17 @@ def test_a_stream_past_30_seconds_keeps_its_positions_exact_and_its_cache_full(e
 
 
 def test_cached_attention_is_whispers_attention(encoder):
-    # with no mask, a block over cached keys and values is Whisper's block over them all
+    # a block whose window holds every frame before it, as cached keys and values, computes
+    # what Whisper's own block computes over them all
     torch.manual_seed(0)
-    x = torch.randn(1, 48, 384)
-    block = encoder.blocks[1]
+    model = CachedEncoderCTC(CachedEncoderCTCConfig(block_frames=32, left_frames=96), encoder)
+    x, block = torch.randn(1, 48, 384), encoder.blocks[1]
+    none, zeros = torch.tensor([0]), torch.zeros(1, 48, 384)
     with torch.no_grad():
         whole = block(x)
-        _, k, v = attend(block, x[:, :32], x[:, :0], x[:, :0], torch.zeros(1, 1, 32, 32))
-        tail, _, _ = attend(block, x[:, 32:], k, v, torch.zeros(1, 1, 16, 48))
+        _, k, v = model.attend(block, x[:, :32], zeros, zeros, none, torch.tensor([32]))
+        past_k, past_v = (torch.cat([zeros[:, :16], t], 1) for t in (k, v))  # 32 held of 48
+        tail, _, _ = model.attend(block, x[:, 32:], past_k, past_v, torch.tensor([32]), torch.tensor([16]))
     torch.testing.assert_close(tail, whole[:, 32:], atol=1e-5, rtol=0)
 
 
