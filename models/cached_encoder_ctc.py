@@ -193,8 +193,7 @@ class CachedEncoderCTC(WhisperCTC):
         out = []
         for feats in utterances:
             x = torch.cat([torch.from_numpy(feats).T[None], tail], dim=2)
-            conv_cache = self.initial_state(1)[0]
-            enc, _ = self.convolve(x, conv_cache)
+            enc, _ = self.convolve(x, torch.zeros(1, x.shape[1], CONV_CONTEXT))  # silence before it
             if self.frozen_layers:
                 enc = self._blocks(self.position(enc, torch.zeros(1, 1)), torch.tensor([enc.shape[1]]),
                                    self.encoder.blocks[:self.frozen_layers])

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import BUNDLED, ROOT, SAMPLES
-from whisper_families import assert_training_computes_what_is_served
+from whisper_families import assert_training_computes_what_is_served, parity_line
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from engine.features import frontend, logmel_utterance
@@ -52,12 +52,12 @@ def test_export_checks_parity_in_float32_and_int8_and_declares_the_caches(export
     directory, stdout = exported
     assert "found: a whisper_ctc_cached checkpoint" in stdout
     for check in ("onnx_vs_pytorch", "chunked_vs_whole", "batched_vs_single"):
-        line = next(out for out in stdout.splitlines() if out.startswith(f"parity {check}"))
+        line = parity_line(stdout, f"parity {check}")
         assert line.endswith("(ok)"), line
     # int8 rounds what float32 computes: blocks convolved and attended in windows of one size make
     # a stream's chunks compute exactly what the whole utterance does, so int8 cannot round them apart
     for check in ("chunked_vs_whole", "batched_vs_single"):
-        line = next(out for out in stdout.splitlines() if out.startswith(f"int8 parity {check}"))
+        line = parity_line(stdout, f"int8 parity {check}")
         assert line == f"int8 parity {check}: max |diff| = 0.00e+00 (ok)", line
     spec = ModelSpec.load(directory)
     assert (spec.chunk_frames, spec.lookahead_frames, spec.subsampling_factor) == (32, 0, 4)

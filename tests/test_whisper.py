@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import BUNDLED, ROOT, SAMPLES
-from whisper_families import assert_training_computes_what_is_served
+from whisper_families import assert_training_computes_what_is_served, parity_line
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from engine.features import FeatureConfig, StreamingFeatures, frontend, logmel_utterance
@@ -75,12 +75,12 @@ def test_export_finds_the_family_and_checks_parity_in_float32_and_int8(exported)
     _, stdout = exported
     assert "found: a whisper_ctc checkpoint" in stdout
     for check in ("onnx_vs_pytorch", "chunked_vs_whole", "batched_vs_single"):
-        line = next(out for out in stdout.splitlines() if out.startswith(f"parity {check}"))
+        line = parity_line(stdout, f"parity {check}")
         assert line.endswith("(ok)"), line
     assert "int8: model.onnx" in stdout and "calibrated on" in stdout
     # static int8: a stream's outputs do not depend on the streams batched beside it
     for check in ("chunked_vs_whole", "batched_vs_single"):
-        line = next(out for out in stdout.splitlines() if out.startswith(f"int8 parity {check}"))
+        line = parity_line(stdout, f"int8 parity {check}")
         assert line.endswith("(ok)"), line
 
 

@@ -1,11 +1,16 @@
-"""What the tests of both Whisper families (windowed, natively streaming) check alike: training
-on the frozen part's cached outputs computes what the streaming graph computes from the features,
-and a checkpoint stores only what training changed."""
+"""What the tests of both Whisper families (windowed, natively streaming) check alike: export's
+parity lines; training on the frozen part's cached outputs computes what the streaming graph
+computes from the features, and a checkpoint stores only what training changed."""
 
 import numpy as np
 import torch
 
 from models import architectures
+
+
+def parity_line(stdout: str, check: str) -> str:
+    """The line `python -m export` printed for one parity check (e.g. "int8 parity chunked_vs_whole")."""
+    return next(out for out in stdout.splitlines() if out.startswith(check + ":"))
 
 
 def assert_training_computes_what_is_served(model, tail_frames: int, tmp_path) -> None:
