@@ -23,10 +23,11 @@ from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecodeState, Hypothesi
 from engine.endpointing import MAX_UTTERANCE, SILENCE_AFTER_SPEECH, SILENCE_NO_SPEECH, EndpointConfig, Endpointer
 from engine.features import StreamingFeatures, frontend, logmel_utterance, pad_to_multiple
 from engine.model.session import ModelSession
-from engine.second_pass import SecondPass
+from engine.second_pass import SecondPass, Utterance
 from engine.text import spoken
 
 HALF_CLOSE = "half_close"
+HOTWORD_BONUS = 0.5  # per word of a request's phrase in a second-pass text (`Recognizer._weigh`)
 # An utterance that reaches max_utterance is cut between two words in its last fifth, not where the
 # limit falls, which may be inside a word.
 CUT_WINDOW = 0.2
@@ -47,6 +48,14 @@ class Final:
     written: str | None = None  # the second pass's own text (cased, punctuated), once it has run
     first: Hypothesis | None = None  # and the first pass's best, which it replaced
     fell_back: bool = False  # the second pass was due but skipped (the server was shedding load)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """A final to give to the second pass, with its request's hotwords and whether it decodes with the LM."""
+    final: Final
+    hotwords: tuple[str, ...] = ()
+    use_lm: bool = True
 
 
 @dataclass
@@ -262,25 +271,53 @@ class Recognizer:
         return utterance
 
     def rewrite(self, final: Final, hotwords: tuple[str, ...] = (), use_lm: bool = True) -> Final:
-        """The final as the second pass hears its utterance: its text in the first pass's spoken form,
-        each word timed and scored where the first pass's outputs place it (forced alignment), and
-        the text as the second pass wrote it; among the texts the pass found, the KenLM (unless
-        `use_lm` is off) has its say at the pass's `lm_weight`. A final the first pass is sure of
+        """`rewrite_many` of one final."""
+        return self.rewrite_many([Rewrite(final, hotwords, use_lm)])[0]
+
+    def rewrite_many(self, asked: list["Rewrite"]) -> list[Final]:
+        """Each final as the second pass hears its utterance (those due decoded together): its text
+        in the first pass's spoken form, each word timed and scored where the first pass's outputs
+        place it (forced alignment), and the text as the second pass wrote it; among the texts the
+        pass found, the KenLM (unless the request's `use_lm` is off) and the first pass's outputs
+        have their say at the pass's `lm_weight` and `ctc_weight`. A final the first pass is sure of
         stays as it is: there the first pass was the better (model card); so does one longer than
         the second pass can hear."""
+        out = [self.first_pass_only(r.final) for r in asked]
+        due = [i for i, r in enumerate(asked) if self._due(r.final)]
+        if not due:
+            return out
+        found_all = self.second_pass.transcribe([
+            Utterance(asked[i].final.audio, asked[i].hotwords, (asked[i].final.hypotheses[0].text,)) for i in due])
+        for i, found in zip(due, found_all):
+            final = asked[i].final
+            found = sorted(found, key=lambda f: -self._weigh(f, final.logprobs, asked[i]))
+            written = found[0][0]
+            best = self.decoder.align(spoken(written), final.logprobs, final.offset)
+            out[i] = replace(out[i], hypotheses=[best, *final.hypotheses[1:]], written=written,
+                             first=final.hypotheses[0])
+        return out
+
+    def _weigh(self, found: tuple[str, float], logprobs: np.ndarray, asked: "Rewrite") -> float:
+        """A text of the second pass's, by its own score, the KenLM's (unless the request turned it
+        off), how well the first pass's outputs support it (a text that drops words the audio holds
+        scores low there) at the pass's weights, and HOTWORD_BONUS per word of each of the
+        request's phrases it says (the first pass's outputs support words the acoustic model never
+        learned poorly, however well the second pass heard them)."""
+        text, score = found
+        words = spoken(text)
+        score += HOTWORD_BONUS * sum(len(p.split()) for p in map(spoken, asked.hotwords)
+                                     if p and f" {p} " in f" {words} ")
+        if asked.use_lm and self.second_pass.lm_weight and self.decoder.has_lm:
+            score += self.second_pass.lm_weight * self.decoder.text_score(words)
+        if self.second_pass.ctc_weight:
+            score += self.second_pass.ctc_weight * self.decoder.path_score(words, logprobs)
+        return score
+
+    def _due(self, final: Final) -> bool:
         if self.second_pass is None or final.audio is None or not len(final.audio) or final.logprobs is None:
-            return self.first_pass_only(final)
+            return False
         too_long = len(final.audio) > self.second_pass.max_seconds * self.spec.features.sample_rate
-        if too_long or final.hypotheses[0].confidence >= self.second_pass.keep_first_above:
-            return self.first_pass_only(final)
-        found = self.second_pass.transcribe(final.audio, hotwords, proposed=(final.hypotheses[0].text,))
-        weight = self.second_pass.lm_weight
-        if use_lm and weight and self.decoder.has_lm:
-            found = sorted(found, key=lambda f: -(f[1] + weight * self.decoder.text_score(spoken(f[0]))))
-        written = found[0][0]
-        best = self.decoder.align(spoken(written), final.logprobs, final.offset)
-        return replace(self.first_pass_only(final), hypotheses=[best, *final.hypotheses[1:]], written=written,
-                       first=final.hypotheses[0])
+        return not too_long and final.hypotheses[0].confidence < self.second_pass.keep_first_above
 
     @staticmethod
     def first_pass_only(final: Final) -> Final:

@@ -130,12 +130,13 @@ class _Feeds(CalibrationDataReader):
         return next(self._feeds, None)
 
 
-def quantize_int8(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+def quantize_int8(onnx_path: Path, feeds: list[dict[str, np.ndarray]],
+                  method: CalibrationMethod = CalibrationMethod.Percentile) -> None:
     """Replaces the model with its static int8 quantization: products with a weight matrix
-    (weights per channel, activations at ranges calibrated on `feeds`); attention's products of
-    two activations and the convolutions stay float32. Static, not dynamic: dynamic quantization
-    scales activations by the whole batch, so a stream's results would change with the streams
-    batched beside it. Accuracy must be measured again."""
+    (weights per channel, activations at ranges calibrated on `feeds` by `method`; Percentile needs
+    feeds of one shape); attention's products of two activations and the convolutions stay float32.
+    Static, not dynamic: dynamic quantization scales activations by the whole batch, so a stream's
+    results would change with the streams batched beside it. Accuracy must be measured again."""
     fp32 = onnx_path.with_suffix(".fp32.onnx")
     onnx_path.replace(fp32)
     original = onnx.load(str(fp32))
@@ -146,7 +147,7 @@ def quantize_int8(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
     quantize_static(str(fp32), str(onnx_path), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                     op_types_to_quantize=["MatMul"], nodes_to_quantize=products,
-                    calibrate_method=CalibrationMethod.Percentile)
+                    calibrate_method=method)
     model = onnx.load(str(onnx_path))
     props = {p.key: p.value for p in original.metadata_props}
     quantization = f"int8 static (MatMul), {len(feeds)} calibration steps"

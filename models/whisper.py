@@ -182,9 +182,9 @@ def load_encoder(name: str = "tiny.en") -> WhisperEncoder:
 
 
 def whisper_log_mel(audio: np.ndarray) -> np.ndarray:
-    """Whisper's own log-mel of a clip padded to 30 s (its clip-maximum floor included), (80, 3000):
-    the input its checkpoints were trained on."""
-    return log_mel(audio, 30.0)
+    """Whisper's log-mel of a clip padded to 30 s (80, 3000), as the second pass computes it: the
+    input its checkpoints were trained on, the clip's level set (engine/second_pass/whisper.py)."""
+    return log_mel(audio, 3000)
 
 
 def main() -> None:

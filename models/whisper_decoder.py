@@ -7,10 +7,13 @@ step of incremental decoding.
 decodes one clip greedily with the rebuilt encoder and decoder, and with CTranslate2's own
 `generate`, and exits 1 unless the tokens are the same.
 
-The cache is explicit state: `cross` (layers, 2, B, S, width) is computed once per utterance from
-the encoder's output (`cross_cache`), `past` (layers, 2, B, t, width) grows by the tokens of each
-step. CTranslate2's layout: self_attention linear_0 is the fused q, k, v projection (k's bias is
-zero), attention linear_0 the cross-attention query, linear_1 its fused k, v.
+The cache is explicit state: `cross`, each layer's cross-attention keys (U, heads, head width, S)
+and values (U, heads, S, head width), is computed once per utterance from the encoder's output
+(`cross_cache`), in the layout the attention reads, one tensor each, so that no step copies them;
+`past` (layers, 2, B, t, width) grows by the tokens of each step. The B rows are U utterances' in
+order, B / U each (a beam's): an utterance's rows query its audio together. CTranslate2's layout:
+self_attention linear_0 is the fused q, k, v projection (k's bias is zero), attention linear_0
+the cross-attention query, linear_1 its fused k, v.
 """
 
 import argparse
@@ -66,16 +69,23 @@ class DecoderBlock(Block):
             scores = scores + mask
         return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, n, w)
 
-    def forward(self, x: torch.Tensor, past: torch.Tensor, cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, n, width) new tokens; past (2, B, t, width) earlier tokens' keys and values; cross
-        (2, B, S, width) the audio's. Returns x and this layer's keys and values (2, B, t + n, width)."""
+    def forward(self, x: torch.Tensor, past: torch.Tensor, cross_bias: torch.Tensor, cross_keys: torch.Tensor,
+                cross_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, n, width) new tokens; past (2, B, t, width) earlier tokens' keys and values; the
+        audio's keys (U, heads, d, S) and values (U, heads, S, d), U dividing B, and a bias (U, S)
+        added to its attention scores (a frame that stands for several: the log of how many).
+        Returns x and this layer's keys and values (2, B, t + n, width)."""
         n, t = x.shape[1], past.shape[2]
         q, k, v = self.qkv(self.attn_ln(x)).chunk(3, dim=-1)
         keys, values = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
         # token i of the new ones sees every earlier token and the new ones up to itself
         mask = torch.where(torch.arange(t + n)[None, :] > (torch.arange(n) + t)[:, None], float("-inf"), 0.0)
         x = x + self.attn_out(self._attend(q, keys, values, mask))
-        x = x + self.cross_out(self._attend(self.cross_q(self.cross_ln(x)), cross[0], cross[1], None))
+        # an utterance's rows are queries of one attention over its audio (no mask: none sees another)
+        u, heads, d = cross_keys.shape[0], self.heads, x.shape[-1] // self.heads
+        q = self.cross_q(self.cross_ln(x)).reshape(u, -1, heads, d).transpose(1, 2)
+        a = torch.softmax(q @ cross_keys / math.sqrt(d) + cross_bias[:, None, None], dim=-1) @ cross_values
+        x = x + self.cross_out(a.transpose(1, 2).reshape(x.shape))
         return x + self.mlp(self.mlp_ln(x)), torch.stack([keys, values])
 
 
@@ -89,20 +99,26 @@ class WhisperDecoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(width, heads) for _ in range(layers))
         self.ln = nn.LayerNorm(width)
 
-    def cross_cache(self, audio: torch.Tensor) -> torch.Tensor:
-        """The encoder's output (B, S, width) -> every layer's cross-attention keys and values
-        (layers, 2, B, S, width)."""
-        return torch.stack([torch.stack(block.cross_kv(audio).chunk(2, dim=-1)) for block in self.blocks])
+    def cross_cache(self, audio: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encoder's output (U, S, width) -> each layer's cross-attention keys (U, heads, d, S)
+        and values (U, heads, S, d), in layer order."""
+        u, frames = audio.shape[:2]
+        cache = []
+        for block in self.blocks:
+            k, v = (t.reshape(u, frames, block.heads, -1) for t in block.cross_kv(audio).chunk(2, dim=-1))
+            cache += [k.permute(0, 2, 3, 1), v.transpose(1, 2)]
+        return tuple(cache)
 
-    def forward(self, tokens: torch.Tensor, past: torch.Tensor, cross: torch.Tensor
+    def forward(self, tokens: torch.Tensor, past: torch.Tensor, cross_bias: torch.Tensor, *cross: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, n) after the `past.shape[3]` tokens in the cache -> log-probabilities of the
-        next token after each (B, n, vocab) and the cache with these tokens (layers, 2, B, t + n, width)."""
+        """tokens (B, n) after the `past.shape[3]` tokens in the cache, B / U rows per utterance of
+        `cross` -> log-probabilities of the next token after each (B, n, vocab) and the cache with
+        these tokens (layers, 2, B, t + n, width)."""
         t = past.shape[3]
         x = self.embedding(tokens) + self.positions[t:t + tokens.shape[1]]
         cache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, past[i], cross[i])
+            x, kv = block(x, past[i], cross_bias, cross[2 * i], cross[2 * i + 1])
             cache.append(kv)
         # the input embedding's matrix, over 2-D rows: export/second_pass.py makes it one Gemm over the stored matrix
         h = self.ln(x)
@@ -139,7 +155,7 @@ def greedy(decoder: WhisperDecoder, audio: torch.Tensor, vocab: Vocabulary, most
     past = torch.zeros(len(decoder.blocks), 2, 1, 0, decoder.width)
     tokens, out = torch.tensor([[vocab.sot, vocab.no_timestamps]]), []
     for step in range(most):
-        logp, past = decoder(tokens, past, cross)
+        logp, past = decoder(tokens, past, torch.zeros(1, audio.shape[1]), *cross)
         logp = logp[0, -1].clone()
         logp[list(vocab.suppress)] = -math.inf
         logp[vocab.timestamp_begin:] = -math.inf

@@ -72,5 +72,8 @@ class Metrics:
                                         ["model", "set"], registry=r)
         self.second_pass_fallbacks = Counter("asr_second_pass_fallbacks_total", "Finals left as the first pass "
                                              "heard them because the server was shedding load", ["model"], registry=r)
+        self.second_pass_batch = Histogram("asr_second_pass_batch_utterances", "Finals decoded together in one "
+                                           "batch of the second pass", ["model"], buckets=(1, 2, 4, 8, 16, 32),
+                                           registry=r)
         self.model_info = Gauge("asr_model_info", "The model being served (value 1)",
                                 ["model", "version", "provider"], registry=r)

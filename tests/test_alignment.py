@@ -40,6 +40,17 @@ def test_too_few_frames_share_them_evenly_with_no_confidence():
                                                                             pytest.approx(0.52), 0.0)]
 
 
+def test_a_text_that_leaves_out_heard_words_is_supported_less():
+    """The best path's score per frame: the heard text scores highest, one that drops a word the
+    audio holds far lower (its frames must be blank), and an empty text (nothing said) is an
+    all-blank path that still times as no words."""
+    decoder = CtcDecoder(DecoderInputs(tuple(CHARACTERS), None, None, frame_seconds=0.04))
+    lp = outputs(CHARACTERS, ["", "c", "a", "t", "", "▁", "", "s", "a", "t", ""])
+    heard, dropped, empty = (decoder.path_score(t, lp) for t in ("cat sat", "sat", ""))
+    assert heard > dropped + 0.5 and dropped > empty
+    assert decoder.align("", lp, offset=0).words == ()
+
+
 def test_word_pieces_spell_a_word_from_a_piece_that_starts_one():
     pieces = ["<blk>", "▁", "▁the", "▁ca", "t", "s", "▁s", "a"]
     aligner = Aligner(pieces)

@@ -60,9 +60,10 @@ class Aligner:
             spelled = self.spell(word)
             targets += spelled
             owner += [n] * len(spelled)
-        path = viterbi(logprobs, np.array(targets, np.int64), self.blank)
-        if path is None:
+        found = viterbi(logprobs, np.array(targets, np.int64), self.blank)
+        if found is None:
             return None
+        path, _ = found
         frames: dict[int, list[int]] = {}
         for t, state in enumerate(path):
             if state % 2 and owner[state // 2] >= 0:
@@ -79,14 +80,29 @@ class Aligner:
         return out
 
 
-def viterbi(logprobs: np.ndarray, targets: np.ndarray, blank: int) -> np.ndarray | None:
+    def path_score(self, words: list[str], logprobs: np.ndarray) -> float:
+        """The log-probability of the most likely CTC path on `logprobs` (T, V) that emits exactly
+        these words (-inf where they cannot fit): how well the first pass's outputs support a text,
+        words left out included (their frames must then be blank)."""
+        targets = []
+        for n, word in enumerate(words):
+            if n and self._delimiter is not None and not self._starts:
+                targets.append(self._delimiter)
+            targets += self.spell(word)
+        found = viterbi(logprobs, np.array(targets, np.int64), self.blank)
+        return -np.inf if found is None else found[1]
+
+
+def viterbi(logprobs: np.ndarray, targets: np.ndarray, blank: int) -> tuple[np.ndarray, float] | None:
     """The state (2k+1: target k; even: a blank) of each frame on the most likely CTC path that
-    emits `targets`, or None where T frames are too few (each token a frame, a blank between
-    repeats)."""
+    emits `targets`, and that path's log-probability, or None where T frames are too few (each
+    token a frame, a blank between repeats)."""
     frames, n = len(logprobs), len(targets)
     repeats = int(np.sum(targets[1:] == targets[:-1])) if n else 0
     if frames < n + repeats or frames == 0:
         return None
+    if n == 0:  # nothing said: every frame blank
+        return np.zeros(frames, np.int64), float(logprobs[:, blank].sum())
     states = 2 * n + 1
     labels = np.full(states, blank, np.int64)
     labels[1::2] = targets
@@ -105,8 +121,9 @@ def viterbi(logprobs: np.ndarray, targets: np.ndarray, blank: int) -> np.ndarray
     state = states - 1 if states == 1 or score[-1] >= score[-2] else states - 2
     if not np.isfinite(score[state]):
         return None
+    best = float(score[state])
     path = np.empty(frames, np.int64)
     for t in range(frames - 1, -1, -1):
         path[t] = state
         state -= back[t, state]
-    return path
+    return path, best

@@ -167,6 +167,12 @@ class CtcDecoder:
                 self._lm = kenlm.Model(str(self.spec.lm))
         return self._lm.score(text, bos=True, eos=True) * math.log(10) / max(len(text.split()), 1)
 
+    def path_score(self, text: str, logprobs: np.ndarray) -> float:
+        """How well the utterance's log-probabilities (T, V) support `text` (spoken form): its best CTC
+        path's log-probability per frame (-inf where it cannot fit). A text that leaves out words
+        the audio holds scores low: their frames must be blank."""
+        return self._aligner.path_score(text.split(), logprobs) / max(len(logprobs), 1)
+
     def align(self, text: str, logprobs: np.ndarray, offset: int) -> Hypothesis:
         """`text` (another pass's, in the spoken form) timed on the utterance's log-probabilities (T, V)
         whose first frame is `offset` frames into the stream: each word's times and confidence

@@ -4,7 +4,7 @@ its files in `second_pass/`). One class per kind (`kind.SecondPass`)."""
 
 from pathlib import Path
 
-from engine.second_pass.kind import SecondPass
+from engine.second_pass.kind import SecondPass, Utterance
 from engine.second_pass.whisper import WhisperPass
 
 KINDS: dict[str, type[SecondPass]] = {"whisper": WhisperPass}
@@ -17,4 +17,4 @@ def load(directory: Path, settings: dict, threads: int = 1) -> SecondPass:
     return KINDS[kind](directory / "second_pass", settings, threads)
 
 
-__all__ = ["KINDS", "SecondPass", "load"]
+__all__ = ["KINDS", "SecondPass", "Utterance", "load"]

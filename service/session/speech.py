@@ -54,7 +54,8 @@ class Speech:
         self._files_running: set[asyncio.Task] = set()  # the tasks decoding long files (`end_files`)
         self._files_ended = False
         self.admission = Admission(cfg, metrics, self.models.busy_ratio)
-        self._second_passes = SecondPasses(cfg.max_pending_second_passes)
+        self._second_passes = SecondPasses(cfg.max_pending_second_passes,
+                                           lambda model, size: metrics.second_pass_batch.labels(model).observe(size))
         self._streams = StreamContext(cfg, metrics, self.admission, self._run, self._second_passes)
 
     @property

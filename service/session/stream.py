@@ -16,7 +16,7 @@ import numpy as np
 
 from ctc_asr.v1 import asr_pb2
 from engine.endpointing import EndpointConfig
-from engine.recognizer import HALF_CLOSE, SPEECH_BEGAN, Final, Progress
+from engine.recognizer import HALF_CLOSE, SPEECH_BEGAN, Final, Progress, Rewrite
 from engine.text import format_numbers
 from service.config import ServerConfig
 from service.errors import ServiceError, Status
@@ -235,8 +235,8 @@ class StreamSession:
                     self.ctx.metrics.second_pass_fallbacks.labels(self.served.name).inc()
                     progress.events[i] = replace(recognizer.first_pass_only(final), fell_back=True)
                 else:
-                    progress.events[i] = await self.ctx.second_passes.run(recognizer.rewrite, final,
-                                                                          self.opts.phrases, self.opts.decode.use_lm)
+                    progress.events[i] = await self.ctx.second_passes.run(
+                        self.served.name, recognizer, Rewrite(final, self.opts.phrases, self.opts.decode.use_lm))
         return asyncio.ensure_future(rewrite())
 
     async def _ready(self, wait: bool) -> AsyncIterator[Event]:
