@@ -179,12 +179,15 @@ class WhisperPass:
             beam.rows = [row]
         step_logp = logp[:, -1]
         for step in range(max(b.most for b in beams)):
-            scores = step_logp.astype(np.float64)
+            scores = step_logp.copy()
             scores[:, self._suppressed] = -np.inf
             if step == 0:
                 scores[:, self._suppressed_first] = -np.inf
+            # each row's beam + 1 best next tokens, in one call for the whole batch
+            top = np.argpartition(scores, -(self.settings.beam + 1), axis=1)[:, -(self.settings.beam + 1):]
+            top_scores = np.take_along_axis(scores, top, axis=1).astype(np.float64)
             for u in live:
-                beams[u].choose(scores, step, self.settings.beam, self.eot)
+                beams[u].choose(top, top_scores, step, self.settings.beam, self.eot)
             still = [u for u in live if not beams[u].done]
             if not still:
                 break
@@ -221,16 +224,16 @@ class _Beam:
         self.finished: list[tuple[list[int], float]] = []
         self.done = False
 
-    def choose(self, scores: np.ndarray, step: int, beam: int, eot: int) -> None:
+    def choose(self, top: np.ndarray, top_scores: np.ndarray, step: int, beam: int, eot: int) -> None:
         """The `beam` best continuations of the live texts (a run of repetition cut), given every
-        row's log-probabilities of the next token; done at `beam` finished texts or the length cap."""
+        row's best next tokens and their log-probabilities; done at `beam` finished texts or the
+        length cap."""
         if step >= self.most:
             self.done = True
             return
         candidates = []
         for h, ((_, total), row) in enumerate(zip(self.hyps, self.rows)):
-            best = np.argpartition(-scores[row], beam)[:beam + 1]
-            candidates += [(total + scores[row, t], row, h, int(t)) for t in best if np.isfinite(scores[row, t])]
+            candidates += [(total + s, row, h, int(t)) for t, s in zip(top[row], top_scores[row]) if np.isfinite(s)]
         candidates.sort(reverse=True)
         keep, origins = [], []
         for total, row, h, t in candidates:
