@@ -124,6 +124,10 @@ class StreamSession:
         self.state = await self.ctx.run(recognizer.new_stream, self.opts.decode, self.endpoint)
         try:
             async for data in self._reading(audio):
+                if data is None:  # a second pass is done: its events need not wait for the next message
+                    async for event in self._ready(wait=False):
+                        yield event
+                    continue
                 throttled = await self._throttle()
                 if len(data) > cfg.max_chunk_bytes:
                     raise ServiceError(Status.OUT_OF_RANGE, f"an audio message of {len(data)} bytes; "
@@ -173,18 +177,31 @@ class StreamSession:
             if self.live:
                 self.ctx.admission.stream_ended(id(self))
 
-    async def _reading(self, audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The client's messages, the clock knowing when the stream waits for the next one."""
+    async def _reading(self, audio: AsyncIterator[bytes]) -> AsyncIterator[bytes | None]:
+        """The client's messages, the clock knowing when the stream waits for the next one; None
+        whenever a second pass finishes meanwhile, so that the events waiting for it go out then,
+        not with the next message."""
         audio = aiter(audio)
-        while True:
-            self.clock.reading_since = time.perf_counter()
-            try:
-                data = await anext(audio)
-            except StopAsyncIteration:
-                return
-            finally:
-                self.clock.reading_since = None
-            yield data
+        read = None
+        try:
+            while True:
+                self.clock.reading_since = time.perf_counter()
+                read = asyncio.ensure_future(anext(audio))
+                while (head := self.processed[0].rewrite if self.processed else None) is not None:
+                    done, _ = await asyncio.wait({read, head}, return_when=asyncio.FIRST_COMPLETED)
+                    if read in done:
+                        break
+                    yield None
+                try:
+                    data = await read
+                except StopAsyncIteration:
+                    return
+                finally:
+                    self.clock.reading_since = None
+                yield data
+        finally:
+            if read is not None and not read.done():  # the stream ended while waiting for the client
+                read.cancel()
 
     async def _throttle(self) -> float:
         """A live stream's flood of tiny messages is read no faster (gRPC's flow control holds the

@@ -24,6 +24,8 @@ stream count:
   look-ahead are algorithmic delay on top of what this measures;
 - final latency: half-close -> the last final result;
 - server CPU seconds per second of audio;
+- finals left to the first pass: with a second pass, finals it skipped (second_pass_fallback:
+  the server was shedding load, or more than --max-pending-second-passes waited);
 - refused: streams the server shed when they called (RESOURCE_EXHAUSTED before any
   result); ended: streams it ended behind real time after answering them (capacity lost
   after admission, e.g. with --neighbour-cores); and other errors.
@@ -97,6 +99,8 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
                     out["partial"].append(now - sent)
                 if result.is_final:
                     out["last_final"] = now
+                    out["finals"] += 1
+                    out["fell_back"] += result.second_pass_fallback
     except grpc.aio.AioRpcError as e:
         # grpc aio's client reports a refusal that races with its own next write as INTERNAL "Internal
         # error from Core" (grpc/grpc#36066): the server's asr_shed_total counts them as refusals.
@@ -114,7 +118,7 @@ async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay
                       clips: list[np.ndarray] | None, beam_width: int, ramp_s: float = 0.0,
                       metadata: tuple = ()) -> dict:
     pcms = [test_audio(seconds, clips, first=i).astype("<i2").tobytes() for i in range(n if clips else 1)]
-    results = [{"partial": [], "errors": [], "refused": [], "ended": []} for _ in range(n)]
+    results = [{"partial": [], "errors": [], "refused": [], "ended": [], "finals": 0, "fell_back": 0} for _ in range(n)]
     spread = ramp_s or MESSAGE_S  # at least over one message, so that streams do not arrive in lockstep
     async with grpc.aio.insecure_channel(target) as channel:
         stub = asr_pb2_grpc.SpeechStub(channel)
@@ -125,7 +129,8 @@ async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay
     refused = sum(len(r["refused"]) for r in results)
     codes = Counter(code for r in results for code in r["errors"])
     return {"partial": partial, "final": final, "errors": sum(codes.values()), "codes": codes,
-            "refused": refused, "ended": sum(len(r["ended"]) for r in results), "audio_s": (n - refused) * seconds}
+            "refused": refused, "ended": sum(len(r["ended"]) for r in results), "audio_s": (n - refused) * seconds,
+            "finals": sum(r["finals"] for r in results), "fell_back": sum(r["fell_back"] for r in results)}
 
 
 async def unary_throughput(target: str, requests: int, concurrency: int) -> float:
@@ -209,8 +214,8 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
         print(f"a noisy neighbour: {a.neighbour_cores} busy-looping processes from {a.neighbour_after:g} s into "
               "each run", flush=True)
     print("\n| server | streams | partial p50 / p95 / p99 (ms) | final p50 / p95 (ms) | server CPU s per audio s "
-          "| refused | ended behind real time | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| finals left to the first pass (second pass skipped) | refused | ended behind real time | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     held, unary = {}, {}
     for label, target, pid in servers:
         held[label] = 0
@@ -225,7 +230,8 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
             cpu = f"{(cpu_seconds(pid) - cpu0) / max(r['audio_s'], 1e-9):.3f}" if pid else "-"
             codes = " (" + ", ".join(f"{c} {k}" for k, c in r["codes"].items()) + ")" if r["errors"] else ""
             print(f"| {label} | {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
-                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['refused']} | {r['ended']} "
+                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['fell_back']} of {r['finals']} "
+                  f"| {r['refused']} | {r['ended']} "
                   f"| {r['errors']}{codes} |", flush=True)
             if (not r["errors"] and len(r["partial"]) and np.percentile(r["partial"], 95) * 1000 <= a.held_ms
                     and (not a.held_final_ms or np.percentile(r["final"], 95) * 1000 <= a.held_final_ms)):
