@@ -175,7 +175,7 @@ class WhisperPass:
         cross = _stack(crosses)
         logp, past = self.decoder.run(None, {"tokens": np.array(prompts, np.int64),
                                              "past": np.repeat(self._no_past, len(prompts), axis=2), **cross})
-        for beam, row in zip(beams, range(len(beams))):
+        for row, beam in enumerate(beams):
             beam.rows = [row]
         step_logp = logp[:, -1]
         for step in range(max(b.most for b in beams)):
