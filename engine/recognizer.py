@@ -290,24 +290,24 @@ class Recognizer:
             Utterance(asked[i].final.audio, asked[i].hotwords, (asked[i].final.hypotheses[0].text,)) for i in due])
         for i, found in zip(due, found_all):
             final = asked[i].final
-            found = sorted(found, key=lambda f: -self._weigh(f, final.logprobs, asked[i]))
+            phrases = [p for p in map(spoken, asked[i].hotwords) if p]
+            found = sorted(found, key=lambda f: -self._weigh(f, final.logprobs, phrases, asked[i].use_lm))
             written = found[0][0]
             best = self.decoder.align(spoken(written), final.logprobs, final.offset)
             out[i] = replace(out[i], hypotheses=[best, *final.hypotheses[1:]], written=written,
                              first=final.hypotheses[0])
         return out
 
-    def _weigh(self, found: tuple[str, float], logprobs: np.ndarray, asked: "Rewrite") -> float:
-        """A text of the second pass's, by its own score, the KenLM's (unless the request turned it
-        off), how well the first pass's outputs support it (a text that drops words the audio holds
-        scores low there) at the pass's weights, and HOTWORD_BONUS per word of each of the
-        request's phrases it says (the first pass's outputs support words the acoustic model never
-        learned poorly, however well the second pass heard them)."""
+    def _weigh(self, found: tuple[str, float], logprobs: np.ndarray, phrases: list[str], use_lm: bool) -> float:
+        """A text of the second pass's, by its own score, the KenLM's (unless `use_lm` is off), how
+        well the first pass's outputs support it (a text that drops words the audio holds scores
+        low there) at the pass's weights, and HOTWORD_BONUS per word of each of the request's
+        `phrases` (spoken form) it says (the first pass's outputs support words the acoustic model
+        never learned poorly, however well the second pass heard them)."""
         text, score = found
         words = spoken(text)
-        score += HOTWORD_BONUS * sum(len(p.split()) for p in map(spoken, asked.hotwords)
-                                     if p and f" {p} " in f" {words} ")
-        if asked.use_lm and self.second_pass.lm_weight and self.decoder.has_lm:
+        score += HOTWORD_BONUS * sum(len(p.split()) for p in phrases if f" {p} " in f" {words} ")
+        if use_lm and self.second_pass.lm_weight and self.decoder.has_lm:
             score += self.second_pass.lm_weight * self.decoder.text_score(words)
         if self.second_pass.ctc_weight:
             score += self.second_pass.ctc_weight * self.decoder.path_score(words, logprobs)

@@ -161,13 +161,13 @@ def check_decoder(out: Path, settings: dict, decoder, ct2) -> bool:
     clip, gives CTranslate2's tokens; prints each clip and what the served pass hears in it."""
     greedy = WhisperPass(out, {**settings, "beam": 1})
     served = WhisperPass(out, settings)
+    names = [i.name for i in greedy.decoder.get_inputs()][3:]  # after tokens, past, cross_bias: each layer's
     same_everywhere = True
     for clip in CALIBRATION[:2]:
         audio = read_audio(clip, SAMPLE_RATE)
         theirs, encoded = ct2_tokens(ct2, audio, greedy.prompt)
         with torch.no_grad():
             cross = [t.numpy() for t in decoder.cross_cache(torch.from_numpy(encoded))]
-        names = [i.name for i in greedy.decoder.get_inputs()][3:]
         feed = {"cross_bias": np.zeros((1, encoded.shape[1]), np.float32), **dict(zip(names, cross))}
         ours = greedy.decode(feed, len(audio) / SAMPLE_RATE)
         same = ours == theirs

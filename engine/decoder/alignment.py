@@ -53,13 +53,7 @@ class Aligner:
         """Each word's frames on `logprobs` (T, V) and its confidence (the geometric mean probability of
         its tokens on the path: one letter the audio does not support pulls it down), or None where the
         words cannot fit in T frames."""
-        targets, owner = [], []  # token ids, and the word each belongs to (-1: a delimiter)
-        for n, word in enumerate(words):
-            if n and self._delimiter is not None and not self._starts:  # characters: a delimiter between words
-                targets.append(self._delimiter), owner.append(-1)
-            spelled = self.spell(word)
-            targets += spelled
-            owner += [n] * len(spelled)
+        targets, owner = self._targets(words)
         found = viterbi(logprobs, np.array(targets, np.int64), self.blank)
         if found is None:
             return None
@@ -84,13 +78,19 @@ class Aligner:
         """The log-probability of the most likely CTC path on `logprobs` (T, V) that emits exactly
         these words (-inf where they cannot fit): how well the first pass's outputs support a text,
         words left out included (their frames must then be blank)."""
-        targets = []
-        for n, word in enumerate(words):
-            if n and self._delimiter is not None and not self._starts:
-                targets.append(self._delimiter)
-            targets += self.spell(word)
-        found = viterbi(logprobs, np.array(targets, np.int64), self.blank)
+        found = viterbi(logprobs, np.array(self._targets(words)[0], np.int64), self.blank)
         return -np.inf if found is None else found[1]
+
+    def _targets(self, words: list[str]) -> tuple[list[int], list[int]]:
+        """The words as one token sequence, and the word each token belongs to (-1: a delimiter)."""
+        targets, owner = [], []
+        for n, word in enumerate(words):
+            if n and self._delimiter is not None and not self._starts:  # characters: a delimiter between words
+                targets.append(self._delimiter), owner.append(-1)
+            spelled = self.spell(word)
+            targets += spelled
+            owner += [n] * len(spelled)
+        return targets, owner
 
 
 def viterbi(logprobs: np.ndarray, targets: np.ndarray, blank: int) -> tuple[np.ndarray, float] | None:

@@ -16,6 +16,7 @@ heard well (a lone digit), the first pass's text can still win (model card).
 """
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from engine.features import FeatureConfig, frontend
+from engine.features import FeatureConfig, FrontEnd, frontend
 from engine.second_pass.bpe import Bpe
 from engine.second_pass.kind import Utterance
 
@@ -48,10 +49,15 @@ def log_mel(audio: np.ndarray, frames: int) -> np.ndarray:
     after any utterance is the same input (Whisper's own floor follows the clip's loudest point)."""
     padded = np.zeros(frames * HOP + 400, np.float32)
     padded[200:200 + min(len(audio), frames * HOP)] = audio[:frames * HOP]  # Whisper centres its frames
-    power = frontend(FeatureConfig.whisper()).power(padded)[:frames]
+    power = _whisper_frontend().power(padded)[:frames]
     log_spec = np.log10(np.maximum(power, 1e-10))
     log_spec += LEVEL - log_spec.max()
     return ((np.maximum(log_spec, LEVEL - 8.0) + 4.0) / 4.0).T.astype(np.float32)
+
+
+@functools.cache
+def _whisper_frontend() -> FrontEnd:
+    return frontend(FeatureConfig.whisper())  # its mel filters are computed once, not per utterance
 
 
 def silence_value() -> float:

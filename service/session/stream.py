@@ -186,7 +186,8 @@ class StreamSession:
         try:
             while True:
                 self.clock.reading_since = time.perf_counter()
-                read = asyncio.ensure_future(anext(audio))
+                # `processed` grows only between reads: with none pending now, none finishes during this one
+                read = asyncio.ensure_future(anext(audio)) if self.processed else anext(audio)
                 while (head := self.processed[0].rewrite if self.processed else None) is not None:
                     done, _ = await asyncio.wait({read, head}, return_when=asyncio.FIRST_COMPLETED)
                     if read in done:
@@ -200,7 +201,7 @@ class StreamSession:
                     self.clock.reading_since = None
                 yield data
         finally:
-            if read is not None and not read.done():  # the stream ended while waiting for the client
+            if isinstance(read, asyncio.Future) and not read.done():  # the stream ended waiting for the client
                 read.cancel()
 
     async def _throttle(self) -> float:
