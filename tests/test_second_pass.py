@@ -91,6 +91,47 @@ def test_finals_are_the_second_pass_and_interim_results_the_first(second, model_
     assert spoken(written).startswith("there are two ") and written[0].isupper()  # as Whisper writes it
 
 
+def quiet_pcm(seconds: float, rate: int) -> bytes:
+    """A pause: noise at -60 dBFS (digital silence is not what a microphone sends)."""
+    return (np.random.default_rng(0).standard_normal(int(seconds * rate)) * 33).astype(np.int16).tobytes()
+
+
+def early_passes(server) -> dict[str, float]:
+    samples = scrape(server.running.metrics_port)
+    return {o: value(samples, "asr_second_pass_early_total", model="ctc-whisper-tiny", outcome=o)
+            for o in ("used", "unused")}
+
+
+def written_finals(stub, pcm: bytes, rate: int) -> list[str]:
+    """The finals of a stream with punctuation on: as the second pass wrote them (cased, punctuated)."""
+    responses = stream(stub, pcm, 3200, interim=True, encoding=asr_pb2.RecognitionConfig.LINEAR16,
+                       sample_rate_hertz=rate, enable_automatic_punctuation=True)
+    return [r.results[0].alternatives[0].transcript for r in responses if r.results and r.results[0].is_final]
+
+
+def test_an_utterance_gone_quiet_has_its_second_pass_before_its_endpoint(second, second_server):
+    """Its second pass starts once it has been quiet for half the endpoint's silence (0.6 of 1.2 s),
+    and its final, which says the same, takes that pass's text: ready at the endpoint, and the
+    next utterance's interim results do not wait behind it."""
+    pcm, rate = dogs_pcm()
+    before = early_passes(second_server)
+    finals = written_finals(second, pcm + quiet_pcm(1.6, rate) + pcm, rate)
+    assert len(finals) == 2 and all(f[0].isupper() and f.endswith(".") for f in finals), finals
+    after = early_passes(second_server)
+    assert after["used"] >= before["used"] + 1, (before, after)
+
+
+def test_a_speaker_who_goes_on_after_a_pause_has_the_utterance_heard_whole(second, second_server):
+    """A pause longer than half the endpoint's silence but shorter than it: the pass started early
+    is dropped when the speaker goes on, and the final is the second pass over the whole utterance."""
+    pcm, rate = dogs_pcm()
+    before = early_passes(second_server)
+    finals = written_finals(second, pcm + quiet_pcm(0.9, rate) + pcm, rate)
+    assert len(finals) == 1 and finals[0][0].isupper() and finals[0].count("hospital") == 2, finals
+    after = early_passes(second_server)
+    assert after["unused"] >= before["unused"] + 1, (before, after)
+
+
 def test_punctuation_gives_the_second_pass_as_written(second):
     response = recognize(second, DOGS.read_bytes(), enable_automatic_punctuation=True)
     assert response.results[0].alternatives[0].transcript == "There are two dogs in the hospital."

@@ -41,6 +41,7 @@ LEVEL = 0.5
 MAX_TOKENS = 224  # Whisper's own cap on a window's text
 MAX_PROMPT = 223  # and on the earlier text it is shown (a prompt)
 POSITIONS = 448  # the decoder's positions: prompt and text together
+MAX_BEAM = 16  # the decoder graph gives each row's best MAX_BEAM + 1 next tokens (and a few more)
 
 
 def log_mel(audio: np.ndarray, frames: int) -> np.ndarray:
@@ -81,8 +82,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.keep_first_above <= 1.01:
             raise ValueError("second_pass.keep_first_above must be from 0 to 1 (above 1: never keep the first)")
-        if not 1 <= self.beam <= 16:
-            raise ValueError("second_pass.beam must be from 1 to 16")
+        if not 1 <= self.beam <= MAX_BEAM:
+            raise ValueError(f"second_pass.beam must be from 1 to {MAX_BEAM}")
         if self.max_tokens_per_second <= 0:
             raise ValueError("second_pass.max_tokens_per_second must be positive")
         if not 0 <= self.lm_weight <= 10:
@@ -113,11 +114,10 @@ class WhisperPass:
         self.eot, self.sot = index["<|endoftext|>"], index["<|startoftranscript|>"]
         self._previous = index["<|startofprev|>"]
         self.prompt = [self.sot, index["<|notimestamps|>"]]
+        if "top_tokens" not in {o.name for o in self.decoder.get_outputs()}:
+            raise ValueError(f"{directory / 'decoder.onnx'} chooses no next tokens (written by an older export: "
+                             "run python -m export.second_pass again)")
         config = json.loads((directory / "whisper_config.json").read_text())  # the wheel's config.json
-        suppressed = np.zeros(len(self.tokens), bool)
-        suppressed[config["suppress_ids"]] = True
-        suppressed[self.sot:] = True  # special tokens and timestamps: text only
-        self._suppressed = suppressed
         self._suppressed_first = config["suppress_ids_begin"]  # a space, or the end, as the first token
         self._cross = [o.name for o in self.encoder.get_outputs()]
         self._layers = self.decoder.get_inputs()[1].shape[0]
@@ -156,7 +156,8 @@ class WhisperPass:
         """The decoder's log-probability of `tokens` and then the end after `prompt`, per token (as
         `search` scores what it finds), in one call."""
         past = self._no_past
-        logp, _ = self.decoder.run(None, {"tokens": np.array([prompt + tokens], np.int64), "past": past, **cross})
+        logp, = self.decoder.run(["logprobs"], {"tokens": np.array([prompt + tokens], np.int64), "past": past,
+                                                **cross})
         steps = np.arange(len(prompt) - 1, len(prompt) + len(tokens))  # the outputs that predict them
         return float(logp[0, steps, [*tokens, self.eot]].sum()) / max(len(tokens), 1)
 
@@ -179,19 +180,19 @@ class WhisperPass:
         beams = [_Beam(self.most_tokens(len(p), s)) for p, s in zip(prompts, seconds)]
         live = list(range(len(beams)))  # the utterances in the decoder's batch, in its order
         cross = _stack(crosses)
-        logp, past = self.decoder.run(None, {"tokens": np.array(prompts, np.int64),
-                                             "past": np.repeat(self._no_past, len(prompts), axis=2), **cross})
+        outputs = ["present", "top_logprobs", "top_tokens"]
+        past, top_scores, top = self.decoder.run(outputs, {"tokens": np.array(prompts, np.int64),
+                                                           "past": np.repeat(self._no_past, len(prompts), axis=2),
+                                                           **cross})
         for row, beam in enumerate(beams):
             beam.rows = [row]
-        step_logp = logp[:, -1]
         for step in range(max(b.most for b in beams)):
-            scores = step_logp.copy()
-            scores[:, self._suppressed] = -np.inf
+            # each row's beam + 1 best next tokens, best first, as the graph chose them
             if step == 0:
-                scores[:, self._suppressed_first] = -np.inf
-            # each row's beam + 1 best next tokens, in one call for the whole batch
-            top = np.argpartition(scores, -(self.settings.beam + 1), axis=1)[:, -(self.settings.beam + 1):]
-            top_scores = np.take_along_axis(scores, top, axis=1).astype(np.float64)
+                top_scores[np.isin(top, self._suppressed_first)] = -np.inf
+                order = np.argsort(-top_scores, axis=1, kind="stable")
+                top, top_scores = np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)
+            top, top_scores = top[:, :self.settings.beam + 1], top_scores[:, :self.settings.beam + 1].astype(np.float64)
             for u in live:
                 beams[u].choose(top, top_scores, step, self.settings.beam, self.eot)
             still = [u for u in live if not beams[u].done]
@@ -207,9 +208,9 @@ class WhisperPass:
                 tokens += [[t[-1]] for t, _ in b.hyps] + [[b.hyps[-1][0][-1]]] * (rows - len(b.hyps))
                 origins += b.origins + [b.origins[-1]] * (rows - len(b.hyps))
                 b.rows = list(range(i * rows, i * rows + len(b.hyps)))
-            logp, past = self.decoder.run(None, {"tokens": np.array(tokens, np.int64),
-                                                 "past": np.ascontiguousarray(past[:, :, origins]), **cross})
-            step_logp = logp[:, -1]
+            past, top_scores, top = self.decoder.run(outputs, {"tokens": np.array(tokens, np.int64),
+                                                               "past": np.ascontiguousarray(past[:, :, origins]),
+                                                               **cross})
         return [b.ranked() for b in beams]
 
     def most_tokens(self, prompt: int, seconds: float) -> int:

@@ -7,6 +7,7 @@ its last final, and its audio kept for a staged candidate to decode again.
 """
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ import numpy as np
 
 from ctc_asr.v1 import asr_pb2
 from engine.endpointing import EndpointConfig
-from engine.recognizer import HALF_CLOSE, SPEECH_BEGAN, Final, Progress, Rewrite
+from engine.recognizer import HALF_CLOSE, SPEECH_BEGAN, Ending, Final, Progress, Rewrite
 from engine.text import format_numbers
 from service.config import ServerConfig
 from service.errors import ServiceError, Status
@@ -112,6 +113,7 @@ class StreamSession:
         self.next_read = 0.0  # live streams: messages are read at most --max-messages-per-second
         self.state = None  # the recognizer's, made on the pool when the stream starts
         self.processed: deque[Processed] = deque()  # messages whose events wait for a second pass
+        self.early: tuple[Ending, asyncio.Future] | None = None  # the utterance gone quiet, and its second pass
 
     @property
     def seconds(self) -> float:
@@ -172,6 +174,7 @@ class StreamSession:
             for waiting in self.processed:  # a client gone: its second passes are not wanted
                 if waiting.rewrite is not None:
                     waiting.rewrite.cancel()
+            self._drop_early()
             if self.counted:
                 self.ctx.metrics.audio_seconds.inc(self.seconds)
             if self.live:
@@ -237,9 +240,17 @@ class StreamSession:
         """The model's second pass over each of the message's finals, started after the stream's
         previous one (None: none due), so that a stream waits for its own and a whole file never
         fills the queue alone; a final stays the first pass's, flagged, while the server sheds load
-        or too many wait."""
-        recognizer = self.served.recognizer
-        due = [i for i, item in enumerate(progress.events) if isinstance(item, Final) and item.audio is not None]
+        or too many wait. A live stream's utterance that goes quiet (`Ending`) has its pass started
+        then, and its final takes that pass if it says the same: it is ready at the endpoint,
+        and the next utterance's interim results do not wait for it."""
+        due: dict[int, tuple[Ending, asyncio.Future] | None] = {}  # the finals, and their utterances' early passes
+        for i, item in enumerate(progress.events):
+            if isinstance(item, Ending):
+                self._start_early(item)
+            elif isinstance(item, Final):
+                early, self.early = self.early, None
+                if item.audio is not None:
+                    due[i] = early
         if not due:
             return None
         previous = next((p.rewrite for p in reversed(self.processed) if p.rewrite is not None), None)
@@ -247,15 +258,43 @@ class StreamSession:
         async def rewrite() -> None:
             if previous is not None:
                 await previous
-            for i in due:
-                final = progress.events[i]
-                if self.ctx.admission.overloaded() or self.ctx.second_passes.full():
-                    self.ctx.metrics.second_pass_fallbacks.labels(self.served.name).inc()
-                    progress.events[i] = replace(recognizer.first_pass_only(final), fell_back=True)
-                else:
-                    progress.events[i] = await self.ctx.second_passes.run(
-                        self.served.name, recognizer, Rewrite(final, self.opts.phrases, self.opts.decode.use_lm))
+            for i, early in due.items():
+                progress.events[i] = await self._rewritten(progress.events[i], early)
         return asyncio.ensure_future(rewrite())
+
+    async def _rewritten(self, final: Final, early: tuple[Ending, asyncio.Future] | None) -> Final:
+        recognizer, name = self.served.recognizer, self.served.name
+        if early is not None:
+            ending, running = early
+            settled = None
+            if ending.holds(final):
+                with contextlib.suppress(Exception):  # a pass that failed early runs again below
+                    settled = recognizer.settle(final, await running)
+            else:
+                running.cancel()
+            self.ctx.metrics.second_pass_early.labels(name, "unused" if settled is None else "used").inc()
+            if settled is not None:
+                return settled
+        if self.ctx.admission.overloaded() or self.ctx.second_passes.full():
+            self.ctx.metrics.second_pass_fallbacks.labels(name).inc()
+            return replace(recognizer.first_pass_only(final), fell_back=True)
+        return await self.ctx.second_passes.run(name, recognizer, Rewrite(final, self.opts.phrases,
+                                                                          self.opts.decode.use_lm))
+
+    def _start_early(self, ending: Ending) -> None:
+        """A live stream's early second pass (not while the server sheds load or too many wait),
+        in place of any earlier one of the same utterance (its speaker went on)."""
+        self._drop_early()
+        if self.live and not self.ctx.admission.overloaded() and not self.ctx.second_passes.full():
+            self.early = (ending, asyncio.ensure_future(self.ctx.second_passes.run(
+                self.served.name, self.served.recognizer,
+                Rewrite(ending.final, self.opts.phrases, self.opts.decode.use_lm))))
+
+    def _drop_early(self) -> None:
+        if self.early is not None:
+            self.early[1].cancel()
+            self.ctx.metrics.second_pass_early.labels(self.served.name, "unused").inc()
+            self.early = None
 
     async def _ready(self, wait: bool) -> AsyncIterator[Event]:
         """The events of processed messages, in order, each message's once its second pass is done
@@ -273,6 +312,8 @@ class StreamSession:
         out: list[Event] = []
         opts = self.opts
         for item in progress.events:
+            if isinstance(item, Ending):
+                continue
             if item == SPEECH_BEGAN:
                 out.append(SpeechBegin())
                 continue
