@@ -34,7 +34,7 @@ from engine import second_pass
 from engine.decoder.ctc import CtcDecoder, DecodeOptions
 from engine.manifest import read_audio, read_manifest, spread
 from engine.model.directory import MAX_BEAM_WIDTH, ModelSpec
-from engine.model.session import ModelSession
+from engine.model.session import ModelSession, one_blas_thread
 from engine.recognizer import HALF_CLOSE, Final, Recognizer
 from engine.text import normalize
 from models import sentences
@@ -146,6 +146,7 @@ def main() -> None:
     beam_width = a.beam_width or spec.beam_width
     if not 1 < beam_width <= MAX_BEAM_WIDTH:
         p.error(f"--beam-width must be between 2 and {MAX_BEAM_WIDTH}")
+    one_blas_thread()  # so that the CPU time reported is one thread's (engine/model/session.py)
     second = second_pass.load(spec.directory, spec.second_pass) if spec.second_pass else None
     recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec), second_pass=second)
     modes = {"greedy": DecodeOptions(beam_width=1, lm_weight=0, word_bonus=0, use_lm=False)}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from threadpoolctl import threadpool_limits
 
 from engine.features import frontend
 from engine.model.directory import ModelSpec
@@ -28,6 +29,15 @@ def session_options(threads: int) -> ort.SessionOptions:
     # Spinning threads steal the cores the Python decoder needs (FIELD-NOTES).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
+
+
+def one_blas_thread() -> None:
+    """numpy's BLAS on the calling thread alone, for the process (the server, evaluation). Its
+    own threads busy-wait after each product for the next: the few small products of each final
+    (the second pass's front-end) kept a second core spinning, and the pass cost twice its own
+    time in CPU (54 against 27 ms per audio second). Parallel work is ONNX Runtime's and the
+    server's own threads'."""
+    threadpool_limits(1, user_api="blas")
 
 
 def create_session(path: Path, provider: str, threads: int) -> tuple[ort.InferenceSession, str]:

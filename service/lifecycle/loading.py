@@ -9,8 +9,6 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
-
 from engine import second_pass
 from engine.decoder.ctc import CtcDecoder
 from engine.model.directory import ModelDirectoryError, ModelSpec
@@ -95,14 +93,6 @@ def tune_malloc() -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(M_ARENA_MAX, ARENAS)
-
-
-def tune_threads() -> None:
-    """numpy's BLAS on the calling thread alone. Its own threads busy-wait after each product for the
-    next: a few small matrix products per final (the second pass's front-end) kept a second core
-    spinning, and the second pass cost twice its own time in CPU (54 against 27 ms per audio
-    second, docs/performance.md). The server's parallel work is its own threads' and ONNX Runtime's."""
-    threadpool_limits(1, user_api="blas")
 
 
 def release_memory() -> None:
