@@ -1,8 +1,12 @@
 """Batched model calls: padding a batch to a power of two (the CUDA path, run here on the CPU)
 changes no stream's outputs, and warm-up meets every padded shape before traffic does."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
-from conftest import BUNDLED
+from conftest import BUNDLED, SAMPLES
 
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession, batch_bucket
@@ -49,3 +53,27 @@ def test_the_bundled_int8_products_cannot_saturate_on_any_x86_kernel():
             and weights.get(n.input[0], np.zeros(0)).dtype == np.int8]
     assert len(int8) >= 16  # the encoder's and the head's matrix products are int8
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in int8) <= 64
+
+
+def test_the_cpu_kinds_check_reads_what_it_wrote(tmp_path):
+    """`scripts.cpu_kinds` as on two machines (here one): the same graph over the same features
+    compares equal, and a graph run on other features does not."""
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": str(SAMPLES / n), "text": ""}) + "\n"
+                                for n in ("what_time.wav", "phone.flac")))
+
+    def cpu_kinds(*args: str) -> str:
+        run = subprocess.run([sys.executable, "-m", "scripts.cpu_kinds", *map(str, args)], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+    cpu_kinds("features", "--model", BUNDLED, "--manifest", manifest, "--out", tmp_path / "f.npz")
+    for name in ("here", "there"):
+        cpu_kinds("run", "--model", BUNDLED, "--features", tmp_path / "f.npz", "--out", tmp_path / f"{name}.npz")
+    same = cpu_kinds("compare", tmp_path / "here.npz", tmp_path / "there.npz", "--model", BUNDLED)
+    assert "2 clips, largest log-prob difference 0.00e+00, greedy texts that differ: 0" in same, same
+    other = dict(np.load(tmp_path / "there.npz"))
+    other["000_what_time"] = other["000_what_time"][::-1]  # as if the other machine had heard it backwards
+    np.savez(tmp_path / "other.npz", **other)
+    differ = cpu_kinds("compare", tmp_path / "here.npz", tmp_path / "other.npz", "--model", BUNDLED)
+    assert "greedy texts that differ: 1 (000_what_time)" in differ, differ
