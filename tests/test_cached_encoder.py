@@ -154,7 +154,10 @@ def test_the_service_benchmark_measures_two_models_side_by_side(exported):
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| default", "| model"))]
     assert [(r[0].strip(), r[1].strip(), r[-1].strip()) for r in rows] == [("default", "2", "0"), ("model", "2", "0")]
     assert "model: model ctc-whisper step3 on CPUExecutionProvider; 320 ms chunks, 0 ms look-ahead" in result.stdout
-    assert "default: model ctc-whisper-tiny 0.2.1" in result.stdout and "160 ms look-ahead" in result.stdout
+    bundled = ModelSpec.load(BUNDLED)
+    look_ahead = round(bundled.lookahead_frames * bundled.features.hop_length / bundled.features.sample_rate * 1000)
+    assert f"default: model ctc-whisper-tiny {bundled.version}" in result.stdout
+    assert f"{look_ahead} ms look-ahead" in result.stdout.split("default: ")[1].splitlines()[0]
     assert "model: most streams held (p95 partial <= 150 ms, p95 final <= 5000 ms, no errors): " in result.stdout
 
 

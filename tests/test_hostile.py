@@ -311,8 +311,10 @@ def test_capacity_lost_after_admission_ends_the_newest_streams_and_the_others_ke
     assert ended and all(outcomes[i].code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "lost capacity" in
                          outcomes[i].details() for i in ended), outcomes
     assert ended == list(range(6 - len(ended), 6)) and len(ended) <= 5, ended  # the newest, not all
-    for i in set(range(6)) - set(ended):  # the kept streams finish, every utterance heard
-        assert heard([f for f in outcomes[i] if f], "what_time.wav", "what_time.wav"), outcomes[i]
+    # The kept streams finish, every utterance heard: a word of leeway, since where the clip's
+    # second take falls on the model's blocks moves a model's word (the subject here is not accuracy).
+    for i in set(range(6)) - set(ended):
+        assert heard([f for f in outcomes[i] if f], "what_time.wav", "what_time.wav", max_cer=0.2), outcomes[i]
 
 
 def test_a_stream_of_tiny_messages_is_ended_for_its_own_pace_and_sheds_no_one(make_server):

@@ -8,6 +8,7 @@ import sys
 import zipfile
 
 from conftest import ROOT, SAMPLES
+from test_recognize import heard
 
 
 def test_the_installed_server_serves_the_bundled_model(tmp_path):
@@ -41,7 +42,7 @@ def test_the_installed_server_serves_the_bundled_model(tmp_path):
                                  SAMPLES / "what_time.wav"], cwd=tmp_path, env=env, capture_output=True, text=True,
                                 timeout=120)
         assert client.returncode == 0, client.stderr
-        assert "what time is it" in client.stdout
+        assert heard(client.stdout.removeprefix("final: ").split(" (confidence")[0], "what_time.wav"), client.stdout
     finally:
         server.terminate()
         server.wait(30)

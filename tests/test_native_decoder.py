@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import BUNDLED, ROOT
+from test_recognize import heard
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from engine.decoder.ctc import CtcDecoder, DecodeOptions, DecoderInputs
@@ -127,7 +128,7 @@ def test_without_the_compiled_library_the_server_says_so_and_decodes_with_python
             assert info.decoder.startswith("python (native not built")
             audio = (ROOT / "samples" / "what_time.wav").read_bytes()
             result = stub.Recognize(asr_pb2.RecognizeRequest(audio_content=audio), timeout=30)
-            assert result.results[0].alternatives[0].transcript == "what time is it in paris"
+            assert heard(result.results[0].alternatives[0].transcript, "what_time.wav")
     finally:
         server.terminate()
         log = server.communicate(timeout=30)[1]
