@@ -55,9 +55,9 @@ class Final:
 
 @dataclass(frozen=True)
 class Ending:
-    """An utterance gone quiet (EARLY): the final it would have if it ended now (the first pass's
-    best so far, the audio and outputs so far), so that its second pass can run before the
-    endpoint; `Recognizer.settle` gives the final that pass's text if the final says the same."""
+    """An utterance gone quiet (EARLY): the final it would have if it ended now (its hypotheses,
+    audio and first-pass outputs so far), so that its second pass can run before the endpoint;
+    `Recognizer.settle` gives the final that pass's text if the final says the same."""
     final: Final
 
     def holds(self, final: Final) -> bool:
@@ -254,9 +254,10 @@ class Recognizer:
         return quiet_before < early <= endpointer.trailing_silence
 
     def _offer_early(self, stream: StreamState, progress: Progress) -> None:
-        """An `Ending` of the open utterance, where its second pass is due (its samples copied: the
-        utterance may go on)."""
-        final = Final([self.decoder.partial(stream.decode)], SILENCE_AFTER_SPEECH, self.heard(stream),
+        """An `Ending` of the open utterance, where its second pass is due: the final it would have
+        now (the beam search's end, which leaves the search as it was, so that the utterance can go
+        on; not its best so far, whose last word is not yet closed), its samples copied."""
+        final = Final(self.decoder.finish(stream.decode), SILENCE_AFTER_SPEECH, self.heard(stream),
                       self._held_audio(stream)[0], np.concatenate(stream.logprobs), stream.decode.offset)
         if self._due(final):
             progress.events.append(Ending(final))

@@ -8,9 +8,8 @@ them: "Precision and CPUs" in the bundled model's card), for a run on another ma
 `features` writes each clip's features as the model's front-end streams them (rounded to float16,
 so that both machines read the same numbers: the check is of the graph, not of numpy's FFT);
 `run` streams them through the model chunk by chunk with its carried state, as the service does,
-and keeps the log-probabilities and the greedy text, with the CPU's name and ONNX Runtime's
-version; `compare` prints the largest difference in log-probability and how many greedy texts
-differ.
+and keeps the log-probabilities with the CPU's name and ONNX Runtime's version; `compare` prints
+the largest difference in log-probability and how many greedy texts differ.
 """
 
 import argparse
@@ -38,12 +37,11 @@ def features(model: Path, manifest: Path, limit: int, out: Path) -> None:
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
-            vnni = "avx512_vnni" in flags or "avx_vnni" in flags
-            return f"{line.split(':', 1)[1].strip()} (VNNI: {'yes' if vnni else 'no'})"
-    return platform.processor()
+    """The CPU's model name and whether it has VNNI (which int8 kernel ONNX Runtime takes)."""
+    info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    vnni = {"avx512_vnni", "avx_vnni"} & set(info.get("flags", "").split())
+    return f"{info.get('model name', platform.processor())} (VNNI: {'yes' if vnni else 'no'})"
 
 
 def run(model: Path, feats: Path, out: Path) -> None:
