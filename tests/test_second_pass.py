@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from conftest import BUNDLED, SAMPLES, TEST_CONFIG, ServerThread, place
 from test_metrics import scrape, value
-from test_recognize import pcm16, recognize, stream
+from test_recognize import heard, pcm16, recognize, stream
 
 from ctc_asr.v1 import asr_pb2, asr_pb2_grpc
 from engine.decoder.ctc import CtcDecoder, DecoderInputs, Hypothesis
@@ -26,11 +26,12 @@ from engine.recognizer import HALF_CLOSE, Final, Recognizer
 from engine.second_pass import Utterance, load
 from engine.text import spoken
 
-# One of the bundled model's canaries (audio this project made): its first pass hears "the a to do in
-# the hospital", the second pass "there are two dogs in the hospital" (written "There are two dogs in
-# the hospital."): a final that says so is the second pass's.
-DOGS = BUNDLED / "canaries" / "seen_voices_011.flac"
-DOGS_FIRST, DOGS_SECOND = "the a to do in the hospital", "there are two dogs in the hospital"
+# One of the bundled model's canaries (audio this project made): its first pass hears "lasso just", the
+# second pass "play some jazz" (written "Play some jazz."): a final that says so is the second pass's.
+JAZZ = BUNDLED / "canaries" / "unseen_family_006.flac"
+JAZZ_FIRST, JAZZ_SECOND, JAZZ_WRITTEN = "lasso just", "play some jazz", "Play some jazz."
+# Another, whose passes share words: "roland the city quietly" and "the road clean the city quietly".
+CITY = BUNDLED / "canaries" / "unseen_family_009.flac"
 PHONE = "my phone number is three two zero zero five nine one four five seven"  # phone.flac, as said
 
 
@@ -71,24 +72,23 @@ def final_of(recognizer: Recognizer, first: Hypothesis, audio: np.ndarray) -> Fi
     return Final([first], HALF_CLOSE, len(audio) / 16000, audio, recognizer.utterance_logprobs(audio))
 
 
-def dogs_pcm() -> tuple[bytes, int]:
-    audio, rate = sf.read(DOGS, dtype="int16")
+def jazz_pcm() -> tuple[bytes, int]:
+    audio, rate = sf.read(JAZZ, dtype="int16")
     return audio.tobytes(), rate
 
 
 def test_finals_are_the_second_pass_and_interim_results_the_first(second, model_dir):
-    pcm, rate = dogs_pcm()
+    pcm, rate = jazz_pcm()
     responses = stream(second, pcm, 3200, interim=True, encoding=asr_pb2.RecognitionConfig.LINEAR16,
                        sample_rate_hertz=rate)
     finals = [r.results[0].alternatives[0].transcript for r in responses if r.results and r.results[0].is_final]
     interim = [r.results[0].alternatives[0].transcript for r in responses if r.results and not r.results[0].is_final]
-    # the final is the second pass's ("two dogs", or "two jobs" as the first pass's outputs of the
-    # streamed audio weigh), the interim results the first pass's, as it heard it ("the a to do")
-    assert len(finals) == 1 and finals[0].startswith("there are two ") and finals[0].endswith(" in the hospital")
-    assert interim and not any(t.startswith("there are two") for t in interim), interim
+    # the final is the second pass's, the interim results the first pass's, as it heard them ("lasso")
+    assert finals == [JAZZ_SECOND]
+    assert interim and not any("jazz" in t for t in interim), interim
     written = load(model_dir, json.loads((model_dir / "model.json").read_text())["second_pass"]).transcribe(
-        [Utterance(read_audio(DOGS, 16000))])[0][0][0]
-    assert spoken(written).startswith("there are two ") and written[0].isupper()  # as Whisper writes it
+        [Utterance(read_audio(JAZZ, 16000))])[0][0][0]
+    assert written == JAZZ_WRITTEN  # as Whisper writes it
 
 
 def quiet_pcm(seconds: float, rate: int) -> bytes:
@@ -113,7 +113,7 @@ def test_an_utterance_gone_quiet_has_its_second_pass_before_its_endpoint(second,
     """Its second pass starts once it has been quiet for half the endpoint's silence (0.6 of 1.2 s),
     and its final, which says the same, takes that pass's text: ready at the endpoint, and the
     next utterance's interim results do not wait behind it."""
-    pcm, rate = dogs_pcm()
+    pcm, rate = jazz_pcm()
     before = early_passes(second_server)
     finals = written_finals(second, pcm + quiet_pcm(1.6, rate) + pcm, rate)
     assert len(finals) == 2 and all(f[0].isupper() and f.endswith(".") for f in finals), finals
@@ -122,26 +122,28 @@ def test_an_utterance_gone_quiet_has_its_second_pass_before_its_endpoint(second,
 
 
 def test_a_speaker_who_goes_on_after_a_pause_has_the_utterance_heard_whole(second, second_server):
-    """A pause longer than half the endpoint's silence but shorter than it: the pass started early
-    is dropped when the speaker goes on, and the final is the second pass over the whole utterance."""
-    pcm, rate = dogs_pcm()
+    """A pause (0.5 s and the clip's own quiet end) longer than half the endpoint's silence but shorter
+    than it: the pass started early is dropped when the speaker goes on, and the final is the second
+    pass over the whole utterance."""
+    pcm, rate = jazz_pcm()
     before = early_passes(second_server)
-    finals = written_finals(second, pcm + quiet_pcm(0.9, rate) + pcm, rate)
-    assert len(finals) == 1 and finals[0][0].isupper() and finals[0].count("hospital") == 2, finals
+    finals = written_finals(second, pcm + quiet_pcm(0.5, rate) + pcm, rate)
+    assert len(finals) == 1 and finals[0][0].isupper() and finals[0].lower().count("jazz") == 2, finals
     after = early_passes(second_server)
     assert after["unused"] >= before["unused"] + 1, (before, after)
 
 
 def test_punctuation_gives_the_second_pass_as_written(second):
-    response = recognize(second, DOGS.read_bytes(), enable_automatic_punctuation=True)
-    assert response.results[0].alternatives[0].transcript == "There are two dogs in the hospital."
-    plain = recognize(second, DOGS.read_bytes())
-    assert plain.results[0].alternatives[0].transcript == DOGS_SECOND
+    response = recognize(second, JAZZ.read_bytes(), enable_automatic_punctuation=True)
+    assert response.results[0].alternatives[0].transcript == JAZZ_WRITTEN
+    plain = recognize(second, JAZZ.read_bytes())
+    assert plain.results[0].alternatives[0].transcript == JAZZ_SECOND
 
 
 def test_a_model_without_a_second_pass_ignores_punctuation(stub):
     response = recognize(stub, (SAMPLES / "what_time.wav").read_bytes(), enable_automatic_punctuation=True)
-    assert response.results[0].alternatives[0].transcript == "what time is it in paris"
+    said = response.results[0].alternatives[0].transcript
+    assert heard(said, "what_time.wav") and said == said.lower(), said  # the spoken form, as without the option
 
 
 def test_a_declared_second_pass_without_its_files_is_refused(model_dir, tmp_path):
@@ -177,8 +179,8 @@ def test_finals_that_end_together_are_decoded_in_one_batch(second, second_server
     """Four files sent at once: their finals wait for the second pass together and are decoded as
     a batch (counted in asr_second_pass_batch_utterances), each the same as alone."""
     with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda _: recognize(second, DOGS.read_bytes()), range(4)))
-    assert [r.results[0].alternatives[0].transcript for r in responses] == [DOGS_SECOND] * 4
+        responses = list(pool.map(lambda _: recognize(second, JAZZ.read_bytes()), range(4)))
+    assert [r.results[0].alternatives[0].transcript for r in responses] == [JAZZ_SECOND] * 4
     samples = scrape(second_server.running.metrics_port)
     batches = value(samples, "asr_second_pass_batch_utterances_count", model="ctc-whisper-tiny")
     finals = value(samples, "asr_second_pass_batch_utterances_sum", model="ctc-whisper-tiny")
@@ -191,18 +193,18 @@ def test_hotwords_reach_the_second_pass(second, stub):
     audio = (BUNDLED / "canaries" / "unseen_family_004.flac").read_bytes()
     phrase = asr_pb2.SpeechContext(phrases=["semper ubi sub ubi"])
     assert recognize(stub, audio, speech_contexts=[phrase]).results[0].alternatives[0].transcript != phrase.phrases[0]
-    assert "semper" not in recognize(second, audio).results[0].alternatives[0].transcript
+    assert recognize(second, audio).results[0].alternatives[0].transcript != phrase.phrases[0]
     assert recognize(second, audio, speech_contexts=[phrase]).results[0].alternatives[0].transcript == phrase.phrases[0]
 
 
 def test_a_final_the_first_pass_is_sure_of_is_kept(recognizer):
     """Where the first pass's confidence reaches `keep_first_above` (0.9) its final stands: on the wake
     words the second pass was far worse (the model card's Experiments)."""
-    audio = read_audio(DOGS, 16000)
-    first = Hypothesis(DOGS_FIRST, 0.95, ())
+    audio = read_audio(JAZZ, 16000)
+    first = Hypothesis(JAZZ_FIRST, 0.95, ())
     assert recognizer.rewrite(final_of(recognizer, first, audio)).hypotheses[0].text == first.text
     unsure = recognizer.rewrite(final_of(recognizer, first._replace(confidence=0.5), audio))
-    assert unsure.hypotheses[0].text == DOGS_SECOND and unsure.written == "There are two dogs in the hospital."
+    assert unsure.hypotheses[0].text == JAZZ_SECOND and unsure.written == JAZZ_WRITTEN
     assert unsure.first.text == first.text
 
 
@@ -225,15 +227,18 @@ def words_of(responses) -> list:
 def test_the_second_pass_words_are_timed_where_the_first_pass_heard_them(second, stub):
     """Word times and confidences of a second-pass final come from aligning its words to the first
     pass's outputs: its words, in order, each where the first pass alone places the same word."""
-    pcm, rate = dogs_pcm()
+    audio, rate = sf.read(CITY, dtype="int16")
+    pcm = audio.tobytes()
     config = dict(encoding=asr_pb2.RecognitionConfig.LINEAR16, sample_rate_hertz=rate, enable_word_time_offsets=True)
-    words = words_of(stream(second, pcm, 3200, **config))
-    assert [w.word for w in words] == DOGS_SECOND.split()
+    responses = stream(second, pcm, 3200, **config)
+    words = words_of(responses)
+    said = [r.results[0].alternatives[0].transcript for r in responses if r.results and r.results[0].is_final]
+    assert [w.word for w in words] == " ".join(said).split() and "road" in said[0], said
     alone = {w.word: w for w in words_of(stream(stub, pcm, 3200, **config))}
     for w in words:
         start, end = w.start_time.ToTimedelta().total_seconds(), w.end_time.ToTimedelta().total_seconds()
         assert 0 <= start < end <= len(pcm) / 2 / rate and 0 < w.confidence <= 1, w
-        if w.word in ("in", "hospital"):  # heard alike by both passes
+        if w.word in ("city", "quietly"):  # heard alike by both passes
             assert start == pytest.approx(alone[w.word].start_time.ToTimedelta().total_seconds(), abs=0.1)
             assert end == pytest.approx(alone[w.word].end_time.ToTimedelta().total_seconds(), abs=0.1)
     assert all(a.end_time.ToTimedelta() <= b.start_time.ToTimedelta() for a, b in zip(words, words[1:]))
@@ -241,11 +246,11 @@ def test_the_second_pass_words_are_timed_where_the_first_pass_heard_them(second,
 
 def test_canaries_are_scored_for_each_pass(second, second_server):
     """A canary on a two-pass model is scored as served (pass "second": no word error) and by its
-    first pass alone (pass "first": "the a to do" for "there are two dogs")."""
-    response = recognize(second, DOGS.read_bytes(), canary=asr_pb2.CanaryLabel(reference=DOGS_SECOND, set="dogs"))
+    first pass alone (pass "first": "lasso just" for "play some jazz")."""
+    response = recognize(second, JAZZ.read_bytes(), canary=asr_pb2.CanaryLabel(reference=JAZZ_SECOND, set="jazz"))
     assert response.canary_score.pass_name == "second" and response.canary_score.word_errors == 0
     samples = scrape(second_server.running.metrics_port)
-    errors = {p: value(samples, "asr_canary_word_errors_total", set="dogs", model="ctc-whisper-tiny", **{"pass": p})
+    errors = {p: value(samples, "asr_canary_word_errors_total", set="jazz", model="ctc-whisper-tiny", **{"pass": p})
               for p in ("first", "second")}
     assert errors["first"] >= 2 and errors["second"] == 0, errors
 
