@@ -75,19 +75,22 @@ def announce(metrics: Metrics, served: ServedModel, replacing: ServedModel | Non
 
 
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
-MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value
+MMAP_THRESHOLD = 4 * 1024 * 1024
 ARENAS = 2
 
 
 def tune_malloc() -> None:
-    """Keeps a reloaded model's memory from staying with the process. Blocks of 128 KiB and more
-    stay in mmap for good, so that a freed model's weights and buffers go back to the system:
-    glibc raises the threshold each time such a block is freed (up to 32 MiB), after which they
-    come from its heaps, where the holes they leave stay (RSS grew by 3-6 MB a reload without
-    end); setting it also turns that adjustment off. And two heaps in all rather than one per
-    thread (up to 8 per core): each thread that loaded a model kept a heap of its own, with the
-    free holes in it (RSS +5-10 MB over the first reloads, docs/api.md "Reloading a model"); the
-    calls that allocate are on the GIL or in ONNX Runtime's own arena, so they rarely contend.
+    """Keeps a reloaded model's memory from staying with the process. Blocks of 4 MiB and more
+    stay in mmap for good, so that a freed model's weights go back to the system: glibc raises
+    the threshold each time such a block is freed (up to 32 MiB), after which they come from its
+    heaps, where the holes they leave stay (RSS grew by 3-6 MB a reload without end); setting it
+    also turns that adjustment off. Not lower: a natively streaming model's state is 1.5 MB a
+    stream, allocated and freed at every chunk, and mmap'd each time (glibc's own 128 KiB) its
+    pages were faulted in anew: 13-19% more server CPU at 56-64 streams (docs/performance.md).
+    And two heaps in all rather than one per thread (up to 8 per core): each thread that loaded
+    a model kept a heap of its own, with the free holes in it (RSS +5-10 MB over the first
+    reloads, docs/api.md "Reloading a model"); the calls that allocate are on the GIL or in ONNX
+    Runtime's own arena, so they rarely contend.
     Called once at start-up, before any model loads."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to set
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
