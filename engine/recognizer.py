@@ -102,6 +102,7 @@ class StreamState:
     # With a second pass: the open utterance's samples.
     audio: list[np.ndarray] = field(default_factory=list)
     audio_from: int = 0  # the sample of the stream where `audio` starts
+    early: bool = False  # utterances gone quiet are offered to the second pass (`Ending`): live streams
 
 
 class Recognizer:
@@ -125,11 +126,14 @@ class Recognizer:
         self._on_inference = on_inference
         self._on_decode = on_decode
 
-    def new_stream(self, opts: DecodeOptions, endpointing: EndpointConfig = NO_ENDPOINTING) -> StreamState:
+    def new_stream(self, opts: DecodeOptions, endpointing: EndpointConfig = NO_ENDPOINTING,
+                   early: bool = False) -> StreamState:
+        """`early`: the stream's utterances gone quiet come as `Ending`s (a live stream's, whose
+        finals should be ready at the endpoint; a file's gain nothing by it)."""
         return StreamState(opts, StreamingFeatures(self.logmel), self.session.initial_state(),
                            np.zeros((0, self.spec.features.width), np.float32),
                            self.decoder.start(opts, offset=self._heard_frames(0)),
-                           Endpointer(endpointing, self.spec.frame_seconds, self._blank))
+                           Endpointer(endpointing, self.spec.frame_seconds, self._blank), early=early)
 
     def decode_many(self, states: list[DecodeState], logprobs: list[np.ndarray]) -> None:
         """Decoding of a model batch's outputs in one call, its streams in parallel (then `consume` each)."""
@@ -248,7 +252,7 @@ class Recognizer:
     def _going_quiet(self, stream: StreamState, quiet_before: int) -> bool:
         """Whether the utterance's trailing silence has just reached EARLY of the endpoint's."""
         endpointer = stream.endpointer
-        if self.second_pass is None or not endpointer.cfg.enabled or not endpointer.speech:
+        if self.second_pass is None or not stream.early or not endpointer.cfg.enabled or not endpointer.speech:
             return False
         early = EARLY * endpointer.cfg.silence_after_speech_s / endpointer.frame_s
         return quiet_before < early <= endpointer.trailing_silence

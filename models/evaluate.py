@@ -31,7 +31,7 @@ import jiwer
 from tqdm import tqdm
 
 from engine import second_pass
-from engine.decoder.ctc import CtcDecoder, DecodeOptions
+from engine.decoder.ctc import GREEDY, CtcDecoder, DecodeOptions
 from engine.manifest import read_audio, read_manifest, spread
 from engine.model.directory import MAX_BEAM_WIDTH, ModelSpec
 from engine.model.session import ModelSession, one_blas_thread
@@ -149,7 +149,7 @@ def main() -> None:
     one_blas_thread()  # so that the CPU time reported is one thread's (engine/model/session.py)
     second = second_pass.load(spec.directory, spec.second_pass) if spec.second_pass else None
     recognizer = Recognizer(ModelSession(spec, "cpu"), CtcDecoder(spec), second_pass=second)
-    modes = {"greedy": DecodeOptions(beam_width=1, lm_weight=0, word_bonus=0, use_lm=False)}
+    modes = {"greedy": GREEDY}
     if recognizer.decoder.has_lm:
         modes["beam+LM"] = DecodeOptions(
             beam_width=beam_width, lm_weight=spec.lm_weight if a.lm_weight is None else a.lm_weight,

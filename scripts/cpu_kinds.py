@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from engine.decoder.ctc import GREEDY, CtcDecoder
 from engine.features import frontend, logmel_utterance, pad_to_multiple
 from engine.model.directory import ModelSpec
 from engine.model.session import ModelSession
@@ -60,18 +61,15 @@ def run(model: Path, feats: Path, out: Path) -> None:
     print(f"{out}: {len(kept)} clips on {cpu_name()}, onnxruntime {ort.__version__}")
 
 
-def greedy(logprobs: np.ndarray, tokens: list[str]) -> str:
-    best = logprobs.argmax(axis=1)
-    kept = [t for i, t in enumerate(best) if i == 0 or t != best[i - 1]]
-    return "".join(tokens[t] for t in kept if tokens[t] != "<blk>").strip()
-
-
 def compare(here: Path, there: Path, model: Path) -> None:
-    tokens = ModelSpec.load(model).tokens
+    decoder = CtcDecoder(ModelSpec.load(model))
+
+    def greedy(logprobs: np.ndarray) -> str:
+        return decoder.decode(logprobs, GREEDY)[0].text
     a, b = np.load(here), np.load(there)
     clips = [k for k in a.files if k not in ("cpu", "onnxruntime")]
     worst = max(float(np.abs(a[k] - b[k]).max()) for k in clips)
-    differ = [k for k in clips if greedy(a[k], tokens) != greedy(b[k], tokens)]
+    differ = [k for k in clips if greedy(a[k]) != greedy(b[k])]
     print(f"{model}: {a['cpu']} (onnxruntime {a['onnxruntime']}) against {b['cpu']} (onnxruntime "
           f"{b['onnxruntime']}): {len(clips)} clips, largest log-prob difference {worst:.2e}, "
           f"greedy texts that differ: {len(differ)}" + (f" ({', '.join(differ)})" if differ else ""))

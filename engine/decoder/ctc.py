@@ -41,6 +41,9 @@ class DecodeOptions:
         return self.beam_width <= 1 or (not self.use_lm and not self.hotwords)
 
 
+GREEDY = DecodeOptions(beam_width=1, lm_weight=0, word_bonus=0, use_lm=False)  # best token per frame, no LM
+
+
 class Word(NamedTuple):  # tuples: interim results make thousands a second
     word: str
     start: float  # seconds

@@ -123,7 +123,7 @@ class StreamSession:
     async def run(self, audio: AsyncIterator[bytes]) -> AsyncIterator[Event]:
         recognizer, cfg = self.served.recognizer, self.ctx.cfg
         # A new stream may build decoder state (an LM for a new weight pair): not on the event loop.
-        self.state = await self.ctx.run(recognizer.new_stream, self.opts.decode, self.endpoint)
+        self.state = await self.ctx.run(recognizer.new_stream, self.opts.decode, self.endpoint, self.live)
         try:
             async for data in self._reading(audio):
                 if data is None:  # a second pass is done: its events need not wait for the next message
@@ -275,20 +275,25 @@ class StreamSession:
             self.ctx.metrics.second_pass_early.labels(name, "unused" if settled is None else "used").inc()
             if settled is not None:
                 return settled
-        if self.ctx.admission.overloaded() or self.ctx.second_passes.full():
+        if self._no_room():
             self.ctx.metrics.second_pass_fallbacks.labels(name).inc()
             return replace(recognizer.first_pass_only(final), fell_back=True)
-        return await self.ctx.second_passes.run(name, recognizer, Rewrite(final, self.opts.phrases,
-                                                                          self.opts.decode.use_lm))
+        return await self._pass(final)
+
+    def _no_room(self) -> bool:
+        """No second pass now: the server sheds load, or too many wait."""
+        return self.ctx.admission.overloaded() or self.ctx.second_passes.full()
+
+    async def _pass(self, final: Final) -> Final:
+        return await self.ctx.second_passes.run(self.served.name, self.served.recognizer,
+                                                Rewrite(final, self.opts.phrases, self.opts.decode.use_lm))
 
     def _start_early(self, ending: Ending) -> None:
-        """A live stream's early second pass (not while the server sheds load or too many wait),
-        in place of any earlier one of the same utterance (its speaker went on)."""
+        """An early second pass (not while there is no room), in place of any earlier one of the
+        same utterance (its speaker went on)."""
         self._drop_early()
-        if self.live and not self.ctx.admission.overloaded() and not self.ctx.second_passes.full():
-            self.early = (ending, asyncio.ensure_future(self.ctx.second_passes.run(
-                self.served.name, self.served.recognizer,
-                Rewrite(ending.final, self.opts.phrases, self.opts.decode.use_lm))))
+        if not self._no_room():
+            self.early = (ending, asyncio.ensure_future(self._pass(ending.final)))
 
     def _drop_early(self) -> None:
         if self.early is not None:
