@@ -29,6 +29,24 @@ def test_padded_batches_give_each_stream_the_outputs_of_an_unpadded_call():
         states = [st for _, st in theirs]
 
 
+def test_a_streams_state_outlives_the_calls_that_follow():
+    """The session reuses its arrays for a batch's states in and out: what a call gave a stream
+    must not change with the calls that come after it (other streams, other batch sizes)."""
+    spec = ModelSpec.load(BUNDLED)
+    shared, alone = ModelSession(spec, "cpu"), ModelSession(spec, "cpu")
+    rng = np.random.default_rng(4)
+    ours, others = ([rng.normal(-4, 2, (spec.chunk_frames, spec.features.n_mels)).astype(np.float32)
+                     for _ in range(3)] for _ in range(2))
+    state, expected = shared.initial_state(), alone.initial_state()
+    for chunk in ours:
+        logprobs, state = shared.step(chunk, state)
+        kept = [a.copy() for a in state]
+        shared.step_batch(others, [shared.initial_state() for _ in others])  # a bigger batch after ours
+        assert all(np.array_equal(a, b) for a, b in zip(state, kept))
+        want, expected = alone.step(chunk, expected)
+        np.testing.assert_array_equal(logprobs, want)
+
+
 def test_warm_up_runs_every_padded_batch_size():
     assert [batch_bucket(n) for n in (1, 2, 3, 5, 32, 33)] == [1, 2, 4, 8, 32, 64]
     spec = ModelSpec.load(BUNDLED)

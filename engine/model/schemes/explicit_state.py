@@ -39,9 +39,16 @@ class ExplicitState:
             pad = batch_bucket(n) - n
             features = list(features) + [np.zeros_like(features[0])] * pad
             states = list(states) + [self.initial_state(session) for _ in range(pad)]
-        feeds = spec.io.feeds(np.stack(features))
+        # The batch's states go in and come out through the session's scratch arrays, and each
+        # stream keeps a copy of its own slice: a view would hold the whole batch's output alive.
+        feeds, into = spec.io.feeds(np.stack(features)), {}
         for i, state in enumerate(spec.states):
-            feeds[state.input] = np.concatenate([st[i] for st in states], axis=state.batch_axis)
-        logprobs, *next_states = session.run([spec.io.logprobs, *(s.output for s in spec.states)], feeds)
-        return [(logprobs[b], [np.take(x, [b], axis=s.batch_axis) for x, s in zip(next_states, spec.states)])
+            shape = tuple(len(states) if axis == state.batch_axis else d for axis, d in enumerate(state.shape))
+            dtype = states[0][i].dtype
+            feeds[state.input] = np.concatenate([st[i] for st in states], axis=state.batch_axis,
+                                                out=session.scratch(state.input, shape, dtype))
+            into[state.output] = session.scratch(state.output, shape, dtype)
+        logprobs, *next_states = session.run([spec.io.logprobs, *(s.output for s in spec.states)], feeds, into)
+        return [(logprobs[b], [x[(slice(None),) * s.batch_axis + (slice(b, b + 1),)].copy()
+                               for x, s in zip(next_states, spec.states)])
                 for b in range(n)]
