@@ -17,8 +17,9 @@ What changes against Whisper, and why:
 
 State (model.json's `states`, batch axis 0): the last 4 feature frames for the convolutions,
 the stream's position, and every layer's keys and values of the last `left_frames` / 2 encoder
-frames. Whole-utterance definition: one call over all frames from the zero state. Chunks of
-whole blocks (the last one may be short) compute the same, since blocks fall on one grid.
+frames, each a state of its own, split by head (the layout attention reads). Whole-utterance
+definition: one call over all frames from the zero state. Chunks of whole blocks (the last one
+may be short) compute the same, since blocks fall on one grid.
 
 Training keeps the convolutions and the bottom blocks frozen (their outputs, computed with the
 mask the stream runs, cached per utterance) and fine-tunes the top `trainable_layers` blocks
@@ -113,48 +114,56 @@ class CachedEncoderCTC(WhisperCTC):
     def attend(self, block: Block, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
                valid_past: torch.Tensor, valid: torch.Tensor):
         """One Whisper block over x (B, n, width), frames of whole blocks but maybe the last, after
-        cached keys and values (B, left, width) of which the last `valid_past` (B,) hold frames;
-        frames from `valid` (B,) on are padding. -> (output, the frames' own keys, values).
+        cached keys and values (B, heads, left, width / heads) of which the last `valid_past` (B,)
+        hold frames; frames from `valid` (B,) on are padding. -> (output, the keys and values of
+        the cache and the frames, (B, heads, left + n rounded up to a block, width / heads)).
 
         Each block's queries attend to a window of its own: the `left` keys before the block and
         the block's. Every call, whole utterance or one chunk, so reduces over windows of one
         size: chunked and whole compute the same numbers to the last bit (an int8 graph's
-        rounding then cannot tell them apart), and training costs n x window, not n x n."""
+        rounding then cannot tell them apart), and training costs n x window, not n x n. The
+        caches are kept split by head, as attention reads them: the graph moves only the new
+        frames' keys into place, not the whole cache (its transposes and copies had cost more
+        than the products)."""
         b, n, w = x.shape
         h, size = block.heads, self.left + self.block
         blocks = torch.div(n + self.block - 1, self.block, rounding_mode="floor")
         pad = blocks * self.block - n
-        q, k, v = block.qkv(block.attn_ln(x)).split(w, dim=-1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, n, width) -> (B, h, n rounded up, width / h)
+            return nn.functional.pad(t, (0, 0, 0, pad)).reshape(b, -1, h, w // h).transpose(1, 2)
+
+        q, k, v = (heads(t) for t in block.qkv(block.attn_ln(x)).split(w, dim=-1))
+        keys, values = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
         idx = torch.arange(blocks)[:, None] * self.block + torch.arange(size)[None, :]  # (blocks, size)
-
-        def windows(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:  # -> (B, h, blocks, size, d)
-            padded = nn.functional.pad(torch.cat([past, new], 1), (0, 0, 0, pad))
-            return padded[:, idx].reshape(b, blocks, size, h, w // h).permute(0, 3, 1, 2, 4)
-
-        queries = nn.functional.pad(q, (0, 0, 0, pad)).reshape(b, blocks, self.block, h, w // h)
-        queries = queries.permute(0, 3, 1, 2, 4)
         rel = idx - self.left  # key positions from this call's first frame
         held = (rel[None] >= -valid_past[:, None, None]) & (rel[None] < valid[:, None, None])
         mask = torch.where(held, 0.0, MASKED)[:, None, :, None, :]  # (B, 1, blocks, 1, size)
-        scores = queries @ windows(past_k, k).transpose(-1, -2) / math.sqrt(w // h) + mask
-        a = torch.softmax(scores, dim=-1) @ windows(past_v, v)  # (B, h, blocks, block, d)
+        queries = q.reshape(b, h, blocks, self.block, w // h)
+        scores = queries @ keys[:, :, idx].transpose(-1, -2) / math.sqrt(w // h) + mask
+        a = torch.softmax(scores, dim=-1) @ values[:, :, idx]  # (B, h, blocks, block, d)
         a = a.permute(0, 2, 3, 1, 4).reshape(b, blocks * self.block, w)[:, :n]
         x = x + block.attn_out(a)
-        return x + block.mlp(block.mlp_ln(x)), k, v
+        return x + block.mlp(block.mlp_ln(x)), keys, values
 
     # -- the streaming graph (what export writes) --------------------------------------------
 
     def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
         """Zeros: silence before the stream, position 0, empty caches (masked until they fill)."""
-        width, layers = self.encoder.width, len(self.encoder.blocks)
         return (torch.zeros(batch, self.silence.shape[0], CONV_CONTEXT), torch.zeros(batch, 1),
-                torch.zeros(batch, 2 * layers, self.left, width))
+                *(self._empty_cache(batch) for _ in range(2 * len(self.encoder.blocks))))
+
+    def _empty_cache(self, batch: int) -> torch.Tensor:
+        """One layer's keys (or values) of `left` frames, split by head."""
+        heads, width = self.encoder.blocks[0].heads, self.encoder.width
+        return torch.zeros(batch, heads, self.left, width // heads)
 
     def state_names(self) -> tuple[list[str], list[str], list[int]]:
-        names = ["conv_cache", "position", "kv_cache"]
-        return names, [f"next_{n}" for n in names], [0, 0, 0]
+        names = ["conv_cache", "position", *(f"{kv}_cache_{i}" for i in range(len(self.encoder.blocks))
+                                              for kv in ("keys", "values"))]
+        return names, [f"next_{n}" for n in names], [0] * len(names)
 
-    def forward(self, audio_signal, length, conv_cache, position, kv_cache):
+    def forward(self, audio_signal, length, conv_cache, position, *caches):
         """audio_signal (B, n_mels, T) Whisper-style log-mel, T a multiple of 4 (of block_frames but
         for a stream's last chunk) -> logprobs (B, T/4, V), their lengths, the next state."""
         x, next_conv = self.convolve(audio_signal, conv_cache)
@@ -162,23 +171,22 @@ class CachedEncoderCTC(WhisperCTC):
         x = self.position(x, position)
         valid_past = torch.clamp(position[:, 0], max=self.left)
         valid = torch.full_like(valid_past, n)
-        caches = []
+        next_caches = []
         for i, block in enumerate(self.encoder.blocks):
-            x, k, v = self.attend(block, x, kv_cache[:, 2 * i], kv_cache[:, 2 * i + 1], valid_past, valid)
-            for past, new in ((kv_cache[:, 2 * i], k), (kv_cache[:, 2 * i + 1], v)):
-                caches.append(torch.cat([past, new], 1)[:, -self.left:])
+            x, keys, values = self.attend(block, x, caches[2 * i], caches[2 * i + 1], valid_past, valid)
+            next_caches += [keys[:, :, n:n + self.left], values[:, :, n:n + self.left]]  # the last `left` frames
         moved = position + n
         # folded into [0, 3000): positions stay exact in float32, and a folded count still says the cache is full
         next_position = torch.where(moved >= 2 * POSITIONS, moved - POSITIONS, moved)
         logprobs = self.head_logprobs(self.encoder.ln_post(x))
-        return logprobs, length // SUBSAMPLING, next_conv, next_position, torch.stack(caches, 1)
+        return logprobs, length // SUBSAMPLING, next_conv, next_position, *next_caches
 
     # -- training on cached outputs of the frozen part ---------------------------------------
 
     def _blocks(self, x: torch.Tensor, lengths: torch.Tensor, blocks) -> torch.Tensor:
         """Whole utterances (B, n, width) through `blocks`, masked as the stream runs them."""
-        b, _, w = x.shape
-        empty = x.new_zeros(b, self.left, w)  # no past: held by none
+        b = x.shape[0]
+        empty = self._empty_cache(b).to(x)  # no past: held by none
         for block in blocks:
             x = self.attend(block, x, empty, empty, torch.zeros(b, dtype=torch.long), lengths)[0]
         return x

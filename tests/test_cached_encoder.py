@@ -62,8 +62,9 @@ def test_export_checks_parity_in_float32_and_int8_and_declares_the_caches(export
     spec = ModelSpec.load(directory)
     assert (spec.chunk_frames, spec.lookahead_frames, spec.subsampling_factor) == (32, 0, 4)
     shapes = {s.input: s.shape for s in spec.states}
-    # every layer's keys and values of 1.28 s (64 encoder frames), the convolutions' past, the position
-    assert shapes == {"conv_cache": (1, 80, 4), "position": (1, 1), "kv_cache": (1, 8, 64, 384)}
+    # every layer's keys and values of 1.28 s (64 encoder frames) by head, the convolutions' past, the position
+    caches = {f"{kv}_cache_{i}": (1, 6, 64, 64) for i in range(4) for kv in ("keys", "values")}
+    assert shapes == {"conv_cache": (1, 80, 4), "position": (1, 1), **caches}
 
 
 def test_streaming_in_chunks_and_batched_computes_the_whole_utterance(exported):
@@ -110,11 +111,11 @@ def test_cached_attention_is_whispers_attention(encoder):
     torch.manual_seed(0)
     model = CachedEncoderCTC(CachedEncoderCTCConfig(block_frames=32, left_frames=96), encoder)
     x, block = torch.randn(1, 48, 384), encoder.blocks[1]
-    none, zeros = torch.tensor([0]), torch.zeros(1, 48, 384)
+    none, zeros = torch.tensor([0]), torch.zeros(1, 6, 48, 64)
     with torch.no_grad():
         whole = block(x)
-        _, k, v = model.attend(block, x[:, :32], zeros, zeros, none, torch.tensor([32]))
-        past_k, past_v = (torch.cat([zeros[:, :16], t], 1) for t in (k, v))  # 32 held of 48
+        _, keys, values = model.attend(block, x[:, :32], zeros, zeros, none, torch.tensor([32]))
+        past_k, past_v = keys[:, :, 32:], values[:, :, 32:]  # 32 held of 48
         tail, _, _ = model.attend(block, x[:, 32:], past_k, past_v, torch.tensor([32]), torch.tensor([16]))
     torch.testing.assert_close(tail, whole[:, 32:], atol=1e-5, rtol=0)
 
@@ -153,6 +154,8 @@ def test_the_service_benchmark_measures_two_models_side_by_side(exported):
     assert result.returncode == 0, result.stderr
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| default", "| model"))]
     assert [(r[0].strip(), r[1].strip(), r[-1].strip()) for r in rows] == [("default", "2", "0"), ("model", "2", "0")]
+    first_text = int(rows[0][3].split("/")[0])  # ms from a stream's first audio to its first word
+    assert 0 < first_text < 3000  # the bundled model hears the sample clips' first words
     assert "model: model ctc-whisper step3 on CPUExecutionProvider; 320 ms chunks, 0 ms look-ahead" in result.stdout
     bundled = ModelSpec.load(BUNDLED)
     look_ahead = round(bundled.lookahead_frames * bundled.features.hop_length / bundled.features.sample_rate * 1000)

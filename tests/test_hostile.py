@@ -192,13 +192,31 @@ class FaultySession:
     def __init__(self, inner, fail: int = 0, delay: float = 0.0, per_stream: float = 0.0) -> None:
         """`per_stream`: seconds more for each stream in the batch (a model whose cost grows with them)."""
         self.inner, self.fail, self.delay, self.per_stream = inner, fail, delay, per_stream
+        self.batch = 0  # the streams in the batch last bound (calls with I/O binding)
 
-    def run(self, names, feeds, *args, **kwargs):
-        time.sleep(self.delay + self.per_stream * len(next(iter(feeds.values()))))
+    def _fault(self, batch: int) -> None:
+        time.sleep(self.delay + self.per_stream * batch)
         if self.fail > 0:
             self.fail -= 1
             raise RuntimeError("injected ONNX Runtime failure")
+
+    def run(self, names, feeds, *args, **kwargs):
+        self._fault(len(next(iter(feeds.values()))))
         return self.inner.run(names, feeds, *args, **kwargs)
+
+    def io_binding(self):
+        binding = self.inner.io_binding()
+        bind = binding.bind_cpu_input
+
+        def bind_cpu_input(name, value):
+            self.batch = len(value)
+            bind(name, value)
+        binding.bind_cpu_input = bind_cpu_input
+        return binding
+
+    def run_with_iobinding(self, binding, *args, **kwargs):
+        self._fault(self.batch)
+        return self.inner.run_with_iobinding(binding, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

@@ -22,6 +22,9 @@ stream count:
   wait is the pause, not the server's work). With a look-ahead model a chunk's
   output ends the look-ahead before the chunk does; the chunk length and
   look-ahead are algorithmic delay on top of what this measures;
+- first text: the stream's first audio message sent -> its first result with text (interim
+  or final): the chunk, the look-ahead and the server's work before the first word shows,
+  from the start of each clip's audio (the same clips for every server compared);
 - final latency: half-close -> the last final result;
 - server CPU seconds per second of audio;
 - finals left to the first pass: with a second pass, finals it skipped (second_pass_fallback:
@@ -76,7 +79,7 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
             config=asr_pb2.RecognitionConfig(encoding=Encoding.LINEAR16, sample_rate_hertz=RATE,
                                              decoder=asr_pb2.DecoderOptions(beam_width=beam_width)),
             interim_results=True))
-        started = time.perf_counter()
+        started = out["started"] = time.perf_counter()
         for i, offset in enumerate(range(0, len(pcm), step)):
             await asyncio.sleep(max(0.0, started + i * MESSAGE_S - time.perf_counter()))
             yield asr_pb2.StreamingRecognizeRequest(audio_content=pcm[offset:offset + step])
@@ -88,6 +91,8 @@ async def one_stream(stub, pcm: bytes, chunk_s: float, delay_s: float, start_del
         async for response in stub.StreamingRecognize(requests(), metadata=metadata):
             now = time.perf_counter()
             for result in response.results:
+                if "first_text" not in out and result.alternatives and result.alternatives[0].transcript:
+                    out["first_text"] = now - out["started"]
                 end = result.result_end_time.ToTimedelta().total_seconds()
                 # the last model chunk whose output this result newly covers
                 newly = False
@@ -126,9 +131,10 @@ async def run_streams(target: str, n: int, seconds: float, chunk_s: float, delay
                                           metadata) for i, r in enumerate(results)))
     partial = np.array([x for r in results for x in r["partial"]])
     final = np.array([r["final"] for r in results if "final" in r])
+    first = np.array([r["first_text"] for r in results if "first_text" in r])
     refused = sum(len(r["refused"]) for r in results)
     codes = Counter(code for r in results for code in r["errors"])
-    return {"partial": partial, "final": final, "errors": sum(codes.values()), "codes": codes,
+    return {"partial": partial, "final": final, "first": first, "errors": sum(codes.values()), "codes": codes,
             "refused": refused, "ended": sum(len(r["ended"]) for r in results), "audio_s": (n - refused) * seconds,
             "finals": sum(r["finals"] for r in results), "fell_back": sum(r["fell_back"] for r in results)}
 
@@ -213,9 +219,10 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
     if a.neighbour_cores:
         print(f"a noisy neighbour: {a.neighbour_cores} busy-looping processes from {a.neighbour_after:g} s into "
               "each run", flush=True)
-    print("\n| server | streams | partial p50 / p95 / p99 (ms) | final p50 / p95 (ms) | server CPU s per audio s "
-          "| finals left to the first pass (second pass skipped) | refused | ended behind real time | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| server | streams | partial p50 / p95 / p99 (ms) | first text p50 / p95 (ms) | final p50 / p95 (ms) "
+          "| server CPU s per audio s | finals left to the first pass (second pass skipped) | refused "
+          "| ended behind real time | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     held, unary = {}, {}
     for label, target, pid in servers:
         held[label] = 0
@@ -230,8 +237,8 @@ async def table(servers: list[tuple[str, str, int | None]], a, clips: list[np.nd
             cpu = f"{(cpu_seconds(pid) - cpu0) / max(r['audio_s'], 1e-9):.3f}" if pid else "-"
             codes = " (" + ", ".join(f"{c} {k}" for k, c in r["codes"].items()) + ")" if r["errors"] else ""
             print(f"| {label} | {n} | {pct(r['partial'], 50)} / {pct(r['partial'], 95)} / {pct(r['partial'], 99)} "
-                  f"| {pct(r['final'], 50)} / {pct(r['final'], 95)} | {cpu} | {r['fell_back']} of {r['finals']} "
-                  f"| {r['refused']} | {r['ended']} "
+                  f"| {pct(r['first'], 50)} / {pct(r['first'], 95)} | {pct(r['final'], 50)} / {pct(r['final'], 95)} "
+                  f"| {cpu} | {r['fell_back']} of {r['finals']} | {r['refused']} | {r['ended']} "
                   f"| {r['errors']}{codes} |", flush=True)
             if (not r["errors"] and len(r["partial"]) and np.percentile(r["partial"], 95) * 1000 <= a.held_ms
                     and (not a.held_final_ms or np.percentile(r["final"], 95) * 1000 <= a.held_final_ms)):
