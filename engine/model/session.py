@@ -64,7 +64,8 @@ def create_session(path: Path, provider: str, threads: int) -> tuple[ort.Inferen
 
 
 class ModelSession:
-    """One shared session; `step` is thread-safe (InferenceSession.run is).
+    """One shared session; `step` is thread-safe (InferenceSession.run is, and the arrays it
+    reuses for a batch's states are each thread's own).
 
     `pad_batches` (default: on CUDA) rounds every batch up to a power of two with silent
     streams, so the provider meets a few batch shapes instead of one per stream count: on
@@ -127,7 +128,7 @@ class ModelSession:
         without new memory to map and fault in at every chunk."""
         size = math.prod(shape)
         flat = getattr(self._scratch, key, None)
-        if flat is None or flat.size < size or flat.dtype != dtype:
-            flat = np.empty(size if flat is None else max(size, 2 * flat.size), dtype)
+        if flat is None or flat.size < size or flat.dtype != dtype:  # grows to the largest batch, --max-batch
+            flat = np.empty(size, dtype)
             setattr(self._scratch, key, flat)
         return flat[:size].reshape(shape)

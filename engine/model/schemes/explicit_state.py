@@ -39,8 +39,8 @@ class ExplicitState:
             pad = batch_bucket(n) - n
             features = list(features) + [np.zeros_like(features[0])] * pad
             states = list(states) + [self.initial_state(session) for _ in range(pad)]
-        # The batch's states go in and come out through the session's scratch arrays, and each
-        # stream keeps a copy of its own slice: a view would hold the whole batch's output alive.
+        # The batch's states go in and come out through the session's scratch arrays, which the
+        # next call overwrites: each stream keeps a copy of its own slice.
         feeds, into = spec.io.feeds(np.stack(features)), {}
         for i, state in enumerate(spec.states):
             shape = tuple(len(states) if axis == state.batch_axis else d for axis, d in enumerate(state.shape))
