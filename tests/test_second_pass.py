@@ -323,3 +323,17 @@ def test_the_first_pass_text_is_a_candidate_of_the_second(model_dir, recognizer,
     final = with_lm.rewrite(final_of(with_lm, Hypothesis(PHONE, 0.5, ()), audio))
     assert final.hypotheses[0].text == PHONE and final.written == (
         "My phone number is three two zero zero five nine one four five seven.")
+
+
+def test_the_weights_search_finds_settings_that_let_the_second_pass_mend_a_final(model_dir, tmp_path):
+    """`scripts.second_pass_weights` over a clip the first pass mishears and the second pass hears:
+    the first pass's WER, then a grid whose best settings give the second pass's text."""
+    manifest = tmp_path / "jazz.jsonl"
+    manifest.write_text(json.dumps({"audio": str(JAZZ), "text": JAZZ_SECOND}) + "\n")
+    run = subprocess.run([sys.executable, "-m", "scripts.second_pass_weights", "--model", model_dir, "--set",
+                          f"jazz={manifest}", "--reported", "0"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "jazz: 1 clips; first pass WER 100.0%" in run.stdout  # "lasso just"
+    table = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| ")][2:]
+    assert float(table[0][3]) == 0.0  # the best settings take "play some jazz"
+    assert any("(the directory's)" in row[0] for row in table)
