@@ -79,13 +79,16 @@ def main() -> None:
         print(f"{name}: {len(sets[name])} clips; first pass WER "
               f"{100 * jiwer.wer([c[0] for c in sets[name]], [c[1] for c in sets[name]]):.1f}%", flush=True)
     ours = recognizer.second_pass
-    grid = [(gate, lm, ctc) for gate, lm, ctc in itertools.product(GATES, LM_WEIGHTS, CTC_WEIGHTS)]
-    grid.append((ours.keep_first_above, ours.lm_weight, ours.ctc_weight))
-    rows = sorted({(sum(w := [wer(c, *g) for c in sets.values()]), g, tuple(w)) for g in grid})
+    own = (ours.keep_first_above, ours.lm_weight, ours.ctc_weight)
+    ranked = []
+    for settings in sorted({*itertools.product(GATES, LM_WEIGHTS, CTC_WEIGHTS), own}):
+        each = [wer(clips, *settings) for clips in sets.values()]
+        ranked.append((sum(each), settings, each))
+    ranked.sort()
     print("| keep_first_above | lm_weight | ctc_weight | summed WER | " + " | ".join(sets) + " |")
     print("| --- | --- | --- | --- | " + " | ".join("---" for _ in sets) + " |")
-    for total, (gate, lm, ctc), each in rows[:12] + [r for r in rows[12:] if r[1] == grid[-1]]:
-        mark = " (the directory's)" if (gate, lm, ctc) == grid[-1] else ""
+    for total, (gate, lm, ctc), each in ranked[:12] + [r for r in ranked[12:] if r[1] == own]:
+        mark = " (the directory's)" if (gate, lm, ctc) == own else ""
         print(f"| {gate:g}{mark} | {lm:g} | {ctc:g} | {total:.1f} | " + " | ".join(f"{x:.1f}" for x in each) + " |")
 
 
