@@ -43,14 +43,17 @@ def heard(recognizer: Recognizer, rows: list[dict]) -> list[tuple]:
         logprobs = recognizer.utterance_logprobs(audio)
         first = recognizer.decoder.decode(logprobs, opts)[0]
         found = recognizer.second_pass.transcribe([Utterance(audio, (), (first.text,))])[0]
-        terms = [(spoken(text), score, recognizer.decoder.text_score(spoken(text)),
-                  recognizer.decoder.path_score(spoken(text), logprobs)) for text, score in found]
+        said = [(spoken(text), score) for text, score in found]
+        terms = [(words, score, recognizer.decoder.text_score(words), recognizer.decoder.path_score(words, logprobs))
+                 for words, score in said]
         fits = len(audio) <= recognizer.second_pass.max_seconds * spec.features.sample_rate
         out.append((normalize(row["text"]), first.text, first.confidence, fits, terms))
     return out
 
 
 def wer(clips: list[tuple], gate: float, lm: float, ctc: float) -> float:
+    """The finals `Recognizer.rewrite_many` would give at these settings (its `_due` gate and
+    `_weigh` sum, here over terms computed once for the whole grid)."""
     hyps = [max(terms, key=lambda t: t[1] + lm * t[2] + ctc * t[3])[0] if fits and conf < gate and terms else first
             for _, first, conf, fits, terms in clips]
     return 100 * jiwer.wer([c[0] for c in clips], hyps)

@@ -84,9 +84,10 @@ def tune_malloc() -> None:
     stay in mmap for good, so that a freed model's weights go back to the system: glibc raises
     the threshold each time such a block is freed (up to 32 MiB), after which they come from its
     heaps, where the holes they leave stay (RSS grew by 3-6 MB a reload without end); setting it
-    also turns that adjustment off. Not lower: a natively streaming model's state is 1.5 MB a
-    stream, allocated and freed at every chunk, and mmap'd each time (glibc's own 128 KiB) its
-    pages were faulted in anew: 13-19% more server CPU at 56-64 streams (docs/performance.md).
+    also turns that adjustment off. Not lower: a natively streaming model's state, 1.5 MB a
+    stream in arrays of about 200 KB, is copied anew at every chunk, and mmap'd each time
+    (glibc's own 128 KiB) its pages were faulted in anew: 13-19% more server CPU at 56-64
+    streams (docs/performance.md).
     And two heaps in all rather than one per thread (up to 8 per core): each thread that loaded
     a model kept a heap of its own, with the free holes in it (RSS +5-10 MB over the first
     reloads, docs/api.md "Reloading a model"); the calls that allocate are on the GIL or in ONNX
